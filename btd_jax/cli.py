@@ -1,0 +1,60 @@
+"""The ``btd-jax`` command line: a thin dispatcher over ``btd_jax.commands.<name>``.
+
+Each command module exposes ``add_parser(subparsers)`` (flags only, no heavy imports) and
+``run(args) -> int``. Bad input surfaces as one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from absl import app
+from absl.flags import argparse_flags
+
+# Order is the order shown in --help.
+COMMANDS = ("demo", "train", "score", "evaluate", "localize", "compare", "convert", "bench")
+
+
+def _load_commands():
+    modules = {}
+    for name in COMMANDS:
+        try:
+            modules[name] = importlib.import_module(f"btd_jax.commands.{name}")
+        except ModuleNotFoundError as e:  # a command not built yet must not break the others
+            if e.name != f"btd_jax.commands.{name}":
+                raise
+    return modules
+
+
+def build_parser():
+    parser = argparse_flags.ArgumentParser(
+        prog="btd-jax", description="Back-in-Time Diffusion deepfake detection for CT and MRI (JAX).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module in _load_commands().items():
+        p = module.add_parser(sub)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def _main(args) -> int:
+    from btd_jax.data.errors import DataError
+
+    try:
+        return int(args._run(args) or 0)
+    except (DataError, FileNotFoundError, KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"btd-jax {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+def main(argv=None):
+    """Console-script entry point; ``argv`` defaults to ``sys.argv``. Exits with the command's status."""
+    parser = build_parser()
+    argv = list(sys.argv if argv is None else argv)
+    app.run(_main, argv=argv, flags_parser=lambda a: parser.parse_args(a[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Frozen configuration dataclasses and the named presets.
+
+Configuration is read at the entry points (CLI, experiments, ``Scorer``) only; the maths below
+(`models`, `diffusion`, `score`) takes explicit arguments. Change a preset with
+``dataclasses.replace`` or :func:`override`::
+
+    cfg = configs.get("ct")
+    cfg = configs.override(cfg, {"train.batch_size": 32, "model.dtype": "bfloat16"})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping, Optional, Tuple
+
+__all__ = [
+    "ModelConfig", "DiffusionConfig", "TrainConfig", "ScoreConfig", "Config",
+    "NAMES", "get", "override", "to_dict", "from_dict", "to_json", "from_json",
+]
+
+ARCH_VERSIONS = ("v1", "v2")
+OBJECTIVES = ("pred_noise", "pred_x0", "pred_v")
+BETA_SCHEDULES = ("linear", "cosine", "sigmoid")
+T_SAMPLINGS = ("uniform", "truncated", "mixture", "lowt")
+DTYPES = ("float32", "bfloat16")
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ValueError(msg)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """lucidrains ``Unet`` arguments; ``version`` picks the 1.8.x ('v1') or 2.x ('v2') generation."""
+
+    dim: int = 32
+    init_dim: Optional[int] = None
+    out_dim: Optional[int] = None
+    dim_mults: Tuple[int, ...] = (1, 2, 4, 8)
+    channels: int = 1
+    self_condition: bool = False
+    resnet_block_groups: int = 8
+    learned_variance: bool = False
+    learned_sinusoidal_cond: bool = False
+    random_fourier_features: bool = False
+    learned_sinusoidal_dim: int = 16
+    sinusoidal_pos_emb_theta: int = 10000
+    attn_dim_head: int = 32
+    attn_heads: int = 4
+    # None = lucidrains default: full attention in the last stage only (and always in the middle).
+    full_attn: Optional[Tuple[bool, ...]] = None
+    num_mem_kv: int = 4  # v2 only
+    version: str = "v1"
+    dtype: str = "float32"  # compute dtype; parameters stay float32
+
+    def __post_init__(self):
+        _check(self.version in ARCH_VERSIONS, f"model.version must be one of {ARCH_VERSIONS}, got {self.version!r}")
+        _check(self.dtype in DTYPES, f"model.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        _check(self.dim > 0 and self.channels > 0, "model.dim and model.channels must be positive")
+        _check(len(self.dim_mults) >= 1, "model.dim_mults must not be empty")
+        if self.full_attn is not None:
+            _check(len(self.full_attn) == len(self.dim_mults),
+                   f"model.full_attn has {len(self.full_attn)} entries but dim_mults has {len(self.dim_mults)}")
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.dim_mults)
+
+    @property
+    def full_attn_per_stage(self) -> Tuple[bool, ...]:
+        if self.full_attn is None:
+            return (False,) * (self.num_stages - 1) + (True,)
+        return tuple(bool(a) for a in self.full_attn)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig:
+    """lucidrains ``GaussianDiffusion`` arguments (1.8.3 defaults except where the paper differs)."""
+
+    image_size: int = 96
+    timesteps: int = 1000
+    sampling_timesteps: int = 250
+    objective: str = "pred_noise"
+    beta_schedule: str = "sigmoid"
+    # Extra keyword arguments of the schedule function, e.g. (("start", -3.0), ("tau", 1.0)).
+    schedule_kwargs: Tuple[Tuple[str, float], ...] = ()
+    ddim_sampling_eta: float = 0.0
+    auto_normalize: bool = True
+    offset_noise_strength: float = 0.0
+    min_snr_loss_weight: bool = False
+    min_snr_gamma: float = 5.0
+
+    def __post_init__(self):
+        _check(self.objective in OBJECTIVES, f"diffusion.objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        _check(self.beta_schedule in BETA_SCHEDULES,
+               f"diffusion.beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
+        _check(self.timesteps >= 1, "diffusion.timesteps must be >= 1")
+        _check(1 <= self.sampling_timesteps <= self.timesteps,
+               "diffusion.sampling_timesteps must be in [1, timesteps]")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The authors' recipe: lucidrains ``Trainer`` with lr 8e-6, batch 64, accumulation 2, EMA 0.995/10."""
+
+    learning_rate: float = 8e-6
+    adam_betas: Tuple[float, float] = (0.9, 0.99)
+    batch_size: int = 64  # per optimiser micro-step, global over all devices
+    grad_accum: int = 2
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.995
+    ema_update_every: int = 10
+    ema_update_after_step: int = 100  # ema_pytorch default
+    ema_inv_gamma: float = 1.0  # ema_pytorch warm-up: decay = 1 - (1 + k / inv_gamma) ** -power
+    ema_power: float = 2.0 / 3.0
+    num_steps: int = 700_000
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"  # or "cosine"
+    hflip: bool = False
+    # Timestep distribution for training (issue 9); 'uniform' is the paper.
+    t_sampling: str = "uniform"
+    t_max: int = 10
+    mixture_uniform_frac: float = 0.25
+    seed: int = 0
+    log_every: int = 100
+    eval_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+
+    def __post_init__(self):
+        _check(self.batch_size >= 1 and self.grad_accum >= 1, "train.batch_size and train.grad_accum must be >= 1")
+        _check(self.t_sampling in T_SAMPLINGS, f"train.t_sampling must be one of {T_SAMPLINGS}, got {self.t_sampling!r}")
+        _check(self.lr_schedule in ("constant", "cosine"), "train.lr_schedule must be 'constant' or 'cosine'")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig:
+    """BTD scoring defaults (the paper: d = 1; centre window 32 for injection, whole patch for removal)."""
+
+    steps: int = 1
+    center: Optional[int] = None
+    clip_denoised: bool = True
+    start_t: int = 0
+    batch_size: int = 256
+
+    def __post_init__(self):
+        _check(self.steps >= 1, "score.steps must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str
+    modality: str  # 'CT' or 'MRI'
+    model: ModelConfig
+    diffusion: DiffusionConfig
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    score: ScoreConfig = dataclasses.field(default_factory=ScoreConfig)
+
+    def __post_init__(self):
+        _check(self.modality in ("CT", "MRI"), f"modality must be 'CT' or 'MRI', got {self.modality!r}")
+
+    @property
+    def image_size(self) -> int:
+        return self.diffusion.image_size
+
+
+def _presets() -> dict:
+    ct = Config("ct", "CT", ModelConfig(dim=32), DiffusionConfig(image_size=96))
+    tiny_model = ModelConfig(dim=8, dim_mults=(1, 2), attn_heads=2, attn_dim_head=8)
+    return {
+        "ct": ct,
+        "mri": Config("mri", "MRI", ModelConfig(dim=32), DiffusionConfig(image_size=128)),
+        "ct8": dataclasses.replace(ct, name="ct8", model=ModelConfig(dim=8)),
+        "tiny": Config("tiny", "CT", tiny_model, DiffusionConfig(image_size=16, timesteps=100, sampling_timesteps=10),
+                       TrainConfig(batch_size=8, grad_accum=1, learning_rate=1e-3, ema_update_after_step=0,
+                                   num_steps=20, log_every=5, eval_every=10, checkpoint_every=10),
+                       ScoreConfig(batch_size=16)),
+    }
+
+
+_PRESETS = _presets()
+NAMES: Tuple[str, ...] = tuple(_PRESETS)
+
+
+def register(cfg: Config) -> None:
+    """Adds a preset (used by modules that define extra presets, e.g. the fast-training ones)."""
+    global NAMES
+    _PRESETS[cfg.name] = cfg
+    NAMES = tuple(_PRESETS)
+
+
+def get(name: str) -> Config:
+    """Returns the preset called ``name``; raises ``KeyError`` naming the valid presets otherwise."""
+    try:
+        return _PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown config {name!r}; valid names are {', '.join(NAMES)}") from None
+
+
+_SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig, "score": ScoreConfig}
+
+
+def _coerce(field: dataclasses.Field, value: Any) -> Any:
+    if isinstance(value, list):
+        value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    if isinstance(value, str) and field.type in ("int", "float", "bool", "Optional[int]", "Tuple[int, ...]",
+                                                  "Tuple[float, float]", "Optional[Tuple[bool, ...]]"):
+        value = json.loads(value.lower() if field.type == "bool" else value)
+        if isinstance(value, list):
+            value = tuple(value)
+    return value
+
+
+def override(cfg: Config, updates: Mapping[str, Any]) -> Config:
+    """Returns ``cfg`` with dotted-key updates applied, e.g. ``{"train.batch_size": 8}``.
+
+    String values are parsed as JSON where the field is numeric/boolean/tuple (for command lines).
+    """
+    sections = {k: getattr(cfg, k) for k in _SECTIONS}
+    top = {}
+    for key, value in updates.items():
+        section, _, field_name = key.partition(".")
+        if not field_name:
+            if key not in ("name", "modality"):
+                raise KeyError(f"unknown config key {key!r}")
+            top[key] = value
+            continue
+        if section not in _SECTIONS:
+            raise KeyError(f"unknown config section {section!r} in {key!r}; sections are {', '.join(_SECTIONS)}")
+        fields = {f.name: f for f in dataclasses.fields(_SECTIONS[section])}
+        if field_name not in fields:
+            raise KeyError(f"unknown config key {key!r}; {section} has {', '.join(fields)}")
+        sections[section] = dataclasses.replace(sections[section], **{field_name: _coerce(fields[field_name], value)})
+    return dataclasses.replace(cfg, **top, **sections)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: Mapping[str, Any]) -> Config:
+    """Inverse of :func:`to_dict`; unknown keys are refused so that a config from a newer version is noticed."""
+    kwargs = {}
+    for section, cls in _SECTIONS.items():
+        raw = dict(d.get(section, {}))
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(raw) - set(names)
+        if unknown:
+            raise ValueError(f"config section {section!r} has unknown keys {sorted(unknown)}")
+        kwargs[section] = cls(**{k: _coerce(names[k], v) for k, v in raw.items()})
+    return Config(name=d.get("name", "custom"), modality=d.get("modality", "CT"), **kwargs)
+
+
+def to_json(cfg: Config) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def from_json(text: str) -> Config:
+    return from_dict(json.loads(text))
