@@ -1,0 +1,176 @@
+"""Calibrated decisions from real-only validation scores: a threshold at a target FPR and p-values.
+
+The paper (eq. 3) flags a patch as fake when its score reaches a threshold tau chosen "high enough
+such that normal data will likely produce scores less than tau"; its Fig. 4 normalises scores to a
+false-positive rate of 0.1. Given BTD scores of *real* validation patches this module fixes tau at a
+target FPR and gives each new score a conformal p-value::
+
+    cal = calibration.fit(val_real_scores, target_fpr=0.1, steps=1, center=32)
+    cal.save(workdir)                         # -> workdir/calibration.json, beside the checkpoints
+    cal = calibration.Calibration.load(workdir)
+    is_fake = cal.decide(test_scores)         # score >= threshold
+    p = cal.p_values(test_scores)             # small = unlike the real validation scores
+
+A calibration is only valid for the scoring settings it was fitted with (``steps``, ``center``,
+model); they are stored with it so callers can score new data the same way. Knows nothing of models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from btd_jax.data.errors import DataError
+
+__all__ = ["Calibration", "fit", "threshold_at_fpr", "p_values", "FILENAME", "calibrate_scorer",
+           "score_and_decide"]
+
+FILENAME = "calibration.json"
+
+
+def _as_scores(x: Any, name: str) -> np.ndarray:
+    s = np.asarray(x, dtype=np.float64)
+    if s.ndim != 1:
+        raise DataError(f"{name}: expected a 1-D array of scores, got shape {s.shape}")
+    bad = ~np.isfinite(s)
+    if bad.any():
+        raise DataError(f"{name}: {int(bad.sum())} score(s) are NaN or infinite (first at item {int(np.argmax(bad))})")
+    return s
+
+
+def threshold_at_fpr(real_scores: Any, target_fpr: float = 0.1) -> Tuple[float, float]:
+    """The smallest threshold whose empirical FPR on ``real_scores`` (N,) is at most ``target_fpr``.
+
+    Decisions are ``score >= threshold`` -> fake, so the FPR of a candidate ``t`` is the fraction of
+    real scores ``>= t``. Candidates are the observed real scores (ties are handled: a tied block is
+    flagged together or not at all) plus one value just above the maximum, used when even flagging
+    only the top score would exceed the target (e.g. ``target_fpr < 1 / N``).
+
+    Returns ``(threshold, empirical_fpr)``.
+    """
+    s = np.sort(_as_scores(real_scores, "real scores"))
+    if s.size == 0:
+        raise DataError("real scores: empty; calibration needs real validation scores")
+    if not 0.0 < target_fpr < 1.0:
+        raise ValueError(f"target_fpr must be in (0, 1), got {target_fpr}")
+    n = s.size
+    fpr = (n - np.searchsorted(s, s, side="left")) / n  # fraction >= each candidate, non-increasing
+    ok = np.flatnonzero(fpr <= target_fpr)
+    if ok.size:
+        return float(s[ok[0]]), float(fpr[ok[0]])
+    return float(np.nextafter(s[-1], np.inf)), 0.0
+
+
+def p_values(real_sorted: np.ndarray, scores: Any) -> np.ndarray:
+    """Empirical p-values with +1 smoothing: ``(1 + #{real >= s}) / (N + 1)`` per score, shape (M,).
+
+    ``real_sorted`` (N,) ascending. This is the conformal p-value: for a real sample exchangeable
+    with the validation set, ``P(p <= a) <= a``; it never returns 0 (the smallest is 1 / (N + 1)).
+    """
+    s = _as_scores(scores, "scores")
+    n_ge = real_sorted.size - np.searchsorted(real_sorted, s, side="left")
+    return (1.0 + n_ge) / (real_sorted.size + 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """A fitted operating point. ``real_scores`` is kept (sorted, float64) for p-values.
+
+    Fields: ``threshold`` (flag ``score >= threshold``), ``target_fpr``, ``empirical_fpr`` (on the
+    validation scores), ``real_scores`` (N,), ``steps`` / ``center`` (the BTD settings the scores
+    were computed with; ``None`` if unknown), ``meta`` (free-form, e.g. dataset, config name).
+    """
+
+    threshold: float
+    target_fpr: float
+    empirical_fpr: float
+    real_scores: np.ndarray
+    steps: Optional[int] = None
+    center: Optional[int] = None
+    meta: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.real_scores.size)
+
+    def decide(self, scores: Any) -> np.ndarray:
+        """(M,) bool: True = flagged fake (``score >= threshold``)."""
+        return _as_scores(scores, "scores") >= self.threshold
+
+    def p_values(self, scores: Any) -> np.ndarray:
+        """(M,) float64 empirical p-values in [1/(N+1), 1]; see :func:`p_values`."""
+        return p_values(self.real_scores, scores)
+
+    def normalize(self, scores: Any) -> np.ndarray:
+        """Scores divided by the threshold (paper Fig. 4): values >= 1 are flagged."""
+        if self.threshold <= 0:
+            raise ValueError(f"cannot normalise by a non-positive threshold {self.threshold}")
+        return _as_scores(scores, "scores") / self.threshold
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"threshold": self.threshold, "target_fpr": self.target_fpr, "empirical_fpr": self.empirical_fpr,
+                "n": self.n, "steps": self.steps, "center": self.center, "meta": dict(self.meta),
+                "real_scores": [float(v) for v in self.real_scores]}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], source: str = "calibration") -> "Calibration":
+        missing = {"threshold", "target_fpr", "real_scores"} - set(d)
+        if missing:
+            raise DataError(f"{source}: missing key(s) {sorted(missing)}")
+        real = np.sort(_as_scores(d["real_scores"], f"{source}: real_scores"))
+        if real.size == 0:
+            raise DataError(f"{source}: real_scores is empty")
+        return cls(threshold=float(d["threshold"]), target_fpr=float(d["target_fpr"]),
+                   empirical_fpr=float(d.get("empirical_fpr", np.mean(real >= float(d["threshold"])))),
+                   real_scores=real, steps=d.get("steps"), center=d.get("center"), meta=dict(d.get("meta", {})))
+
+    def save(self, path: str) -> str:
+        """Writes JSON to ``path`` (a file) or ``path/calibration.json`` (a directory, e.g. the workdir)."""
+        if os.path.isdir(path):
+            path = os.path.join(path, FILENAME)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+        os.replace(tmp, path)  # never leave a half-written calibration beside the model
+        return path
+
+    @classmethod
+    def load(cls, path: str) -> "Calibration":
+        """Reads a file written by :meth:`save`; ``path`` may be the workdir holding ``calibration.json``."""
+        if os.path.isdir(path):
+            path = os.path.join(path, FILENAME)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no calibration found (fit one with btd_jax.calibration.fit)")
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(d, source=path)
+
+
+def fit(real_scores: Any, target_fpr: float = 0.1, steps: Optional[int] = None, center: Optional[int] = None,
+        **meta: Any) -> Calibration:
+    """Fits a :class:`Calibration` on scores (N,) of real-only validation patches."""
+    real = np.sort(_as_scores(real_scores, "real scores"))
+    thr, fpr = threshold_at_fpr(real, target_fpr)
+    return Calibration(threshold=thr, target_fpr=float(target_fpr), empirical_fpr=fpr, real_scores=real,
+                       steps=None if steps is None else int(steps),
+                       center=None if center is None else int(center), meta=meta)
+
+
+def calibrate_scorer(scorer: Any, real_images: Any, target_fpr: float = 0.1, steps: int = 1,
+                     center: Optional[int] = None, batch_size: int = 256, **meta: Any) -> Calibration:
+    """Scores real validation images (N,H,W) in [0,1] with ``scorer.score`` and fits a calibration."""
+    s = scorer.score(real_images, steps=steps, center=center, batch_size=batch_size)
+    return fit(s, target_fpr=target_fpr, steps=steps, center=center, **meta)
+
+
+def score_and_decide(scorer: Any, images: Any, cal: Calibration, batch_size: int = 256):
+    """Scores ``images`` with the calibration's own ``steps``/``center``; returns (scores, is_fake, p)."""
+    s = np.asarray(scorer.score(images, steps=cal.steps or 1, center=cal.center, batch_size=batch_size))
+    return s, cal.decide(s), cal.p_values(s)
