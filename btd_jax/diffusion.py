@@ -1,0 +1,467 @@
+"""Gaussian diffusion maths of lucidrains' ``GaussianDiffusion`` as pure JAX functions.
+
+Semantics follow ``denoising-diffusion-pytorch`` 1.8.3 (the paper's version); 2.3.4 computes the
+same schedules, buffers, posterior, loss and sampling steps. Differences between the two, and how
+they map here:
+
+* 2.x adds ``immiscible`` noise assignment (a host-side ``linear_sum_assignment``); no config
+  exposes it, so it is not implemented.
+* 2.x's per-sample reduction (``loss_reduction='none'``) is ``loss(..., reduce=False)``.
+* Both default to ``beta_schedule='sigmoid'`` and ``objective='pred_v'`` (the paper passes
+  ``pred_noise``; :class:`btd_jax.configs.DiffusionConfig` defaults to that).
+
+Everything is NHWC. ``t`` is an int array of shape ``(N,)`` or a scalar (Python int or traced),
+which broadcasts over the batch. The schedule is a :class:`Schedule` pytree, so it can be passed
+through ``jax.jit``; ``num_timesteps`` and ``objective`` are static fields.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+__all__ = [
+    "OBJECTIVES", "BETA_SCHEDULES", "T_DISTRIBUTIONS", "BUFFER_NAMES", "Schedule",
+    "linear_beta_schedule", "cosine_beta_schedule", "sigmoid_beta_schedule", "beta_schedule",
+    "schedule_buffers", "make_schedule", "normalize", "unnormalize", "q_sample",
+    "predict_start_from_noise", "predict_noise_from_start", "predict_v", "predict_start_from_v",
+    "q_posterior", "model_predictions", "p_mean_variance", "p_sample_from_output", "p_sample",
+    "ddim_time_pairs", "ddim_step", "training_target", "loss", "sample_noise",
+    "sample_timesteps", "timestep_probs",
+]
+
+OBJECTIVES = ("pred_noise", "pred_x0", "pred_v")
+BETA_SCHEDULES = ("linear", "cosine", "sigmoid")
+T_DISTRIBUTIONS = ("uniform", "truncated", "mixture", "lowt")
+BUFFER_NAMES = (
+    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
+    "posterior_mean_coef1", "posterior_mean_coef2", "loss_weight",
+)
+
+ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+# ----------------------------------------------------------------------------- beta schedules
+
+def _torch_linspace(start: float, end: float, steps: int) -> np.ndarray:
+    """``torch.linspace(start, end, steps, dtype=float64)`` bit for bit (it fills from both ends)."""
+    if steps == 1:
+        return np.array([start], np.float64)
+    step = (end - start) / (steps - 1)
+    i = np.arange(steps, dtype=np.float64)
+    return np.where(np.arange(steps) < steps // 2, start + step * i, end - step * (steps - 1 - i))
+
+
+def linear_beta_schedule(timesteps: int) -> np.ndarray:
+    """The DDPM schedule, rescaled so that ``timesteps`` steps span the same noise as 1000."""
+    scale = 1000 / timesteps
+    return _torch_linspace(scale * 0.0001, scale * 0.02, timesteps)
+
+
+def cosine_beta_schedule(timesteps: int, s: float = 0.008) -> np.ndarray:
+    """Nichol & Dhariwal: ``alphas_cumprod(t) = cos((t/T + s)/(1 + s) * pi/2)^2``, betas clipped to 0.999."""
+    t = _torch_linspace(0, timesteps, timesteps + 1) / timesteps
+    alphas_cumprod = np.cos((t + s) / (1 + s) * math.pi * 0.5) ** 2
+    alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
+    return np.clip(1 - alphas_cumprod[1:] / alphas_cumprod[:-1], 0, 0.999)
+
+
+def sigmoid_beta_schedule(timesteps: int, start: float = -3, end: float = 3, tau: float = 1,
+                          clamp_min: float = 1e-5) -> np.ndarray:
+    """Jabri et al. sigmoid schedule (lucidrains' default); ``clamp_min`` is accepted but unused, as there.
+
+    lucidrains computes ``sigmoid(start/tau)`` and ``sigmoid(end/tau)`` from ``torch.tensor(float)``,
+    i.e. in float32; we round them the same way so that the buffers match bit for bit.
+    """
+    del clamp_min
+    t = _torch_linspace(0, timesteps, timesteps + 1) / timesteps
+    sig32 = lambda v: float(np.float32(1 / (1 + math.exp(-float(np.float32(v))))))
+    v_start, v_end = sig32(start / tau), sig32(end / tau)
+    alphas_cumprod = (-1 / (1 + np.exp(-(t * (end - start) + start) / tau)) + v_end) / (v_end - v_start)
+    alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
+    return np.clip(1 - alphas_cumprod[1:] / alphas_cumprod[:-1], 0, 0.999)
+
+
+_SCHEDULE_FNS = {"linear": linear_beta_schedule, "cosine": cosine_beta_schedule, "sigmoid": sigmoid_beta_schedule}
+
+
+def beta_schedule(name: str, timesteps: int, **kwargs) -> np.ndarray:
+    """Returns the float64 betas ``(timesteps,)`` of schedule ``name`` (linear, cosine or sigmoid)."""
+    if name not in _SCHEDULE_FNS:
+        raise ValueError(f"unknown beta schedule {name!r}; valid schedules are {', '.join(BETA_SCHEDULES)}")
+    if int(timesteps) < 1:
+        raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+    fn = _SCHEDULE_FNS[name]
+    allowed = [p for p in inspect.signature(fn).parameters if p != "timesteps"]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"{name} beta schedule got unknown arguments {unknown}; it takes {allowed or 'none'}")
+    return np.asarray(fn(int(timesteps), **kwargs), np.float64)
+
+
+def schedule_buffers(betas: np.ndarray, objective: str = "pred_noise", min_snr_loss_weight: bool = False,
+                     min_snr_gamma: float = 5.0) -> Dict[str, np.ndarray]:
+    """The buffers lucidrains registers, in float64 (before its cast to float32), keyed as there."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; valid objectives are {', '.join(OBJECTIVES)}")
+    betas = np.asarray(betas, np.float64)
+    if betas.ndim != 1 or betas.size == 0:
+        raise ValueError(f"betas must be a non-empty 1-D array, got shape {betas.shape}")
+    if not np.all((betas > 0) & (betas < 1)):
+        # e.g. the linear schedule with fewer than ~21 steps, whose scaled beta_end reaches 1
+        raise ValueError(f"betas must lie in (0, 1); got values in [{betas.min():.4g}, {betas.max():.4g}]"
+                         f" for {betas.size} timesteps")
+    alphas = 1.0 - betas
+    ac = np.cumprod(alphas)
+    ac_prev = np.concatenate([[1.0], ac[:-1]])
+    posterior_variance = betas * (1.0 - ac_prev) / (1.0 - ac)
+    snr = ac / (1 - ac)
+    clipped_snr = np.minimum(snr, min_snr_gamma) if min_snr_loss_weight else snr.copy()
+    loss_weight = {"pred_noise": clipped_snr / snr, "pred_x0": clipped_snr, "pred_v": clipped_snr / (snr + 1)}[objective]
+    return {
+        "betas": betas,
+        "alphas_cumprod": ac,
+        "alphas_cumprod_prev": ac_prev,
+        "sqrt_alphas_cumprod": np.sqrt(ac),
+        "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - ac),
+        "log_one_minus_alphas_cumprod": np.log(1.0 - ac),
+        "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / ac),
+        "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / ac - 1),
+        "posterior_variance": posterior_variance,
+        # the posterior variance is 0 at t = 0, hence the clamp before the log
+        "posterior_log_variance_clipped": np.log(np.maximum(posterior_variance, 1e-20)),
+        "posterior_mean_coef1": betas * np.sqrt(ac_prev) / (1.0 - ac),
+        "posterior_mean_coef2": (1.0 - ac_prev) * np.sqrt(alphas) / (1.0 - ac),
+        "loss_weight": loss_weight,
+    }
+
+
+@struct.dataclass
+class Schedule:
+    """Diffusion buffers, each float32 ``(T,)``; ``num_timesteps`` and ``objective`` are static."""
+
+    betas: jax.Array
+    alphas_cumprod: jax.Array
+    alphas_cumprod_prev: jax.Array
+    sqrt_alphas_cumprod: jax.Array
+    sqrt_one_minus_alphas_cumprod: jax.Array
+    log_one_minus_alphas_cumprod: jax.Array
+    sqrt_recip_alphas_cumprod: jax.Array
+    sqrt_recipm1_alphas_cumprod: jax.Array
+    posterior_variance: jax.Array
+    posterior_log_variance_clipped: jax.Array
+    posterior_mean_coef1: jax.Array
+    posterior_mean_coef2: jax.Array
+    loss_weight: jax.Array
+    num_timesteps: int = struct.field(pytree_node=False)
+    objective: str = struct.field(pytree_node=False)
+
+    @classmethod
+    def from_betas(cls, betas: np.ndarray, objective: str = "pred_noise", min_snr_loss_weight: bool = False,
+                   min_snr_gamma: float = 5.0) -> "Schedule":
+        """Builds every buffer in float64 from ``betas`` and stores it float32, like lucidrains."""
+        bufs = schedule_buffers(betas, objective, min_snr_loss_weight, min_snr_gamma)
+        arrays = {k: jnp.asarray(v.astype(np.float32)) for k, v in bufs.items()}
+        return cls(**arrays, num_timesteps=int(bufs["betas"].shape[0]), objective=objective)
+
+    def buffers(self) -> Dict[str, np.ndarray]:
+        """The buffers as float32 NumPy arrays keyed like lucidrains' state dict."""
+        return {k: np.asarray(getattr(self, k)) for k in BUFFER_NAMES}
+
+
+def make_schedule(cfg) -> Schedule:
+    """Schedule of a :class:`btd_jax.configs.DiffusionConfig` (beta schedule, kwargs, objective, min-SNR)."""
+    betas = beta_schedule(cfg.beta_schedule, cfg.timesteps, **dict(cfg.schedule_kwargs))
+    return Schedule.from_betas(betas, cfg.objective, cfg.min_snr_loss_weight, cfg.min_snr_gamma)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def normalize(x01):
+    """[0, 1] -> [-1, 1] (lucidrains ``auto_normalize``)."""
+    return x01 * 2 - 1
+
+
+def unnormalize(x):
+    """[-1, 1] -> [0, 1]."""
+    return (x + 1) * 0.5
+
+
+def _check_t(t, num_timesteps: int) -> None:
+    """Raises for out-of-range host-side ``t``; device arrays and tracers are left alone (no sync)."""
+    if isinstance(t, (int, np.integer, np.ndarray)) and not isinstance(t, bool):
+        arr = np.asarray(t)
+        if arr.size and (arr.min() < 0 or arr.max() >= num_timesteps):
+            raise ValueError(f"t must lie in [0, {num_timesteps}), got values in [{arr.min()}, {arr.max()}]")
+
+
+def _extract(a: jax.Array, t, ndim: int) -> jax.Array:
+    """``a[t]`` shaped to broadcast against an ``ndim`` NHWC array: ``(N, 1, 1, 1)`` or ``()``-like."""
+    v = a[jnp.asarray(t, jnp.int32)]
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+def _f32(x):
+    x = jnp.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def q_sample(sched: Schedule, x_start, t, noise) -> jax.Array:
+    """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise. Shapes (N,H,W,C); t (N,) or scalar."""
+    _check_t(t, sched.num_timesteps)
+    x_start, noise = _f32(x_start), _f32(noise)
+    return (_extract(sched.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
+            + _extract(sched.sqrt_one_minus_alphas_cumprod, t, x_start.ndim) * noise)
+
+
+def predict_start_from_noise(sched: Schedule, x_t, t, noise) -> jax.Array:
+    x_t = _f32(x_t)
+    return (_extract(sched.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t
+            - _extract(sched.sqrt_recipm1_alphas_cumprod, t, x_t.ndim) * _f32(noise))
+
+
+def predict_noise_from_start(sched: Schedule, x_t, t, x0) -> jax.Array:
+    x_t = _f32(x_t)
+    return ((_extract(sched.sqrt_recip_alphas_cumprod, t, x_t.ndim) * x_t - _f32(x0))
+            / _extract(sched.sqrt_recipm1_alphas_cumprod, t, x_t.ndim))
+
+
+def predict_v(sched: Schedule, x_start, t, noise) -> jax.Array:
+    """v = sqrt(abar_t) noise - sqrt(1 - abar_t) x_0 (progressive distillation, appendix D)."""
+    x_start = _f32(x_start)
+    return (_extract(sched.sqrt_alphas_cumprod, t, x_start.ndim) * _f32(noise)
+            - _extract(sched.sqrt_one_minus_alphas_cumprod, t, x_start.ndim) * x_start)
+
+
+def predict_start_from_v(sched: Schedule, x_t, t, v) -> jax.Array:
+    x_t = _f32(x_t)
+    return (_extract(sched.sqrt_alphas_cumprod, t, x_t.ndim) * x_t
+            - _extract(sched.sqrt_one_minus_alphas_cumprod, t, x_t.ndim) * _f32(v))
+
+
+def q_posterior(sched: Schedule, x_start, x_t, t) -> Tuple[jax.Array, jax.Array, jax.Array]:
+    """Mean, variance and clipped log variance of q(x_{t-1} | x_t, x_0); the last two are (N,1,1,1)."""
+    x_t = _f32(x_t)
+    mean = (_extract(sched.posterior_mean_coef1, t, x_t.ndim) * _f32(x_start)
+            + _extract(sched.posterior_mean_coef2, t, x_t.ndim) * x_t)
+    return (mean, _extract(sched.posterior_variance, t, x_t.ndim),
+            _extract(sched.posterior_log_variance_clipped, t, x_t.ndim))
+
+
+def model_predictions(sched: Schedule, model_out, x_t, t, clip_x_start: bool = False,
+                      rederive_pred_noise: bool = False) -> Tuple[jax.Array, jax.Array]:
+    """(pred_noise, x_start) from the network output for ``sched.objective``.
+
+    As in lucidrains 1.8.3/2.3.4: for pred_noise the noise is re-derived from the clipped x_start only
+    when ``clip_x_start and rederive_pred_noise`` (DDIM does that; ``p_sample`` never clips here);
+    for pred_x0 and pred_v it is always derived from the (possibly clipped) x_start.
+    """
+    _check_t(t, sched.num_timesteps)
+    maybe_clip = (lambda x: jnp.clip(x, -1.0, 1.0)) if clip_x_start else (lambda x: x)
+    out = _f32(model_out)
+    if sched.objective == "pred_noise":
+        pred_noise = out
+        x_start = maybe_clip(predict_start_from_noise(sched, x_t, t, pred_noise))
+        if clip_x_start and rederive_pred_noise:
+            pred_noise = predict_noise_from_start(sched, x_t, t, x_start)
+    elif sched.objective == "pred_x0":
+        x_start = maybe_clip(out)
+        pred_noise = predict_noise_from_start(sched, x_t, t, x_start)
+    elif sched.objective == "pred_v":
+        x_start = maybe_clip(predict_start_from_v(sched, x_t, t, out))
+        pred_noise = predict_noise_from_start(sched, x_t, t, x_start)
+    else:
+        raise ValueError(f"unknown objective {sched.objective!r}; valid objectives are {', '.join(OBJECTIVES)}")
+    return pred_noise, x_start
+
+
+def p_mean_variance(sched: Schedule, model_out, x_t, t, clip_denoised: bool = True):
+    """(model_mean, posterior_variance, posterior_log_variance, x_start) of p(x_{t-1} | x_t)."""
+    _, x_start = model_predictions(sched, model_out, x_t, t, clip_x_start=False)
+    if clip_denoised:
+        x_start = jnp.clip(x_start, -1.0, 1.0)
+    mean, var, log_var = q_posterior(sched, x_start, x_t, t)
+    return mean, var, log_var, x_start
+
+
+def _time_vector(t, n: int) -> jax.Array:
+    return jnp.broadcast_to(jnp.asarray(t, jnp.int32), (n,))
+
+
+def _is_concrete_zero(t) -> bool:
+    return isinstance(t, (int, np.integer, np.ndarray)) and not np.any(np.asarray(t))
+
+
+def p_sample_from_output(sched: Schedule, model_out, x_t, t, key: Optional[jax.Array],
+                         clip_denoised: bool = True) -> Tuple[jax.Array, jax.Array]:
+    """One DDPM reverse step given the network output at (x_t, t); see :func:`p_sample`."""
+    _check_t(t, sched.num_timesteps)
+    x_t = _f32(x_t)
+    t_vec = _time_vector(t, x_t.shape[0])
+    mean, _, log_var, x_start = p_mean_variance(sched, model_out, x_t, t_vec, clip_denoised)
+    if key is None:
+        if not _is_concrete_zero(t):
+            raise ValueError("p_sample needs a PRNG key unless t is a concrete 0 (noise is added for t > 0)")
+        return mean, x_start
+    noise = jax.random.normal(key, x_t.shape, x_t.dtype)
+    # t may be traced (inside fori_loop/scan): gate the noise with where, per sample.
+    nonzero = (t_vec > 0).reshape((-1,) + (1,) * (x_t.ndim - 1))
+    return mean + jnp.where(nonzero, jnp.exp(0.5 * log_var) * noise, 0.0), x_start
+
+
+def p_sample(sched: Schedule, model_fn: ModelFn, x_t, t, key: Optional[jax.Array],
+             clip_denoised: bool = True) -> Tuple[jax.Array, jax.Array]:
+    """lucidrains ``p_sample``: x_{t-1} = posterior mean + exp(0.5 log_var) z, z only where t > 0.
+
+    Args:
+      model_fn: ``model_fn(x (N,H,W,C), t (N,) int32) -> model output``.
+      x_t: (N, H, W, C). t: Python int, traced scalar, or (N,) ints.
+      key: PRNG key; may be None when t is a concrete 0 (the step is then deterministic).
+    Returns:
+      (x_prev, x_start), both (N, H, W, C) float32. At t = 0 the posterior coefficients are 1 and 0,
+      so x_prev is the (clipped) x_0 prediction.
+    """
+    _check_t(t, sched.num_timesteps)
+    model_out = model_fn(x_t, _time_vector(t, x_t.shape[0]))
+    return p_sample_from_output(sched, model_out, x_t, t, key, clip_denoised)
+
+
+def ddim_time_pairs(num_timesteps: int, sampling_timesteps: int) -> np.ndarray:
+    """lucidrains' DDIM (t, t_next) pairs, int32 ``(sampling_timesteps, 2)``; the last t_next is -1."""
+    if not 1 <= sampling_timesteps <= num_timesteps:
+        raise ValueError(f"sampling_timesteps must be in [1, {num_timesteps}], got {sampling_timesteps}")
+    # torch.linspace in float32 (default dtype), then .int() truncation toward zero.
+    times = _torch_linspace(-1, num_timesteps - 1, sampling_timesteps + 1).astype(np.float32)
+    times = np.trunc(times).astype(np.int32)[::-1]
+    return np.stack([times[:-1], times[1:]], axis=1)
+
+
+def ddim_step(sched: Schedule, model_fn: ModelFn, x_t, t, t_prev, key: Optional[jax.Array],
+              eta: float = 0.0, clip_denoised: bool = True) -> Tuple[jax.Array, jax.Array]:
+    """One step of lucidrains ``ddim_sample`` from t to t_prev (t_prev < 0: return x_start).
+
+    Uses ``model_predictions(clip_x_start=clip_denoised, rederive_pred_noise=True)`` as the reference.
+    t, t_prev: Python ints, traced scalars or (N,) arrays. ``key`` may be None (no noise; exact when eta = 0).
+    """
+    _check_t(t, sched.num_timesteps)
+    x_t = _f32(x_t)
+    n, nd = x_t.shape[0], x_t.ndim
+    t_vec = _time_vector(t, n)
+    pred_noise, x_start = model_predictions(sched, model_fn(x_t, t_vec), x_t, t_vec,
+                                            clip_x_start=clip_denoised, rederive_pred_noise=True)
+    t_next = _time_vector(t_prev, n)
+    alpha = _extract(sched.alphas_cumprod, t_vec, nd)
+    alpha_next = _extract(sched.alphas_cumprod, jnp.maximum(t_next, 0), nd)
+    sigma = eta * jnp.sqrt((1 - alpha / alpha_next) * (1 - alpha_next) / (1 - alpha))
+    c = jnp.sqrt(1 - alpha_next - sigma ** 2)
+    if key is None:
+        if isinstance(eta, (int, float)) and eta != 0:
+            raise ValueError("ddim_step with eta > 0 needs a PRNG key")
+        noise = jnp.zeros_like(x_t)
+    else:
+        noise = jax.random.normal(key, x_t.shape, x_t.dtype)
+    img = x_start * jnp.sqrt(alpha_next) + c * pred_noise + sigma * noise
+    return jnp.where((t_next < 0).reshape((-1,) + (1,) * (nd - 1)), x_start, img), x_start
+
+
+# ----------------------------------------------------------------------------- training
+
+def sample_noise(key: jax.Array, shape: Tuple[int, ...], offset_noise_strength: float = 0.0,
+                 dtype=jnp.float32) -> jax.Array:
+    """Training noise (N,H,W,C): N(0, I), plus ``strength * N(0, 1)`` per (sample, channel) if strength > 0.
+
+    The offset term (crosslabs' offset noise, lucidrains ``offset_noise_strength``) is constant over
+    H and W. It is part of the noise that pred_noise learns and that :func:`q_sample` adds.
+    """
+    if not offset_noise_strength:
+        return jax.random.normal(key, shape, dtype)
+    k_noise, k_offset = jax.random.split(key)
+    offset = jax.random.normal(k_offset, (shape[0],) + (1,) * (len(shape) - 2) + (shape[-1],), dtype)
+    return jax.random.normal(k_noise, shape, dtype) + offset_noise_strength * offset
+
+
+def training_target(sched: Schedule, x_start, t, noise) -> jax.Array:
+    """What the network regresses: noise (pred_noise), x_0 (pred_x0) or v (pred_v)."""
+    if sched.objective == "pred_noise":
+        return _f32(noise)
+    if sched.objective == "pred_x0":
+        return _f32(x_start)
+    if sched.objective == "pred_v":
+        return predict_v(sched, x_start, t, noise)
+    raise ValueError(f"unknown objective {sched.objective!r}; valid objectives are {', '.join(OBJECTIVES)}")
+
+
+def loss(sched: Schedule, model_out, x_start, t, noise, reduce: bool = True) -> jax.Array:
+    """lucidrains ``p_losses``: mean over non-batch axes of (out - target)^2, times ``loss_weight[t]``.
+
+    ``model_out`` is the network applied to ``q_sample(sched, x_start, t, noise)`` by the caller.
+    Returns the batch mean, or the per-sample ``(N,)`` losses with ``reduce=False``.
+    """
+    _check_t(t, sched.num_timesteps)
+    target = training_target(sched, x_start, t, noise)
+    err = jnp.square(_f32(model_out) - target)
+    per_sample = jnp.mean(err.reshape(err.shape[0], -1), axis=1)
+    per_sample = per_sample * jnp.broadcast_to(sched.loss_weight[jnp.asarray(t, jnp.int32)], per_sample.shape)
+    return jnp.mean(per_sample) if reduce else per_sample
+
+
+def _check_dist(dist: str, num_timesteps: int, t_max: int) -> int:
+    if dist not in T_DISTRIBUTIONS:
+        raise ValueError(f"unknown timestep distribution {dist!r}; valid ones are {', '.join(T_DISTRIBUTIONS)}")
+    if int(num_timesteps) < 1 or int(t_max) < 1:
+        raise ValueError(f"num_timesteps and t_max must be >= 1, got {num_timesteps} and {t_max}")
+    return min(int(t_max), int(num_timesteps))
+
+
+def timestep_probs(num_timesteps: int, dist: str = "uniform", t_max: int = 10,
+                   uniform_frac: float = 0.25) -> np.ndarray:
+    """The training distribution of t as float64 probabilities ``(num_timesteps,)``.
+
+    * ``uniform``: 1/T (the paper, lucidrains ``randint(0, T)``).
+    * ``truncated``: uniform on [0, t_max) (t_max capped at T).
+    * ``mixture``: ``uniform_frac`` x uniform + (1 - uniform_frac) x truncated, so that larger t,
+      needed for scores with d > 1, are still seen.
+    * ``lowt``: p(t) proportional to exp(-t / t_max) on [0, T): a truncated geometric law whose mass
+      is 63% below t_max and 95% below 3 t_max, yet every t has non-zero probability.
+    """
+    tm = _check_dist(dist, num_timesteps, t_max)
+    T = int(num_timesteps)
+    uniform = np.full(T, 1.0 / T)
+    trunc = np.where(np.arange(T) < tm, 1.0 / tm, 0.0)
+    if dist == "uniform":
+        return uniform
+    if dist == "truncated":
+        return trunc
+    if dist == "mixture":
+        return uniform_frac * uniform + (1 - uniform_frac) * trunc
+    w = np.exp(-np.arange(T) / t_max)
+    return w / w.sum()
+
+
+def sample_timesteps(key: jax.Array, n: int, num_timesteps: int, dist: str = "uniform", t_max: int = 10,
+                     uniform_frac: float = 0.25) -> jax.Array:
+    """Draws ``n`` training timesteps, int32 ``(n,)``, from :func:`timestep_probs`'s law; jittable.
+
+    ``n``, ``num_timesteps``, ``dist`` and ``t_max`` must be static; ``uniform_frac`` may be traced.
+    """
+    tm = _check_dist(dist, num_timesteps, t_max)
+    T = int(num_timesteps)
+    if dist == "uniform":
+        return jax.random.randint(key, (n,), 0, T, jnp.int32)
+    if dist == "truncated":
+        return jax.random.randint(key, (n,), 0, tm, jnp.int32)
+    if dist == "mixture":
+        k_u, k_t, k_pick = jax.random.split(key, 3)
+        pick_uniform = jax.random.bernoulli(k_pick, uniform_frac, (n,))
+        return jnp.where(pick_uniform, jax.random.randint(k_u, (n,), 0, T, jnp.int32),
+                         jax.random.randint(k_t, (n,), 0, tm, jnp.int32))
+    logits = -jnp.arange(T, dtype=jnp.float32) / t_max
+    return jax.random.categorical(key, logits, shape=(n,)).astype(jnp.int32)
