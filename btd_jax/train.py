@@ -1,0 +1,21 @@
+"""Data-parallel DDPM training with the paper's recipe (lucidrains ``Trainer``), EMA and orbax checkpoints.
+
+    import btd_jax
+    cfg = btd_jax.configs.get("ct")
+    state = btd_jax.train.train_and_evaluate(cfg, "runs/ct", patches, val_patches)
+    params, cfg = btd_jax.train.load_params("runs/ct")          # EMA weights of the newest checkpoint
+
+The pieces live in :mod:`btd_jax.training` (``state``: TrainState, optimiser, EMA; ``step``: the jitted
+steps; ``checkpoints``; ``loop``: the loop and the data feed); this module is the stable import path.
+"""
+
+from btd_jax.training.checkpoints import load_params, save_params_checkpoint
+from btd_jax.training.state import (TrainState, create_train_state, ema_decay, ema_update, learning_rate_schedule,
+                                    make_optimizer)
+from btd_jax.training.step import batch_sharding, make_eval_step, make_train_step, train_step
+
+__all__ = [
+    "TrainState", "create_train_state", "make_optimizer", "learning_rate_schedule", "ema_decay", "ema_update",
+    "train_step", "make_train_step", "make_eval_step", "batch_sharding",
+    "save_params_checkpoint", "load_params",
+]

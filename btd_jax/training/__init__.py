@@ -1,0 +1,1 @@
+"""Training internals; the public entry point is :mod:`btd_jax.train`."""

@@ -1,0 +1,140 @@
+"""The jitted data-parallel training and validation steps.
+
+One call of the train step is one optimiser update, like one iteration of lucidrains' ``Trainer``:
+``grad_accum`` micro-batches are scanned, the gradient of ``loss / grad_accum`` is summed over them
+(equal to the gradient of the mean loss of the whole ``grad_accum * batch_size`` images), then
+clipped, applied with Adam and followed by one EMA update. Parameters are replicated over the mesh;
+the batch axis of every micro-batch is sharded, so XLA all-reduces the gradients.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from btd_jax import diffusion
+from btd_jax.configs import Config
+from btd_jax.training.state import TrainState, ema_update, learning_rate_schedule, make_optimizer
+
+__all__ = ["batch_sharding", "make_train_step", "train_step", "make_eval_step", "step_noise"]
+
+StepFn = Callable[[TrainState, jax.Array], Tuple[TrainState, Dict[str, jax.Array]]]
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of a stacked training batch ``(grad_accum, batch, H, W, C)``: axis 1 over the mesh."""
+    return NamedSharding(mesh, PartitionSpec(None, mesh.axis_names[0]))
+
+
+def _default_mesh() -> Mesh:
+    from btd_jax.parallel import make_mesh
+
+    return make_mesh()
+
+
+def step_noise(cfg: Config, key: jax.Array, accum: int, batch: int) -> Tuple[jax.Array, jax.Array, jax.Array]:
+    """The random inputs of one step: t ``(A, B)`` int32, noise ``(A, B, H, W, C)``, flip mask ``(A, B)``.
+
+    They are drawn for the flat ``A * B`` images and then reshaped, so (accum 2, batch 4) and
+    (accum 1, batch 8) see the same numbers; with JAX's partitionable threefry they do not depend on
+    the device count either.
+    """
+    n, size, c = accum * batch, cfg.image_size, cfg.model.channels
+    k_t, k_noise, k_flip = jax.random.split(key, 3)
+    tc = cfg.train
+    t = diffusion.sample_timesteps(k_t, n, cfg.diffusion.timesteps, tc.t_sampling, tc.t_max, tc.mixture_uniform_frac)
+    noise = diffusion.sample_noise(k_noise, (n, size, size, c), cfg.diffusion.offset_noise_strength)
+    flip = jax.random.bernoulli(k_flip, 0.5, (n,))
+    return t.reshape(accum, batch), noise.reshape(accum, batch, size, size, c), flip.reshape(accum, batch)
+
+
+def _loss_fn(model, sched, params, x0, t, noise):
+    x_t = diffusion.q_sample(sched, x0, t, noise)
+    out = model.apply({"params": params}, x_t, t)
+    return diffusion.loss(sched, out, x0, t, noise)
+
+
+def _prepare(cfg: Config, images: jax.Array) -> jax.Array:
+    x = images.astype(jnp.float32)
+    return diffusion.normalize(x) if cfg.diffusion.auto_normalize else x
+
+
+@functools.lru_cache(maxsize=16)
+def make_train_step(cfg: Config, mesh: Optional[Mesh] = None) -> StepFn:
+    """A jitted ``step(state, images) -> (state, metrics)`` for ``cfg`` over ``mesh`` (default: all devices).
+
+    ``images`` is ``(grad_accum, batch_size, H, W, C)`` in [0, 1] (global shape), best built with
+    :func:`batch_sharding`. The state is donated. ``metrics`` holds the mean ``loss`` over the
+    ``grad_accum * batch_size`` images, the pre-clipping ``grad_norm`` and the ``lr`` used, as
+    replicated scalars (fetch them only when logging, to keep the device queue full).
+    """
+    from btd_jax.models.unet import Unet
+    from btd_jax.parallel import replicated
+
+    mesh = mesh or _default_mesh()
+    model = Unet.from_config(cfg.model)
+    sched = diffusion.make_schedule(cfg.diffusion)
+    tc = cfg.train
+    tx = make_optimizer(tc)
+    lr_fn = learning_rate_schedule(tc)
+    data_spec = batch_sharding(mesh)
+    grad_fn = jax.value_and_grad(functools.partial(_loss_fn, model, sched))
+
+    def step(state: TrainState, images: jax.Array):
+        accum, batch = images.shape[:2]
+        t, noise, flip = step_noise(cfg, jax.random.fold_in(state.rng, state.step), accum, batch)
+        x0 = _prepare(cfg, images)
+        if tc.hflip:
+            x0 = jnp.where(flip[..., None, None, None], x0[..., ::-1, :], x0)
+        t, noise, x0 = (jax.lax.with_sharding_constraint(a, data_spec) for a in (t, noise, x0))
+
+        def micro(carry, xs):
+            loss_sum, grad_sum = carry
+            loss, grads = grad_fn(state.params, *xs)
+            return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (loss_sum, grad_sum), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), (x0, t, noise))
+        grads = jax.tree.map(lambda g: g / accum, grad_sum)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = ema_update(state.ema_params, params, state.step, tc)
+        new_state = state.replace(params=params, ema_params=ema, opt_state=opt_state, step=state.step + 1)
+        metrics = {"loss": loss_sum / accum, "grad_norm": optax.global_norm(grads),
+                   "lr": jnp.asarray(lr_fn(state.step), jnp.float32)}
+        return new_state, metrics
+
+    repl = replicated(mesh)
+    return jax.jit(step, in_shardings=(repl, data_spec), out_shardings=(repl, repl), donate_argnums=(0,))
+
+
+def train_step(state: TrainState, images: jax.Array, cfg: Config, mesh: Optional[Mesh] = None):
+    """One optimiser update: ``make_train_step(cfg, mesh)(state, images)`` (the jitted function is cached)."""
+    return make_train_step(cfg, mesh)(state, images)
+
+
+@functools.lru_cache(maxsize=16)
+def make_eval_step(cfg: Config, mesh: Optional[Mesh] = None) -> Callable:
+    """A jitted ``eval(params, images, t, noise) -> (N,)`` per-sample diffusion loss (no gradient).
+
+    ``images`` (N, H, W, C) in [0, 1], ``t`` (N,), ``noise`` like images; N sharded over the mesh.
+    """
+    from btd_jax.models.unet import Unet
+    from btd_jax.parallel import data_sharding, replicated
+
+    mesh = mesh or _default_mesh()
+    model = Unet.from_config(cfg.model)
+    sched = diffusion.make_schedule(cfg.diffusion)
+
+    def evaluate(params, images, t, noise):
+        x0 = _prepare(cfg, images)
+        out = model.apply({"params": params}, diffusion.q_sample(sched, x0, t, noise), t)
+        return diffusion.loss(sched, out, x0, t, noise, reduce=False)
+
+    data = data_sharding(mesh)
+    return jax.jit(evaluate, in_shardings=(replicated(mesh), data, data, data), out_shardings=data)
