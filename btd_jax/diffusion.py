@@ -300,38 +300,48 @@ def _is_concrete_zero(t) -> bool:
     return isinstance(t, (int, np.integer, np.ndarray)) and not np.any(np.asarray(t))
 
 
+def _std_noise(key, noise, x_t, needs_noise: bool, what: str) -> Optional[jax.Array]:
+    if noise is not None:
+        return _f32(noise)
+    if key is None:
+        if needs_noise:
+            raise ValueError(f"{what} needs a PRNG key (or explicit noise)")
+        return None
+    return jax.random.normal(key, x_t.shape, x_t.dtype)
+
+
 def p_sample_from_output(sched: Schedule, model_out, x_t, t, key: Optional[jax.Array],
-                         clip_denoised: bool = True) -> Tuple[jax.Array, jax.Array]:
+                         clip_denoised: bool = True, noise=None) -> Tuple[jax.Array, jax.Array]:
     """One DDPM reverse step given the network output at (x_t, t); see :func:`p_sample`."""
     _check_t(t, sched.num_timesteps)
     x_t = _f32(x_t)
     t_vec = _time_vector(t, x_t.shape[0])
     mean, _, log_var, x_start = p_mean_variance(sched, model_out, x_t, t_vec, clip_denoised)
-    if key is None:
-        if not _is_concrete_zero(t):
-            raise ValueError("p_sample needs a PRNG key unless t is a concrete 0 (noise is added for t > 0)")
+    noise = _std_noise(key, noise, x_t, not _is_concrete_zero(t), "p_sample with t > 0 (or traced t)")
+    if noise is None:
         return mean, x_start
-    noise = jax.random.normal(key, x_t.shape, x_t.dtype)
     # t may be traced (inside fori_loop/scan): gate the noise with where, per sample.
     nonzero = (t_vec > 0).reshape((-1,) + (1,) * (x_t.ndim - 1))
     return mean + jnp.where(nonzero, jnp.exp(0.5 * log_var) * noise, 0.0), x_start
 
 
 def p_sample(sched: Schedule, model_fn: ModelFn, x_t, t, key: Optional[jax.Array],
-             clip_denoised: bool = True) -> Tuple[jax.Array, jax.Array]:
+             clip_denoised: bool = True, noise=None) -> Tuple[jax.Array, jax.Array]:
     """lucidrains ``p_sample``: x_{t-1} = posterior mean + exp(0.5 log_var) z, z only where t > 0.
 
     Args:
       model_fn: ``model_fn(x (N,H,W,C), t (N,) int32) -> model output``.
       x_t: (N, H, W, C). t: Python int, traced scalar, or (N,) ints.
       key: PRNG key; may be None when t is a concrete 0 (the step is then deterministic).
+      noise: optional standard normal (N,H,W,C) used instead of drawing from ``key`` (common random
+        numbers, parity tests).
     Returns:
       (x_prev, x_start), both (N, H, W, C) float32. At t = 0 the posterior coefficients are 1 and 0,
       so x_prev is the (clipped) x_0 prediction.
     """
     _check_t(t, sched.num_timesteps)
     model_out = model_fn(x_t, _time_vector(t, x_t.shape[0]))
-    return p_sample_from_output(sched, model_out, x_t, t, key, clip_denoised)
+    return p_sample_from_output(sched, model_out, x_t, t, key, clip_denoised, noise)
 
 
 def ddim_time_pairs(num_timesteps: int, sampling_timesteps: int) -> np.ndarray:
@@ -345,11 +355,12 @@ def ddim_time_pairs(num_timesteps: int, sampling_timesteps: int) -> np.ndarray:
 
 
 def ddim_step(sched: Schedule, model_fn: ModelFn, x_t, t, t_prev, key: Optional[jax.Array],
-              eta: float = 0.0, clip_denoised: bool = True) -> Tuple[jax.Array, jax.Array]:
+              eta: float = 0.0, clip_denoised: bool = True, noise=None) -> Tuple[jax.Array, jax.Array]:
     """One step of lucidrains ``ddim_sample`` from t to t_prev (t_prev < 0: return x_start).
 
     Uses ``model_predictions(clip_x_start=clip_denoised, rederive_pred_noise=True)`` as the reference.
-    t, t_prev: Python ints, traced scalars or (N,) arrays. ``key`` may be None (no noise; exact when eta = 0).
+    t, t_prev: Python ints, traced scalars or (N,) arrays. ``key`` may be None when eta = 0 (the
+    reference still draws noise but multiplies it by sigma = 0); ``noise`` replaces the draw.
     """
     _check_t(t, sched.num_timesteps)
     x_t = _f32(x_t)
@@ -362,12 +373,9 @@ def ddim_step(sched: Schedule, model_fn: ModelFn, x_t, t, t_prev, key: Optional[
     alpha_next = _extract(sched.alphas_cumprod, jnp.maximum(t_next, 0), nd)
     sigma = eta * jnp.sqrt((1 - alpha / alpha_next) * (1 - alpha_next) / (1 - alpha))
     c = jnp.sqrt(1 - alpha_next - sigma ** 2)
-    if key is None:
-        if isinstance(eta, (int, float)) and eta != 0:
-            raise ValueError("ddim_step with eta > 0 needs a PRNG key")
+    noise = _std_noise(key, noise, x_t, not (isinstance(eta, (int, float)) and eta == 0), "ddim_step with eta > 0")
+    if noise is None:
         noise = jnp.zeros_like(x_t)
-    else:
-        noise = jax.random.normal(key, x_t.shape, x_t.dtype)
     img = x_start * jnp.sqrt(alpha_next) + c * pred_noise + sigma * noise
     return jnp.where((t_next < 0).reshape((-1,) + (1,) * (nd - 1)), x_start, img), x_start
 
