@@ -163,14 +163,24 @@ def fit(real_scores: Any, target_fpr: float = 0.1, steps: Optional[int] = None, 
                        center=None if center is None else int(center), meta=meta)
 
 
+def _key_kw(key: Any) -> Dict[str, Any]:
+    return {} if key is None else {"key": key}  # d > 1 adds noise: the scorer then needs a key
+
+
 def calibrate_scorer(scorer: Any, real_images: Any, target_fpr: float = 0.1, steps: int = 1,
-                     center: Optional[int] = None, batch_size: int = 256, **meta: Any) -> Calibration:
+                     center: Optional[int] = None, batch_size: int = 256, key: Any = None,
+                     **meta: Any) -> Calibration:
     """Scores real validation images (N,H,W) in [0,1] with ``scorer.score`` and fits a calibration."""
-    s = scorer.score(real_images, steps=steps, center=center, batch_size=batch_size)
+    s = scorer.score(real_images, steps=steps, center=center, batch_size=batch_size, **_key_kw(key))
     return fit(s, target_fpr=target_fpr, steps=steps, center=center, **meta)
 
 
-def score_and_decide(scorer: Any, images: Any, cal: Calibration, batch_size: int = 256):
-    """Scores ``images`` with the calibration's own ``steps``/``center``; returns (scores, is_fake, p)."""
-    s = np.asarray(scorer.score(images, steps=cal.steps or 1, center=cal.center, batch_size=batch_size))
+def score_and_decide(scorer: Any, images: Any, cal: Calibration, batch_size: int = 256, key: Any = None):
+    """Scores ``images`` with the calibration's own ``steps``/``center``; returns (scores, is_fake, p).
+
+    ``scorer`` is anything with ``score(images, steps=, center=, batch_size=[, key=])`` such as
+    :class:`btd_jax.score.Scorer`. Use the same ``key`` as for calibration when ``steps > 1``.
+    """
+    s = np.asarray(scorer.score(images, steps=cal.steps or 1, center=cal.center, batch_size=batch_size,
+                                **_key_kw(key)))
     return s, cal.decide(s), cal.p_values(s)

@@ -1,0 +1,346 @@
+"""Paper-style evaluation: Table-1 rows (AUC/EER with scanner-balanced bootstrap), writers and figures.
+
+One *row* is one (dataset, method, reduction): e.g. ``CTGAN-CT-Inject`` / ``BTD`` / ``center32``
+with the point AUC/EER on all samples and the bootstrap mean, std and 95% interval (the paper
+reports the bootstrap mean). Typical use::
+
+    sets = evaluate.split_by_tamper(labels, method, scanner)             # {tamper: index array}
+    scores = evaluate.score_reductions(scorer, patches, centers=(None, 32))  # {"full": (N,), "center32": (N,)}
+    rows = [evaluate.evaluate_scores(scores[r][i], labels[i], scanner[i], dataset=..., reduction=r)
+            for ...]
+    evaluate.write_all(rows, out_dir)                                     # results.md / .csv / .json
+
+``evaluate_testset`` does all of that for a loaded test set; figures use matplotlib's Agg backend.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from btd_jax import metrics
+from btd_jax.data.errors import DataError
+
+__all__ = ["ATTACKS", "dataset_name", "reduction_name", "parse_labels", "split_by_tamper", "evaluate_scores",
+           "reduce_maps", "score_reductions", "evaluate_testset", "write_markdown", "write_csv", "write_json",
+           "write_all", "plot_roc", "plot_histogram", "read_scores_csv", "write_scores_csv", "table1_markdown"]
+
+ATTACKS = {"injection": "Inject", "inject": "Inject", "removal": "Remove", "remove": "Remove"}
+_REAL = {"0", "real", "tm", "tb", "genuine", "authentic"}
+_FAKE = {"1", "fake", "fm", "fb", "tampered", "deepfake"}
+_NO_METHOD = {"", "real", "none", "nan", "na", "-"}
+
+
+def dataset_name(tamper: str, modality: str, attack: str) -> str:
+    """('CTGAN', 'CT', 'injection') -> 'CTGAN-CT-Inject', the paper's dataset names."""
+    a = ATTACKS.get(str(attack).lower())
+    if a is None:
+        raise ValueError(f"unknown attack {attack!r}; use one of {sorted(ATTACKS)}")
+    return f"{tamper}-{modality}-{a}"
+
+
+def reduction_name(center: Optional[int]) -> str:
+    """None -> 'full' (mean over the patch); k -> 'center{k}' (mean over the central k x k window)."""
+    return "full" if center is None else f"center{int(center)}"
+
+
+def parse_labels(values: Iterable[Any], source: str = "labels") -> np.ndarray:
+    """0/1, bool or the paper's names (real/fake, TM/TB real, FM/FB fake) -> int8 (N,)."""
+    arr = np.asarray(values)
+    if arr.dtype == bool or np.issubdtype(arr.dtype, np.integer):
+        values = arr.astype(np.int64)
+    out = []
+    for i, v in enumerate(values):
+        t = str(v).strip().lower()
+        if t in ("1", "1.0", "true") or t in _FAKE:
+            out.append(1)
+        elif t in ("0", "0.0", "false") or t in _REAL:
+            out.append(0)
+        else:
+            raise DataError(f"{source}: item {i} has label {v!r}; use 0/1, real/fake or TM/TB/FM/FB")
+    return np.asarray(out, dtype=np.int8)
+
+
+def split_by_tamper(labels: np.ndarray, method: Optional[np.ndarray], tamper: Optional[str] = None
+                    ) -> Dict[str, np.ndarray]:
+    """Index arrays per tamper method (one paper dataset each), from 0/1 labels and a method column.
+
+    Fakes of method ``m`` go to dataset ``m``. Reals go to dataset ``m`` too if some reals carry
+    method ``m`` (the test set pairs them); otherwise every real is shared by all datasets (reals
+    have no tamper method). Without a method column everything is one dataset named ``tamper`` or
+    'all'. ``tamper`` restricts the result to that method (case-insensitive) and errors if absent.
+    """
+    labels = np.asarray(labels)
+    if method is None:
+        return {tamper or "all": np.arange(labels.size)}
+    m = np.asarray([str(v).strip() for v in method])
+    fake_methods = sorted({v for v in m[labels == 1] if v.lower() not in _NO_METHOD})
+    if not fake_methods and tamper is None:  # a method column that names no tamper method
+        return {"all": np.arange(labels.size)}
+    if tamper is not None:
+        match = [v for v in fake_methods if v.lower() == tamper.lower()]
+        if not match:
+            raise DataError(f"tamper method {tamper!r} not found among fake samples; "
+                            f"available: {', '.join(fake_methods) or 'none'}")
+        fake_methods = match
+    out = {}
+    for name in fake_methods:
+        fake = np.flatnonzero((labels == 1) & (m == name))
+        paired = np.flatnonzero((labels == 0) & (m == name))
+        real = paired if paired.size else np.flatnonzero((labels == 0) & np.isin(np.char.lower(m), list(_NO_METHOD)))
+        out[name] = np.sort(np.concatenate([real, fake]))
+    return out
+
+
+def evaluate_scores(scores: Any, labels: Any, groups: Optional[Any] = None, *, dataset: str = "all",
+                    method: str = "BTD", reduction: str = "full", n_boot: int = 100, seed: int = 0
+                    ) -> Dict[str, Any]:
+    """One Table-1 row: point AUC/EER on all samples + scanner-balanced bootstrap (mean, std, CI)."""
+    y, s = metrics.check_inputs(labels, scores, name=f"{dataset} ({reduction})")
+    e, thr = metrics.eer(y, s)
+    b = metrics.bootstrap(s, y, groups=groups, n=n_boot, seed=seed)
+    return {
+        "dataset": dataset, "method": method, "reduction": reduction,
+        "n_real": int((y == 0).sum()), "n_fake": int((y == 1).sum()),
+        "auc": metrics.auc(y, s), "eer": e, "eer_threshold": thr,
+        "auc_mean": b["auc_mean"], "auc_std": b["auc_std"], "auc_ci_low": b["auc_ci"][0], "auc_ci_high": b["auc_ci"][1],
+        "eer_mean": b["eer_mean"], "eer_std": b["eer_std"], "eer_ci_low": b["eer_ci"][0], "eer_ci_high": b["eer_ci"][1],
+        "n_boot": b["n"], "seed": b["seed"], "samples_per_draw": b["samples_per_draw"],
+        "groups": ";".join(f"{g}:{k}" for g, k in b["per_class_per_group"].items()),
+        "skipped_groups": ";".join(f"{g}({r} real/{f} fake)" for g, r, f in b["skipped_groups"]),
+    }
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def reduce_maps(maps: np.ndarray, centers: Sequence[Optional[int]]) -> Dict[str, np.ndarray]:
+    """(N, H, W) squared residuals -> {reduction name: (N,) mean over the patch / central k x k}.
+
+    The central window is rows/cols [(H-k)//2, (H-k)//2 + k), as ``btd_jax.score.center_window``.
+    """
+    h, w = maps.shape[-2:]
+    out = {}
+    for k in centers:
+        if k is None:
+            out[reduction_name(k)] = maps.reshape(maps.shape[0], -1).mean(axis=1)
+            continue
+        if not 1 <= k <= min(h, w):
+            raise ValueError(f"center window {k} must be between 1 and the patch size {min(h, w)}")
+        r, c = (h - k) // 2, (w - k) // 2
+        out[reduction_name(k)] = maps[:, r:r + k, c:c + k].reshape(maps.shape[0], -1).mean(axis=1)
+    return out
+
+
+def score_reductions(scorer: Any, images: Any, centers: Sequence[Optional[int]] = (None, 32), steps: int = 1,
+                     batch_size: int = 256, key: Any = None, block: int = 4096) -> Dict[str, np.ndarray]:
+    """One network pass per patch, every reduction: {name: (N,) float64}.
+
+    Streams ``images`` (N,H,W) in blocks of ``block`` through ``scorer.residual_map`` (device
+    parallel) so the (N,H,W) maps are never all in memory. With ``steps > 1`` pass ``key``; block
+    ``j`` then uses ``fold_in(key, j)`` so results are reproducible for a given key and block.
+    """
+    n = len(images)
+    parts: Dict[str, List[np.ndarray]] = {}
+    for j, start in enumerate(range(0, n, block)):
+        kw = {}
+        if key is not None:
+            import jax  # only for the key arithmetic; metrics-only callers never get here
+
+            kw["key"] = jax.random.fold_in(key, j)
+        maps = np.asarray(scorer.residual_map(images[start:start + block], steps=steps, batch_size=batch_size, **kw),
+                          dtype=np.float64)
+        for name, v in reduce_maps(maps, centers).items():
+            parts.setdefault(name, []).append(v)
+    return {name: np.concatenate(v) for name, v in parts.items()}
+
+
+def evaluate_testset(scorer: Any, patches: Any, labels: Any, metadata: Mapping[str, Any], modality: str, attack: str,
+                     tamper: Optional[str] = None, centers: Sequence[Optional[int]] = (None, 32), steps: int = 1,
+                     n_boot: int = 100, seed: int = 0, batch_size: int = 256, key: Any = None,
+                     method: str = "BTD"):
+    """Scores a test set once and evaluates every (tamper dataset, reduction).
+
+    ``metadata`` columns used: 'scanner' (bootstrap strata) and 'method' (tamper method per sample).
+    Returns ``(rows, scores)`` with ``scores`` = {reduction: (N,)} for all samples.
+    """
+    y = parse_labels(labels)
+    scores = score_reductions(scorer, patches, centers=centers, steps=steps, batch_size=batch_size, key=key)
+    return evaluate_scored(scores, y, metadata, modality, attack, tamper, n_boot, seed, method), scores
+
+
+def evaluate_scored(scores: Mapping[str, np.ndarray], labels: np.ndarray, metadata: Mapping[str, Any], modality: str,
+                    attack: str, tamper: Optional[str] = None, n_boot: int = 100, seed: int = 0,
+                    method: str = "BTD") -> List[Dict[str, Any]]:
+    """Rows for already computed ``scores`` {reduction: (N,)}; see :func:`evaluate_testset`."""
+    y = np.asarray(labels)
+    scanner = metadata.get("scanner")
+    scanner = None if scanner is None else np.asarray(scanner).astype(str)
+    rows = []
+    for tam, idx in split_by_tamper(y, metadata.get("method"), tamper).items():
+        name = dataset_name(tam, modality, attack)
+        for red, s in scores.items():
+            rows.append(evaluate_scores(np.asarray(s)[idx], y[idx], None if scanner is None else scanner[idx],
+                                        dataset=name, method=method, reduction=red, n_boot=n_boot, seed=seed))
+    return rows
+
+
+# ----------------------------------------------------------------------------- writers
+
+_COLUMNS = ["dataset", "method", "reduction", "n_real", "n_fake", "auc", "eer", "eer_threshold",
+            "auc_mean", "auc_std", "auc_ci_low", "auc_ci_high", "eer_mean", "eer_std", "eer_ci_low", "eer_ci_high",
+            "n_boot", "seed", "samples_per_draw", "groups", "skipped_groups"]
+
+
+def table1_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The paper's Table 1 layout: one line per (method, reduction), AUC block then EER block, bootstrap means."""
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    lines_keys = list(dict.fromkeys((r["method"], r["reduction"]) for r in rows))
+    cell = {(r["method"], r["reduction"], r["dataset"]): r for r in rows}
+    head = ["method", "reduction"] + [f"AUC {d}" for d in datasets] + [f"EER {d}" for d in datasets]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, red in lines_keys:
+        vals = []
+        for metric in ("auc_mean", "eer_mean"):
+            for d in datasets:
+                r = cell.get((m, red, d))
+                vals.append("-" if r is None else f"{r[metric]:.2f}")
+        out.append("| " + " | ".join([m, red] + vals) + " |")
+    return "\n".join(out)
+
+
+def write_markdown(rows: Sequence[Mapping[str, Any]], path: str, title: str = "BTD evaluation") -> str:
+    n_boot = rows[0]["n_boot"] if rows else 0
+    parts = [f"# {title}", "",
+             f"Scanner-balanced bootstrap means over {n_boot} iterations (paper section 4), Table-1 layout:", "",
+             table1_markdown(rows), "", "Details (point estimate on all samples; bootstrap mean ± std [95% CI]):", "",
+             "| dataset | method | reduction | real | fake | AUC | AUC boot | EER | EER boot | EER threshold |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        parts.append(
+            f"| {r['dataset']} | {r['method']} | {r['reduction']} | {r['n_real']} | {r['n_fake']} | {r['auc']:.4f} | "
+            f"{r['auc_mean']:.4f} ± {r['auc_std']:.4f} [{r['auc_ci_low']:.4f}, {r['auc_ci_high']:.4f}] | "
+            f"{r['eer']:.4f} | {r['eer_mean']:.4f} ± {r['eer_std']:.4f} [{r['eer_ci_low']:.4f}, {r['eer_ci_high']:.4f}] | "
+            f"{r['eer_threshold']:.6g} |")
+    skipped = [f"{r['dataset']}/{r['reduction']}: {r['skipped_groups']}" for r in rows if r["skipped_groups"]]
+    if skipped:
+        parts += ["", "Scanners skipped by the bootstrap (only one class): " + "; ".join(skipped)]
+    with open(path, "w") as f:
+        f.write("\n".join(parts) + "\n")
+    return path
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str) -> str:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def write_json(rows: Sequence[Mapping[str, Any]], path: str, **extra: Any) -> str:
+    with open(path, "w") as f:
+        json.dump({"rows": [{k: r[k] for k in _COLUMNS if k in r} for r in rows], **extra}, f, indent=2)
+    return path
+
+
+def write_all(rows: Sequence[Mapping[str, Any]], out_dir: str, **extra: Any) -> Dict[str, str]:
+    """results.md, results.csv and results.json in ``out_dir`` (created)."""
+    os.makedirs(out_dir, exist_ok=True)
+    return {"markdown": write_markdown(rows, os.path.join(out_dir, "results.md")),
+            "csv": write_csv(rows, os.path.join(out_dir, "results.csv")),
+            "json": write_json(rows, os.path.join(out_dir, "results.json"), **extra)}
+
+
+def write_scores_csv(path: str, labels: np.ndarray, scores: Mapping[str, np.ndarray],
+                     metadata: Optional[Mapping[str, Any]] = None) -> str:
+    """Per-sample scores: ``index,label[,scanner][,method],score_<reduction>...`` (re-readable)."""
+    meta = {k: np.asarray(v) for k, v in (metadata or {}).items() if k in ("scanner", "method") and v is not None}
+    cols = ["index", "label", *meta, *[f"score_{r}" for r in scores]]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for i in range(len(labels)):
+            w.writerow([i, int(labels[i]), *[meta[k][i] for k in meta], *[repr(float(s[i])) for s in scores.values()]])
+    return path
+
+
+def read_scores_csv(path: str):
+    """Reads a scored CSV -> (labels (N,) int8, {reduction: (N,)}, metadata {'scanner', 'method'}).
+
+    Needs a ``label`` column and a ``score`` column or ``score_<reduction>`` columns (``score`` alone
+    is reduction 'score'); ``scanner`` and ``method`` are optional.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such scores file")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = reader.fieldnames or []
+        data = list(reader)
+    if "label" not in cols:
+        raise DataError(f"{path}: no 'label' column (columns: {', '.join(cols) or 'none'})")
+    score_cols = [c for c in cols if c == "score" or c.startswith("score_")]
+    if not score_cols:
+        raise DataError(f"{path}: no 'score' or 'score_<reduction>' column (columns: {', '.join(cols)})")
+    if not data:
+        raise DataError(f"{path}: no rows")
+    labels = parse_labels([r["label"] for r in data], source=path)
+    scores = {}
+    for c in score_cols:
+        try:
+            scores[c if c == "score" else c[len("score_"):]] = np.asarray([float(r[c]) for r in data])
+        except (TypeError, ValueError) as e:
+            raise DataError(f"{path}: column {c!r} has a non-numeric value ({e})") from None
+    meta = {k: np.asarray([r[k] for r in data]) for k in ("scanner", "method") if k in cols}
+    return labels, scores, meta
+
+
+# ----------------------------------------------------------------------------- figures
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless; never opens a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc(curves: Mapping[str, tuple], path: str, title: str = "") -> str:
+    """ROC curves: ``curves`` = {legend label: (labels (N,), scores (N,))}; writes a PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for name, (y, s) in curves.items():
+        fpr, tpr, _ = metrics.roc_curve(y, s)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {metrics.auc(y, s):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_histogram(scores: Any, labels: Any, path: str, title: str = "", threshold: Optional[float] = None) -> str:
+    """Real vs fake score histograms (log-spaced bins when all scores are positive); writes a PNG."""
+    plt = _pyplot()
+    y, s = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    positive = bool(np.all(s > 0)) and s.max() > s.min()
+    bins = np.geomspace(s.min(), s.max(), 40) if positive else 40
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(s[y == 0], bins=bins, alpha=0.6, label=f"real ({int((y == 0).sum())})", density=True)
+    ax.hist(s[y == 1], bins=bins, alpha=0.6, label=f"fake ({int((y == 1).sum())})", density=True)
+    if threshold is not None:
+        ax.axvline(threshold, color="red", ls="--", lw=1, label="threshold")
+    if positive:
+        ax.set_xscale("log")
+    ax.set(xlabel="BTD score", ylabel="density", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,156 @@
+"""evaluate: dataset naming, tamper split, Table-1 rows, writers, figures, scored-CSV round trip, CLI."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from btd_jax import evaluate, metrics
+from btd_jax.data.errors import DataError
+
+
+def _synthetic(seed=0, n=120):
+    """Two tamper methods, shared reals, two scanners; CTGAN fakes separable, SD fakes less so."""
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.zeros(n), np.ones(n), np.ones(n)].astype(int)
+    method = np.r_[np.full(n, ""), np.full(n, "CTGAN"), np.full(n, "SD")]
+    scanner = np.tile(np.array(["GE", "Siemens"]), 3 * n // 2)
+    s = np.r_[rng.normal(0, 1, n), rng.normal(3, 1, n), rng.normal(0.5, 1, n)]
+    return labels, method, scanner, s
+
+
+def test_names_and_labels():
+    assert evaluate.dataset_name("CTGAN", "CT", "injection") == "CTGAN-CT-Inject"
+    assert evaluate.dataset_name("SD", "MRI", "removal") == "SD-MRI-Remove"
+    with pytest.raises(ValueError, match="unknown attack"):
+        evaluate.dataset_name("SD", "CT", "swap")
+    assert evaluate.reduction_name(None) == "full" and evaluate.reduction_name(32) == "center32"
+    np.testing.assert_array_equal(evaluate.parse_labels(["TM", "FM", "tb", "FB", "real", "fake", "0", "1", 1, 0]),
+                                  [0, 1, 0, 1, 0, 1, 0, 1, 1, 0])
+    np.testing.assert_array_equal(evaluate.parse_labels(np.array([True, False])), [1, 0])
+    with pytest.raises(DataError, match="item 1 has label 'maybe'"):
+        evaluate.parse_labels(["real", "maybe"])
+
+
+def test_split_by_tamper_shared_and_paired_reals():
+    labels, method, _, _ = _synthetic(n=4)
+    sets = evaluate.split_by_tamper(labels, method)
+    assert list(sets) == ["CTGAN", "SD"]
+    np.testing.assert_array_equal(sets["CTGAN"], np.r_[0:4, 4:8])  # shared reals + CTGAN fakes
+    np.testing.assert_array_equal(sets["SD"], np.r_[0:4, 8:12])
+    # reals paired with a method (method column set on reals too) stay with that method
+    paired = np.array(["CTGAN", "CTGAN", "SD", "SD", "CTGAN", "SD"])
+    lab = np.array([0, 0, 0, 0, 1, 1])
+    s2 = evaluate.split_by_tamper(lab, paired)
+    np.testing.assert_array_equal(s2["CTGAN"], [0, 1, 4])
+    np.testing.assert_array_equal(s2["SD"], [2, 3, 5])
+    assert list(evaluate.split_by_tamper(labels, method, tamper="ctgan")) == ["CTGAN"]
+    with pytest.raises(DataError, match="'GAN2' not found.*CTGAN, SD"):
+        evaluate.split_by_tamper(labels, method, tamper="GAN2")
+    assert list(evaluate.split_by_tamper(labels, None)) == ["all"]
+
+
+def test_evaluate_scores_row_matches_metrics():
+    labels, method, scanner, s = _synthetic()
+    idx = evaluate.split_by_tamper(labels, method)["CTGAN"]
+    row = evaluate.evaluate_scores(s[idx], labels[idx], scanner[idx], dataset="CTGAN-CT-Inject", n_boot=30)
+    assert row["auc"] == pytest.approx(metrics.auc(labels[idx], s[idx]))
+    assert row["eer"] == pytest.approx(metrics.eer(labels[idx], s[idx])[0])
+    b = metrics.bootstrap(s[idx], labels[idx], scanner[idx], n=30)
+    assert row["auc_mean"] == b["auc_mean"] and row["eer_ci_high"] == b["eer_ci"][1]
+    assert (row["n_real"], row["n_fake"]) == (120, 120)
+    assert row["groups"] == "GE:60;Siemens:60" and row["skipped_groups"] == ""
+    assert row["auc_mean"] > 0.95
+
+
+def test_evaluate_scored_and_writers(tmp_path):
+    labels, method, scanner, s = _synthetic()
+    scores = {"full": s, "center32": s * 2 + 1}  # monotone transform: same AUC/EER
+    rows = evaluate.evaluate_scored(scores, labels, {"scanner": scanner, "method": method}, "CT", "injection",
+                                    n_boot=20)
+    assert [(r["dataset"], r["reduction"]) for r in rows] == [
+        ("CTGAN-CT-Inject", "full"), ("CTGAN-CT-Inject", "center32"),
+        ("SD-CT-Inject", "full"), ("SD-CT-Inject", "center32")]
+    assert rows[0]["auc_mean"] == pytest.approx(rows[1]["auc_mean"])
+    assert rows[0]["auc"] > rows[2]["auc"]
+    paths = evaluate.write_all(rows, str(tmp_path / "out"), modality="CT")
+    md = open(paths["markdown"]).read()
+    assert "| BTD | full | " in md and "AUC CTGAN-CT-Inject" in md and "EER SD-CT-Inject" in md
+    with open(paths["csv"]) as f:
+        back = list(csv.DictReader(f))
+    assert len(back) == 4 and float(back[2]["auc"]) == pytest.approx(rows[2]["auc"])
+    js = json.load(open(paths["json"]))
+    assert js["modality"] == "CT" and js["rows"][3]["dataset"] == "SD-CT-Inject"
+    assert "auc_values" not in js["rows"][0]
+
+
+def test_table1_markdown_layout():
+    rows = [dict(dataset=d, method="BTD", reduction=r, auc_mean=a, eer_mean=e)
+            for d, r, a, e in [("A", "full", 0.91, 0.18), ("B", "full", 0.55, 0.46), ("A", "center32", 0.99, 0.08)]]
+    lines = evaluate.table1_markdown(rows).splitlines()
+    assert lines[0] == "| method | reduction | AUC A | AUC B | EER A | EER B |"
+    assert lines[2] == "| BTD | full | 0.91 | 0.55 | 0.18 | 0.46 |"
+    assert lines[3] == "| BTD | center32 | 0.99 | - | 0.08 | - |"
+
+
+def test_figures_are_pngs(tmp_path):
+    labels, _, _, s = _synthetic(n=40)
+    roc = evaluate.plot_roc({"full": (labels, s), "center": (labels, s ** 2)}, str(tmp_path / "roc.png"), "x")
+    hist = evaluate.plot_histogram(np.exp(s), labels, str(tmp_path / "h.png"), threshold=1.0)
+    for p in (roc, hist):
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert os.path.getsize(p) > 2000
+
+
+def test_scores_csv_roundtrip_and_errors(tmp_path):
+    labels, method, scanner, s = _synthetic(n=6)
+    p = evaluate.write_scores_csv(str(tmp_path / "s.csv"), labels, {"full": s, "center8": -s},
+                                  {"scanner": scanner, "method": method})
+    y, scores, meta = evaluate.read_scores_csv(p)
+    np.testing.assert_array_equal(y, labels)
+    np.testing.assert_array_equal(scores["full"], s)  # repr() keeps every bit
+    np.testing.assert_array_equal(scores["center8"], -s)
+    np.testing.assert_array_equal(meta["scanner"], scanner)
+    (tmp_path / "bad.csv").write_text("score,kind\n0.1,x\n")
+    with pytest.raises(DataError, match="no 'label' column"):
+        evaluate.read_scores_csv(str(tmp_path / "bad.csv"))
+    (tmp_path / "bad2.csv").write_text("label,score\n0,0.1\n1,oops\n")
+    with pytest.raises(DataError, match="non-numeric"):
+        evaluate.read_scores_csv(str(tmp_path / "bad2.csv"))
+    with pytest.raises(FileNotFoundError):
+        evaluate.read_scores_csv(str(tmp_path / "missing.csv"))
+
+
+class _MapScorer:
+    """residual_map = squared image: an anomaly of bright pixels in the centre scores high."""
+
+    def residual_map(self, images, steps=1, batch_size=256, key=None):
+        return np.asarray(images, dtype=np.float32) ** 2
+
+
+def test_reduce_maps_and_score_reductions_blocks():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(10, 8, 8))
+    red = evaluate.score_reductions(_MapScorer(), x, centers=(None, 4, 1), block=3)
+    np.testing.assert_allclose(red["full"], (x ** 2).mean(axis=(1, 2)))
+    np.testing.assert_allclose(red["center4"], (x[:, 2:6, 2:6] ** 2).mean(axis=(1, 2)))
+    np.testing.assert_allclose(red["center1"], x[:, 3, 3] ** 2)  # (8 - 1) // 2 = 3, like score.center_window
+    with pytest.raises(ValueError, match="center window 9"):
+        evaluate.reduce_maps(x, [9])
+
+
+def test_evaluate_testset_with_mock_scorer():
+    rng = np.random.default_rng(0)
+    n = 40
+    x = rng.uniform(0, 0.3, size=(2 * n, 8, 8))
+    x[n:, 3:5, 3:5] = 1.0  # fakes: a bright 2x2 "tumour" in the centre
+    labels = np.r_[np.zeros(n), np.ones(n)]
+    meta = {"scanner": np.tile(["a", "b"], n), "method": np.r_[np.full(n, ""), np.full(n, "CTGAN")]}
+    rows, scores = evaluate.evaluate_testset(_MapScorer(), x, labels, meta, "CT", "injection",
+                                             centers=(None, 2), n_boot=10)
+    assert [r["reduction"] for r in rows] == ["full", "center2"]
+    assert rows[1]["auc"] == 1.0 and rows[1]["eer_mean"] == 0.0
+    assert scores["center2"].shape == (2 * n,)
