@@ -136,7 +136,8 @@ def reduce_maps(maps: np.ndarray, centers: Sequence[Optional[int]]) -> Dict[str,
 
 
 def score_reductions(scorer: Any, images: Any, centers: Sequence[Optional[int]] = (None, 32), steps: int = 1,
-                     batch_size: int = 256, key: Any = None, block: int = 4096) -> Dict[str, np.ndarray]:
+                     batch_size: int = 256, key: Any = None, block: int = 4096,
+                     progress: Optional[Any] = None) -> Dict[str, np.ndarray]:
     """One network pass per patch, every reduction: {name: (N,) float64}.
 
     Streams ``images`` (N,H,W) in blocks of ``block`` through ``scorer.residual_map`` (device
@@ -146,7 +147,7 @@ def score_reductions(scorer: Any, images: Any, centers: Sequence[Optional[int]] 
     n = len(images)
     parts: Dict[str, List[np.ndarray]] = {}
     for j, start in enumerate(range(0, n, block)):
-        kw = {}
+        kw = {} if progress is None else {"progress": progress}  # progress(n_done) per scored chunk
         if key is not None:
             import jax  # only for the key arithmetic; metrics-only callers never get here
 
@@ -161,14 +162,15 @@ def score_reductions(scorer: Any, images: Any, centers: Sequence[Optional[int]] 
 def evaluate_testset(scorer: Any, patches: Any, labels: Any, metadata: Mapping[str, Any], modality: str, attack: str,
                      tamper: Optional[str] = None, centers: Sequence[Optional[int]] = (None, 32), steps: int = 1,
                      n_boot: int = 100, seed: int = 0, batch_size: int = 256, key: Any = None,
-                     method: str = "BTD"):
+                     method: str = "BTD", progress: Optional[Any] = None):
     """Scores a test set once and evaluates every (tamper dataset, reduction).
 
     ``metadata`` columns used: 'scanner' (bootstrap strata) and 'method' (tamper method per sample).
     Returns ``(rows, scores)`` with ``scores`` = {reduction: (N,)} for all samples.
     """
     y = parse_labels(labels)
-    scores = score_reductions(scorer, patches, centers=centers, steps=steps, batch_size=batch_size, key=key)
+    scores = score_reductions(scorer, patches, centers=centers, steps=steps, batch_size=batch_size, key=key,
+                              progress=progress)
     return evaluate_scored(scores, y, metadata, modality, attack, tamper, n_boot, seed, method), scores
 
 

@@ -154,3 +154,48 @@ def test_evaluate_testset_with_mock_scorer():
     assert [r["reduction"] for r in rows] == ["full", "center2"]
     assert rows[1]["auc"] == 1.0 and rows[1]["eer_mean"] == 0.0
     assert scores["center2"].shape == (2 * n,)
+
+
+# --- the command -----------------------------------------------------------------------------
+
+def _parse(argv):
+    import argparse
+
+    from btd_jax.commands import evaluate as cmd
+
+    sub = argparse.ArgumentParser().add_subparsers(dest="command")
+    cmd.add_parser(sub)
+    return cmd, sub.choices["evaluate"].parse_args(argv)
+
+
+def test_command_on_scored_csv(tmp_path):
+    labels, method, scanner, s = _synthetic(n=40)
+    csv_path = evaluate.write_scores_csv(str(tmp_path / "scored.csv"), labels, {"full": s, "center32": s},
+                                         {"scanner": scanner, "method": method})
+    out = tmp_path / "out"
+    cmd, args = _parse(["--scores", csv_path, "--modality", "CT", "--attack", "removal", "--out", str(out),
+                        "--n_boot", "5"])
+    assert cmd.run(args) == 0
+    names = sorted(os.listdir(out))
+    assert names == sorted(["results.md", "results.csv", "results.json", "roc_CTGAN-CT-Remove.png",
+                            "roc_SD-CT-Remove.png", "hist_CTGAN-CT-Remove_full.png",
+                            "hist_CTGAN-CT-Remove_center32.png", "hist_SD-CT-Remove_full.png",
+                            "hist_SD-CT-Remove_center32.png"])
+    js = json.load(open(out / "results.json"))
+    assert js["attack"] == "removal" and len(js["rows"]) == 4 and js["rows"][0]["n_boot"] == 5
+    cmd, args = _parse(["--scores", csv_path, "--attack", "injection", "--tamper", "SD", "--out", str(out / "sd")])
+    assert cmd.run(args) == 0
+    rows = json.load(open(out / "sd" / "results.json"))["rows"]
+    assert {r["dataset"] for r in rows} == {"SD-CT-Inject"}
+
+
+def test_command_bad_input_exits_2_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "bad.csv").write_text("label,score\n0,0.1\n0,0.2\n")
+    r = subprocess.run([sys.executable, "-m", "btd_jax.cli", "evaluate", "--scores", str(tmp_path / "bad.csv"),
+                        "--attack", "injection", "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "only one class" in err[0] and err[0].startswith("btd-jax evaluate: error:")
