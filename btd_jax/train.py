@@ -10,6 +10,7 @@ steps; ``checkpoints``; ``loop``: the loop and the data feed); this module is th
 """
 
 from btd_jax.training.checkpoints import load_params, save_params_checkpoint
+from btd_jax.training.loop import train_and_evaluate
 from btd_jax.training.state import (TrainState, create_train_state, ema_decay, ema_update, learning_rate_schedule,
                                     make_optimizer)
 from btd_jax.training.step import batch_sharding, make_eval_step, make_train_step, train_step
@@ -17,5 +18,5 @@ from btd_jax.training.step import batch_sharding, make_eval_step, make_train_ste
 __all__ = [
     "TrainState", "create_train_state", "make_optimizer", "learning_rate_schedule", "ema_decay", "ema_update",
     "train_step", "make_train_step", "make_eval_step", "batch_sharding",
-    "save_params_checkpoint", "load_params",
+    "save_params_checkpoint", "load_params", "train_and_evaluate",
 ]

@@ -120,9 +120,11 @@ def train_step(state: TrainState, images: jax.Array, cfg: Config, mesh: Optional
 
 @functools.lru_cache(maxsize=16)
 def make_eval_step(cfg: Config, mesh: Optional[Mesh] = None) -> Callable:
-    """A jitted ``eval(params, images, t, noise) -> (N,)`` per-sample diffusion loss (no gradient).
+    """A jitted ``eval(params, images, t, noise, weights) -> sum_i weights_i * loss_i`` (no gradient).
 
-    ``images`` (N, H, W, C) in [0, 1], ``t`` (N,), ``noise`` like images; N sharded over the mesh.
+    ``images`` (N, H, W, C) in [0, 1], ``t`` (N,), ``noise`` like images, ``weights`` (N,) (0 for
+    padding rows); N is sharded over the mesh. The result is a replicated float32 scalar, so every
+    process can read it.
     """
     from btd_jax.models.unet import Unet
     from btd_jax.parallel import data_sharding, replicated
@@ -131,10 +133,10 @@ def make_eval_step(cfg: Config, mesh: Optional[Mesh] = None) -> Callable:
     model = Unet.from_config(cfg.model)
     sched = diffusion.make_schedule(cfg.diffusion)
 
-    def evaluate(params, images, t, noise):
+    def evaluate(params, images, t, noise, weights):
         x0 = _prepare(cfg, images)
         out = model.apply({"params": params}, diffusion.q_sample(sched, x0, t, noise), t)
-        return diffusion.loss(sched, out, x0, t, noise, reduce=False)
+        return jnp.sum(diffusion.loss(sched, out, x0, t, noise, reduce=False) * weights)
 
-    data = data_sharding(mesh)
-    return jax.jit(evaluate, in_shardings=(replicated(mesh), data, data, data), out_shardings=data)
+    data, repl = data_sharding(mesh), replicated(mesh)
+    return jax.jit(evaluate, in_shardings=(repl, data, data, data, data), out_shardings=repl)
