@@ -148,3 +148,36 @@ def test_chunk_size_buckets():
     assert score._chunk_size(1000, 256, 8) == 256
     assert score._chunk_size(1000, 20, 8) == 24
     assert score._chunk_size(5, 20, 8) == 8
+
+
+# ----------------------------------------------------------------------------- parity with PyTorch
+
+def _fixture_paths():
+    import glob
+    import os
+
+    return sorted(glob.glob(os.path.join(os.path.dirname(__file__), "fixtures", "parity_*.npz")))
+
+
+@pytest.mark.parametrize("path", _fixture_paths(), ids=lambda p: p.rsplit("parity_", 1)[-1][:-4])
+def test_parity_with_lucidrains_btd_d1(path):
+    """d = 1 scores equal the reference's (lucidrains p_sample at t = 0) to 1e-5 relative."""
+    import dataclasses
+    import json
+
+    from btd_jax import convert
+
+    f = np.load(path)
+    meta = json.loads(str(f["meta"]))
+    base = configs.get("ct")
+    base = dataclasses.replace(base, diffusion=dataclasses.replace(
+        base.diffusion, image_size=meta["diffusion_kwargs"]["image_size"]))
+    sd = {k[3:]: f[k] for k in f.files if k.startswith("sd/")}
+    params, cfg = convert.from_torch_state_dict(sd, base=base)
+    x01 = np.transpose(f["x01"], (0, 2, 3, 1))  # NCHW -> NHWC
+    # One compiled pass: centre-window scores on device, whole-patch scores from the maps.
+    scores, maps = score.Scorer.from_params(params, cfg).score_and_maps(x01, center=meta["btd_center"])
+    np.testing.assert_allclose(scores, f["btd_center"], rtol=1e-5)
+    np.testing.assert_allclose(maps.mean(axis=(1, 2)), f["btd_full"], rtol=1e-5)
+    x_prev = np.transpose(f["p0_x_prev"], (0, 2, 3, 1))
+    np.testing.assert_allclose(maps, ((x01 * 2 - 1 - x_prev) ** 2).mean(-1), rtol=1e-4, atol=1e-7)
