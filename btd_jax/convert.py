@@ -25,7 +25,8 @@ from btd_jax import configs
 from btd_jax.configs import Config, DiffusionConfig, ModelConfig
 from btd_jax.models.unet import Unet, downsample_factor
 
-__all__ = ["from_torch_state_dict", "to_torch_state_dict", "load_torch_checkpoint", "infer_model_config",
+__all__ = ["from_torch_state_dict", "to_torch_state_dict", "load_torch_checkpoint", "load_npz_state_dict",
+           "infer_model_config",
            "match_schedule", "torch_key_to_flax_path", "flax_path_to_torch_key", "SCHEDULE_BUFFERS"]
 
 log = logging.getLogger(__name__)
@@ -317,14 +318,15 @@ def load_torch_checkpoint(path: str, which: str = "model", base: Optional[Config
     """
     if which not in ("model", "ema"):
         raise ValueError(f"which must be 'model' or 'ema', got {which!r}")
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError("loading a .pt checkpoint needs PyTorch: pip install 'btd_jax[torch]'") from e
     import os
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file at {path!r}")
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"{path}: reading a PyTorch checkpoint needs torch (pip install 'btd_jax[torch]'), "
+                          "or save the state dict as .npz") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle / zip errors: one clear line
@@ -350,3 +352,20 @@ def load_torch_checkpoint(path: str, which: str = "model", base: Optional[Config
             raise ValueError(f"{path}: an EMA state dict without online_model.* keys; use which='ema'")
     log.info("%s: loading %s weights", path, which)
     return from_torch_state_dict(sd, base, **model_overrides)
+
+
+def load_npz_state_dict(path: str) -> Dict[str, np.ndarray]:
+    """A state dict saved torch-free as ``.npz`` (keys = state-dict names, or ``sd/<name>`` as in the parity
+    fixtures, whose other arrays are ignored)."""
+    import os
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no state-dict file at {path!r}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            sd = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read as an .npz state dict ({e})") from None
+    if any(k.startswith("sd/") for k in sd):
+        sd = {k[3:]: v for k, v in sd.items() if k.startswith("sd/")}
+    return sd

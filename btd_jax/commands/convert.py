@@ -1,0 +1,55 @@
+"""``btd-jax convert``: a lucidrains PyTorch checkpoint -> an orbax checkpoint that ``Scorer.load`` reads.
+
+    btd-jax convert --torch CT_model.pt --config ct --workdir DIR [--which ema]
+
+The architecture (generation, dim, dim_mults, channels, attention) is read from the weights and the
+schedule from the stored buffers; ``--config`` supplies the rest (patch size, training and scoring settings).
+``--torch`` also takes a torch-free ``.npz`` of the state dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("convert", help="PyTorch (lucidrains) checkpoint -> btd_jax workdir",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--torch", required=True, help="checkpoint: Trainer .pt ({'model', 'ema'}), a state-dict .pt, or .npz")
+    p.add_argument("--config", default="ct", help="preset for the settings the weights don't fix (default: ct)")
+    p.add_argument("--workdir", required=True, help="output directory (must not hold checkpoints yet)")
+    p.add_argument("--which", default="model", choices=("model", "ema"),
+                   help="which weights of a Trainer checkpoint (default: model, what the authors' README loads)")
+    p.add_argument("--image_size", "--image-size", type=int, default=None, help="patch size (default: the preset's)")
+    return p
+
+
+def run(args) -> int:
+    import dataclasses
+
+    from btd_jax import configs, convert, train
+
+    base = configs.get(args.config)
+    if args.image_size is not None:
+        base = dataclasses.replace(base, diffusion=dataclasses.replace(base.diffusion, image_size=args.image_size))
+    if args.torch.endswith(".npz"):
+        if args.which != "model":
+            raise ValueError("--which ema needs a PyTorch Trainer checkpoint, not an .npz state dict")
+        params, cfg = convert.from_torch_state_dict(convert.load_npz_state_dict(args.torch), base)
+    else:
+        try:
+            params, cfg = convert.load_torch_checkpoint(args.torch, which=args.which, base=base)
+        except ImportError as e:  # no torch installed: one line, exit 2
+            raise ValueError(str(e)) from None
+    m, d = cfg.model, cfg.diffusion
+    changed = [f"{f.name}={getattr(m, f.name)!r} (preset {getattr(base.model, f.name)!r})"
+               for f in dataclasses.fields(m) if getattr(m, f.name) != getattr(base.model, f.name)]
+    if changed:
+        print(f"note: the checkpoint's architecture differs from preset {args.config!r}: " + ", ".join(changed),
+              file=sys.stderr)
+    train.save_params_checkpoint(args.workdir, params, cfg)
+    print(f"converted {args.torch} ({args.which}): lucidrains {m.version} Unet dim={m.dim} dim_mults={m.dim_mults} "
+          f"channels={m.channels}; schedule {d.beta_schedule} x {d.timesteps}, objective {d.objective}"
+          f"{', min-SNR' if d.min_snr_loss_weight else ''} -> {args.workdir}")
+    return 0
