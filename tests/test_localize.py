@@ -129,3 +129,37 @@ def test_real_tiny_scorer_consistent():
     # window scores use the scorer's own centre-window convention
     np.testing.assert_allclose(res.scores, sc.score(windows, center=8, batch_size=16), rtol=1e-5, atol=1e-8)
     assert res.top[0]["score"] == pytest.approx(res.scores.max(), rel=1e-6)
+
+
+def test_localize_command_on_tiny_workdir(tmp_path):
+    import argparse
+    import json
+
+    jax = pytest.importorskip("jax")
+    from btd_jax import configs, train
+    from btd_jax.commands import localize as cmd
+    from btd_jax.models import unet
+
+    cfg = configs.get("tiny")
+    workdir = str(tmp_path / "wd")
+    train.save_params_checkpoint(workdir, unet.init_params(cfg.model, cfg.image_size, jax.random.key(0)), cfg)
+    vol = np.random.default_rng(1).uniform(0, 1, (3, 40, 36)).astype(np.float32)
+    np.save(tmp_path / "vol.npy", vol)
+    sub = argparse.ArgumentParser().add_subparsers()
+    cmd.add_parser(sub)
+    out = tmp_path / "out"
+    args = sub.choices["localize"].parse_args(
+        ["--workdir", workdir, "--input", str(tmp_path / "vol.npy"), "--units", "unit", "--stride", "8",
+         "--center", "8", "--top_k", "2", "--slices", "1:3", "--batch_size", "16", "--out", str(out)])
+    assert cmd.run(args) == 0
+    rep = json.load(open(out / "localize.json"))
+    sus = np.load(out / "suspicion.npy")
+    assert sus.shape == (2, 40, 36) and np.isfinite(sus).all()
+    assert rep["windows_per_slice"] == 4 * 4 and rep["slices"] == [1, 3] and len(rep["top"]) == 2
+    assert rep["top"][0]["score"] >= rep["top"][1]["score"] and rep["top"][0]["slice"] in (1, 2)
+    assert open(out / "overlay.png", "rb").read(4) == b"\x89PNG"
+    bad = sub.choices["localize"].parse_args(
+        ["--workdir", workdir, "--input", str(tmp_path / "vol.npy"), "--units", "unit", "--slices", "2:9", "--center", "8",
+         "--out", str(out)])
+    with pytest.raises(ValueError, match="not a valid range"):
+        cmd.run(bad)
