@@ -274,7 +274,8 @@ def read_scores_csv(path: str):
     """Reads a scored CSV -> (labels (N,) int8, {reduction: (N,)}, metadata {'scanner', 'method'}).
 
     Needs a ``label`` column and a ``score`` column or ``score_<reduction>`` columns (``score`` alone
-    is reduction 'score'); ``scanner`` and ``method`` are optional.
+    is reduction 'score'); every other column (e.g. ``scanner``, ``method``, ``size``) comes back in
+    the metadata as strings.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such scores file")
@@ -296,7 +297,7 @@ def read_scores_csv(path: str):
             scores[c if c == "score" else c[len("score_"):]] = np.asarray([float(r[c]) for r in data])
         except (TypeError, ValueError) as e:
             raise DataError(f"{path}: column {c!r} has a non-numeric value ({e})") from None
-    meta = {k: np.asarray([r[k] for r in data]) for k in ("scanner", "method") if k in cols}
+    meta = {k: np.asarray([r[k] for r in data]) for k in cols if k not in score_cols and k not in ("label", "index")}
     return labels, scores, meta
 
 

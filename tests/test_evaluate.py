@@ -199,3 +199,77 @@ def test_command_bad_input_exits_2_with_one_line(tmp_path):
     assert r.returncode == 2
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and "only one class" in err[0] and err[0].startswith("btd-jax evaluate: error:")
+
+
+# --- ablation scripts (experiments/), with a stand-in scorer or a scored CSV -------------------
+
+def _experiment(name):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "experiments", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class _StepScorer:
+    """d = 1: residual = squared intensity (detects the bright fakes); d > 1: pure noise."""
+
+    def residual_map(self, images, steps=1, batch_size=256, key=None):
+        x = np.asarray(images, np.float32)
+        if steps == 1:
+            return x ** 2
+        return np.random.default_rng(steps).uniform(size=x.shape).astype(np.float32)
+
+
+def test_ablation_steps_with_stand_in_scorer(tmp_path):
+    mod = _experiment("ablation_steps")
+    rng = np.random.default_rng(0)
+    n = 30
+    x = rng.uniform(0, 0.3, size=(2 * n, 8, 8)).astype(np.float32)
+    x[n:, 3:5, 3:5] = 1.0
+    labels = np.r_[np.zeros(n), np.ones(n)].astype(np.int8)
+    meta = {"scanner": np.tile(["a", "b"], n), "method": np.r_[np.full(n, ""), np.full(n, "SD")]}
+    res = mod.run_ablation(_StepScorer(), x, labels, meta, "MRI", "injection", [1, 2, 5], [None, 2],
+                           n_boot=5, log=lambda *_: None)
+    auc = {(r["steps"], r["reduction"]): r["auc"] for r in res["rows"]}
+    assert auc[(1, "center2")] == 1.0 and abs(auc[(5, "center2")] - 0.5) < 0.3
+    assert {r["dataset"] for r in res["rows"]} == {"SD-MRI-Inject"} and res["steps"] == [1, 2, 5]
+    png = mod.plot(res, str(tmp_path / "steps.png"))
+    assert open(png, "rb").read(4) == b"\x89PNG"
+
+
+def test_ablation_common_npz_and_subsample(tmp_path):
+    common = _experiment("ablation_common")
+    np.savez(tmp_path / "d.npz", patches=np.zeros((6, 4, 4)), labels=np.array([0, 0, 0, 1, 1, 1]),
+             method=np.array(["", "", "", "A", "B", "B"]), size=np.arange(6.0))
+    patches, labels, meta = common.load_dataset(str(tmp_path / "d.npz"), "CT", "injection")
+    assert patches.shape == (6, 4, 4) and sorted(meta) == ["method", "size"]
+    keep = common.subsample(labels, 1, seed=0, strata=meta["method"])
+    assert sorted(meta["method"][keep].tolist()) == ["", "A", "B"]  # one real, one per fake method
+    np.savez(tmp_path / "bad.npz", patches=np.zeros((2, 4, 4)))
+    with pytest.raises(DataError, match="needs 'patches' and 'labels'"):
+        common.load_dataset(str(tmp_path / "bad.npz"), "CT", "injection")
+
+
+def test_ablation_size_on_scored_csv(tmp_path):
+    mod = _experiment("ablation_size")
+    rng = np.random.default_rng(0)
+    n = 200
+    size = rng.uniform(5, 30, 2 * n)
+    labels = np.r_[np.zeros(n), np.ones(n)].astype(int)
+    score = np.exp(rng.normal(0, 0.3, 2 * n)) * np.where(labels == 1, 0.5 * size, 1.0)  # bigger fakes score higher
+    path = tmp_path / "scored.csv"
+    with open(path, "w") as f:
+        f.write("label,score,size,method\n")
+        for i in range(2 * n):
+            f.write(f"{labels[i]},{float(score[i])!r},{float(size[i])!r},{'CTGAN' if labels[i] else ''}\n")
+    res = mod.main(["--scores", str(path), "--attack", "injection", "--out", str(tmp_path / "o")])
+    e = res["datasets"]["CTGAN-CT-Inject"]
+    assert e["threshold_source"] == "test reals" and e["real"]["flag_rate"] <= 0.1
+    assert e["fake"]["spearman_rho"] > 0.5 and abs(e["real"]["spearman_rho"]) < 0.2
+    assert e["fake"]["bins"][-1]["flag_rate"] >= e["fake"]["bins"][0]["flag_rate"]
+    assert os.path.exists(tmp_path / "o" / "ablation_size.png")
+    with pytest.raises(DataError, match="no size column 'diameter'"):
+        mod.main(["--scores", str(path), "--size_column", "diameter", "--out", str(tmp_path / "o2")])

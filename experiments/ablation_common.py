@@ -1,0 +1,64 @@
+"""Shared input handling for the ablation scripts (ablation_steps.py, ablation_size.py).
+
+A dataset is either a test-set root in the authors' layout (``btd_jax.data.datasets.load_testset``)
+or a ``.npz`` with ``patches`` (N,H,W) in [0,1] and ``labels`` (N,) plus optional metadata arrays
+(``scanner``, ``method``, ``size``, ...). ``subsample`` keeps the runs small enough for a CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from btd_jax import evaluate
+from btd_jax.data.errors import DataError
+
+
+def load_dataset(path: str, modality: str, attack: str) -> Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
+    """-> (patches (N,H,W) float32, labels (N,) int8, metadata {column: (N,)})."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such dataset")
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            if "patches" not in z or "labels" not in z:
+                raise DataError(f"{path}: a .npz dataset needs 'patches' and 'labels' arrays (has {sorted(z.files)})")
+            patches = z["patches"].astype(np.float32)
+            labels = evaluate.parse_labels(z["labels"], source=path)
+            meta = {k: z[k] for k in z.files if k not in ("patches", "labels")}
+    else:
+        from btd_jax.data import datasets
+
+        ts = datasets.load_testset(path, modality, attack)
+        patches, labels = np.asarray(ts.patches, np.float32), evaluate.parse_labels(ts.labels, source=path)
+        meta = {k: np.asarray(v) for k, v in dict(ts.metadata).items()}
+    for k, v in meta.items():
+        if len(v) != len(labels):
+            raise DataError(f"{path}: metadata column {k!r} has {len(v)} entries for {len(labels)} samples")
+    return patches, labels, meta
+
+
+def subsample(labels: np.ndarray, max_per_class: Optional[int], seed: int = 0,
+              strata: Optional[np.ndarray] = None) -> np.ndarray:
+    """Sorted indices keeping at most ``max_per_class`` random samples per class (and per stratum,
+    e.g. the tamper method, so no dataset vanishes); ``None``/0 keeps all."""
+    if not max_per_class:
+        return np.arange(labels.size)
+    rng = np.random.default_rng(seed)
+    strata = np.zeros(labels.size, np.int8) if strata is None else np.asarray(strata).astype(str)
+    keep = []
+    for c in (0, 1):
+        for s in np.unique(strata):
+            idx = np.flatnonzero((labels == c) & (strata == s))
+            keep.append(idx if idx.size <= max_per_class else rng.choice(idx, max_per_class, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
