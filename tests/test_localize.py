@@ -163,3 +163,18 @@ def test_localize_command_on_tiny_workdir(tmp_path):
          "--out", str(out)])
     with pytest.raises(ValueError, match="not a valid range"):
         cmd.run(bad)
+
+
+def test_load_input_windows_hu(tmp_path):
+    from btd_jax.commands import localize as cmd
+
+    hu = np.array([[-1000.0, -700.0], [650.0, 3000.0]], np.float32)
+    np.save(tmp_path / "s.npy", hu)
+    x, single = cmd._load_input(str(tmp_path / "s.npy"), "CT", "raw")
+    assert single and x.shape == (1, 2, 2)
+    np.testing.assert_allclose(x[0], [[0.0, 0.0], [0.5, 1.0]], atol=1e-6)  # (hu + 700) / 2700, clipped
+    with pytest.raises(FileNotFoundError):
+        cmd._load_input(str(tmp_path / "none.npy"), "CT", "raw")
+    np.save(tmp_path / "v4.npy", np.zeros((1, 2, 3, 4), np.float32))
+    with pytest.raises(DataError, match="expected a slice"):
+        cmd._load_input(str(tmp_path / "v4.npy"), "CT", "unit")

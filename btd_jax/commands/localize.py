@@ -64,7 +64,7 @@ def _load_input(path: str, modality: str, units: str):
     if units == "raw":
         from btd_jax.data import preprocess
 
-        x = preprocess.window_ct(x) if modality == "CT" else np.stack([preprocess.normalize_mri(s) for s in x])
+        x = preprocess.to_unit_range(x, modality)  # MRI: standardised over the whole volume (per patient)
     return np.asarray(x, dtype=np.float32), single
 
 
