@@ -1,5 +1,34 @@
-"""Medical data: DICOM reading, the paper's preprocessing, datasets. Knows nothing of models."""
+"""Medical data: DICOM reading, the paper's preprocessing, datasets. Knows nothing of models.
+
+    from btd_jax import data
+    series = data.load_series("scan_folder/")             # (S, H, W) float32, HU for CT
+    img01 = data.window_ct(series.pixels)                 # CT: clip [-700, 2000] HU -> [0, 1]
+    patch = data.extract_patch(img01[0], x=200, y=180, size=96)
+    ts = data.load_testset("testsets/", "CT", "Inject")   # authors' layout -> patches + labels
+"""
+
+import importlib
 
 from btd_jax.data.errors import DataError
+from btd_jax.data.preprocess import (
+    extract_patch, extract_patches, normalize_mri, random_locations, resample, to_unit_range,
+    window_ct,
+)
+from btd_jax.data.datasets import (
+    PatchSet, Skipped, TestSet, load_patches, load_testset, split_patients, write_testset,
+)
 
-__all__ = ["DataError"]
+_LAZY = {"Series": "dicom", "load_series": "dicom", "list_series": "dicom", "read_slice": "dicom"}
+
+__all__ = [
+    "DataError", "window_ct", "normalize_mri", "to_unit_range", "extract_patch", "extract_patches",
+    "random_locations", "resample", "PatchSet", "TestSet", "Skipped", "load_patches",
+    "load_testset", "write_testset", "split_patients", *_LAZY,
+]
+
+
+def __getattr__(name):
+    # pydicom is imported only when DICOM is actually read.
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
