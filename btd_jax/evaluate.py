@@ -27,7 +27,7 @@ from btd_jax.data.errors import DataError
 
 __all__ = ["ATTACKS", "dataset_name", "reduction_name", "parse_labels", "split_by_tamper", "evaluate_scores",
            "reduce_maps", "score_reductions", "evaluate_testset", "write_markdown", "write_csv", "write_json",
-           "write_all", "plot_roc", "plot_histogram", "read_scores_csv", "write_scores_csv", "table1_markdown"]
+           "write_all", "load_eval_set", "plot_roc", "plot_histogram", "read_scores_csv", "write_scores_csv", "table1_markdown"]
 
 ATTACKS = {"injection": "Inject", "inject": "Inject", "removal": "Remove", "remove": "Remove"}
 _REAL = {"0", "real", "tm", "tb", "genuine", "authentic"}
@@ -113,6 +113,35 @@ def evaluate_scores(scores: Any, labels: Any, groups: Optional[Any] = None, *, d
         "groups": ";".join(f"{g}:{k}" for g, k in b["per_class_per_group"].items()),
         "skipped_groups": ";".join(f"{g}({r} real/{f} fake)" for g, r, f in b["skipped_groups"]),
     }
+
+
+def load_eval_set(path: str, modality: str, attack: str):
+    """-> (patches (N,H,W) float32, labels (N,) int8, metadata {column: (N,)}).
+
+    ``path`` is a test-set root in the authors' layout (``btd_jax.data.datasets.load_testset``) or a
+    ``.npz`` holding ``patches`` and ``labels`` plus optional per-sample columns (``scanner``,
+    ``method``, ``size``, ...).
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such test set")
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            if "patches" not in z or "labels" not in z:
+                raise DataError(f"{path}: a .npz test set needs 'patches' and 'labels' arrays (has {sorted(z.files)})")
+            patches, labels = z["patches"].astype(np.float32), parse_labels(z["labels"], source=path)
+            meta = {k: z[k] for k in z.files if k not in ("patches", "labels")}
+    else:
+        from btd_jax.data import datasets  # data loading stays out of the metrics-only import path
+
+        ts = datasets.load_testset(path, modality, attack)
+        patches, labels = np.asarray(ts.patches, np.float32), parse_labels(ts.labels, source=path)
+        meta = {k: np.asarray(v) for k, v in dict(ts.metadata).items()}
+    for k, v in meta.items():
+        if len(v) != len(labels):
+            raise DataError(f"{path}: metadata column {k!r} has {len(v)} entries for {len(labels)} samples")
+    if len(patches) != len(labels):
+        raise DataError(f"{path}: {len(patches)} patches but {len(labels)} labels")
+    return patches, labels, meta
 
 
 # ----------------------------------------------------------------------------- scoring

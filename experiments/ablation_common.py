@@ -7,36 +7,16 @@ or a ``.npz`` with ``patches`` (N,H,W) in [0,1] and ``labels`` (N,) plus optiona
 
 from __future__ import annotations
 
-import os
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 from btd_jax import evaluate
-from btd_jax.data.errors import DataError
 
 
 def load_dataset(path: str, modality: str, attack: str) -> Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
-    """-> (patches (N,H,W) float32, labels (N,) int8, metadata {column: (N,)})."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such dataset")
-    if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            if "patches" not in z or "labels" not in z:
-                raise DataError(f"{path}: a .npz dataset needs 'patches' and 'labels' arrays (has {sorted(z.files)})")
-            patches = z["patches"].astype(np.float32)
-            labels = evaluate.parse_labels(z["labels"], source=path)
-            meta = {k: z[k] for k in z.files if k not in ("patches", "labels")}
-    else:
-        from btd_jax.data import datasets
-
-        ts = datasets.load_testset(path, modality, attack)
-        patches, labels = np.asarray(ts.patches, np.float32), evaluate.parse_labels(ts.labels, source=path)
-        meta = {k: np.asarray(v) for k, v in dict(ts.metadata).items()}
-    for k, v in meta.items():
-        if len(v) != len(labels):
-            raise DataError(f"{path}: metadata column {k!r} has {len(v)} entries for {len(labels)} samples")
-    return patches, labels, meta
+    """-> (patches (N,H,W) float32, labels (N,) int8, metadata {column: (N,)}); see evaluate.load_eval_set."""
+    return evaluate.load_eval_set(path, modality, attack)
 
 
 def subsample(labels: np.ndarray, max_per_class: Optional[int], seed: int = 0,

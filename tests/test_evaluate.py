@@ -189,15 +189,14 @@ def test_command_on_scored_csv(tmp_path):
     assert {r["dataset"] for r in rows} == {"SD-CT-Inject"}
 
 
-def test_command_bad_input_exits_2_with_one_line(tmp_path):
-    import subprocess
-    import sys
+def test_command_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    from btd_jax import cli
 
     (tmp_path / "bad.csv").write_text("label,score\n0,0.1\n0,0.2\n")
-    r = subprocess.run([sys.executable, "-m", "btd_jax.cli", "evaluate", "--scores", str(tmp_path / "bad.csv"),
-                        "--attack", "injection", "--out", str(tmp_path / "o")], capture_output=True, text=True)
-    assert r.returncode == 2
-    err = r.stderr.strip().splitlines()
+    cmd, args = _parse(["--scores", str(tmp_path / "bad.csv"), "--attack", "injection", "--out", str(tmp_path / "o")])
+    args._run, args.command = cmd.run, "evaluate"  # what cli.build_parser sets; other commands not needed
+    assert cli._main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "only one class" in err[0] and err[0].startswith("btd-jax evaluate: error:")
 
 
@@ -273,3 +272,47 @@ def test_ablation_size_on_scored_csv(tmp_path):
     assert os.path.exists(tmp_path / "o" / "ablation_size.png")
     with pytest.raises(DataError, match="no size column 'diameter'"):
         mod.main(["--scores", str(path), "--size_column", "diameter", "--out", str(tmp_path / "o2")])
+
+
+# --- the full command on a tiny model -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_workdir(tmp_path_factory):
+    jax = pytest.importorskip("jax")
+    from btd_jax import configs, train
+    from btd_jax.models import unet
+
+    cfg = configs.get("tiny")
+    wd = str(tmp_path_factory.mktemp("wd") / "tiny")
+    train.save_params_checkpoint(wd, unet.init_params(cfg.model, cfg.image_size, jax.random.key(0)), cfg)
+    return wd
+
+
+def test_command_scores_a_testset_with_a_tiny_model(tmp_path, tiny_workdir):
+    from btd_jax import score
+
+    rng = np.random.default_rng(0)
+    n = 12
+    patches = rng.uniform(0, 1, (3 * n, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "test.npz", patches=patches, labels=np.r_[np.zeros(n), np.ones(2 * n)].astype(int),
+             scanner=np.tile(["GE", "Siemens"], 3 * n // 2), method=np.r_[np.full(n, ""), np.full(n, "CTGAN"),
+                                                                         np.full(n, "SD")])
+    out = tmp_path / "out"
+    cmd, args = _parse(["--workdir", tiny_workdir, "--dataset", str(tmp_path / "test.npz"), "--attack", "injection",
+                        "--centers", "8", "--n_boot", "5", "--batch_size", "16", "--out", str(out)])
+    assert cmd.run(args) == 0
+    rows = json.load(open(out / "results.json"))["rows"]
+    assert [(r["dataset"], r["reduction"]) for r in rows] == [
+        ("CTGAN-CT-Inject", "full"), ("CTGAN-CT-Inject", "center8"), ("SD-CT-Inject", "full"), ("SD-CT-Inject", "center8")]
+    # the per-sample scores equal the scorer's own full / centre scores
+    y, scores, meta = evaluate.read_scores_csv(str(out / "scores.csv"))
+    sc = score.Scorer.load(tiny_workdir)
+    np.testing.assert_allclose(scores["full"], sc.score(patches, batch_size=16), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(scores["center8"], sc.score(patches, center=8, batch_size=16), rtol=1e-5, atol=1e-9)
+    assert rows[0]["auc"] == pytest.approx(metrics.auc(y[:2 * n], scores["full"][:2 * n]))
+    # and re-evaluating the written CSV gives the same table
+    cmd2, args2 = _parse(["--scores", str(out / "scores.csv"), "--attack", "injection", "--n_boot", "5",
+                          "--out", str(tmp_path / "again")])
+    assert cmd2.run(args2) == 0
+    again = json.load(open(tmp_path / "again" / "results.json"))["rows"]
+    assert [r["auc_mean"] for r in again] == [r["auc_mean"] for r in rows]

@@ -21,7 +21,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("evaluate", help="AUC/EER tables (paper Table 1), ROC curves and histograms",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", help="trained model directory (config.json + checkpoints)")
-    p.add_argument("--dataset", help="test-set root in the authors' layout")
+    p.add_argument("--dataset", help="test-set root in the authors' layout, or a .npz with patches/labels[/scanner/method]")
     p.add_argument("--scores", help="already scored CSV with 'label' and 'score' or 'score_<reduction>' columns "
                                     "(optional 'scanner', 'method'); no model needed")
     p.add_argument("--modality", default="CT", choices=("CT", "MRI"))
@@ -43,13 +43,11 @@ def _score_testset(args, centers):
     from tqdm import tqdm
 
     from btd_jax import evaluate
-    from btd_jax.data import datasets
     from btd_jax.score import Scorer
 
     if not args.workdir or not args.dataset:
         raise ValueError("need --workdir and --dataset (or --scores scored.csv)")
-    ts = datasets.load_testset(args.dataset, args.modality, args.attack)
-    patches, labels, meta = ts.patches, evaluate.parse_labels(ts.labels, source=args.dataset), dict(ts.metadata)
+    patches, labels, meta = evaluate.load_eval_set(args.dataset, args.modality, args.attack)
     scorer = Scorer.load(args.workdir)
     key = None
     if args.steps > 1:
