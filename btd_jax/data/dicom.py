@@ -1,0 +1,519 @@
+"""DICOM reading with pydicom 3: files, folders, series -> float32 pixel stacks with metadata.
+
+* Values: the modality LUT is applied (``RescaleSlope``/``RescaleIntercept``, also from the
+  functional groups of enhanced multi-frame objects, or a Modality LUT Sequence), so CT comes out
+  in Hounsfield units; MR keeps its (rescaled) scanner intensities.
+* Order: slices sorted by ``ImagePositionPatient`` projected on the slice normal (the cross product
+  of the ``ImageOrientationPatient`` row and column cosines); ``InstanceNumber`` when positions are
+  missing; file name last. Multi-frame files contribute one slice per frame.
+* Grouping: by ``SeriesInstanceUID``; a folder holding several series needs ``series_uid=`` (see
+  :func:`list_series`).
+* Bad input raises one :class:`DataError` naming the file and the problem; ``strict=False`` skips
+  such files and lists them in ``Series.skipped``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from btd_jax.data.records import Skipped
+from btd_jax.data.errors import DataError
+
+__all__ = ["Slice", "Series", "SeriesInfo", "read_slice", "load_series", "load_all_series",
+           "list_series",
+           "decoder_hint", "NON_IMAGE_MODALITIES"]
+
+# Objects that carry no scan image (structures, reports, plans, doses, segmentations).
+NON_IMAGE_MODALITIES = frozenset({"RTSTRUCT", "RTPLAN", "RTRECORD", "RTDOSE", "SR", "PR", "KO",
+                                  "REG", "SEG", "RWV", "DOC", "FID", "PLAN", "AU", "ECG"})
+# Sidecar files commonly found next to DICOM files; skipped silently when scanning a folder.
+_SIDECAR_SUFFIXES = frozenset({".txt", ".csv", ".json", ".md", ".xml", ".npy", ".npz", ".png",
+                               ".jpg", ".jpeg", ".py", ".log", ".html", ".pdf", ".zip", ".gz"})
+_MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
+
+_JPEG = "pip install pylibjpeg pylibjpeg-libjpeg (or: pip install python-gdcm)"
+_JLS = "pip install pylibjpeg pylibjpeg-libjpeg (or: pip install pyjpegls, or python-gdcm)"
+_J2K = "pip install pylibjpeg pylibjpeg-openjpeg (or: pip install python-gdcm)"
+_DECODERS = {
+    "1.2.840.10008.1.2.4.50": _JPEG, "1.2.840.10008.1.2.4.51": _JPEG,
+    "1.2.840.10008.1.2.4.57": _JPEG, "1.2.840.10008.1.2.4.70": _JPEG,
+    "1.2.840.10008.1.2.4.80": _JLS, "1.2.840.10008.1.2.4.81": _JLS,
+    "1.2.840.10008.1.2.4.90": _J2K, "1.2.840.10008.1.2.4.91": _J2K,
+    "1.2.840.10008.1.2.4.201": _J2K, "1.2.840.10008.1.2.4.202": _J2K,
+    "1.2.840.10008.1.2.4.203": _J2K,
+    "1.2.840.10008.1.2.5": "pip install pylibjpeg pylibjpeg-rle (RLE is also built into pydicom)",
+}
+
+
+def decoder_hint(transfer_syntax_uid: str) -> str:
+    """The pip command that installs a pixel-data decoder for a compressed transfer syntax."""
+    return _DECODERS.get(str(transfer_syntax_uid),
+                         "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg python-gdcm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+    """One DICOM image file. ``pixels``: (F, H, W) float32 (F = 1 unless multi-frame)."""
+    path: str
+    pixels: np.ndarray
+    modality: str
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    scanner: str
+    pixel_spacing: tuple[float, float] | None
+    slice_thickness: float | None
+    positions: np.ndarray | None     # (F, 3) ImagePositionPatient of every frame, mm
+    orientation: np.ndarray | None   # (6,) ImageOrientationPatient row + column cosines
+    instance_number: int | None
+
+
+@dataclasses.dataclass
+class Series:
+    """One series as a stack. ``pixels``: (S, H, W) float32, HU for CT.
+
+    ``paths``/``frames``: (S,) source file and frame index of each slice; ``locations``: (S,)
+    position along the slice normal in mm (None when the files lack positions).
+    """
+    pixels: np.ndarray
+    modality: str
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    scanner: str
+    pixel_spacing: tuple[float, float] | None
+    slice_thickness: float | None
+    paths: tuple[str, ...]
+    frames: tuple[int, ...]
+    locations: np.ndarray | None = None
+    skipped: list[Skipped] = dataclasses.field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesInfo:
+    """What :func:`list_series` reports about one series (no pixel data decoded)."""
+    series_uid: str
+    modality: str
+    patient_id: str
+    scanner: str
+    description: str
+    n_files: int
+    paths: tuple[str, ...]
+
+
+# ----------------------------------------------------------------------------------------------
+# headers
+
+def _s(ds: Any, key: str, default: str = "") -> str:
+    v = ds.get(key, None)
+    return default if v is None or str(v).strip() == "" else str(v).strip()
+
+
+def _scanner(ds: Any) -> str:
+    return " ".join(p for p in (_s(ds, "Manufacturer"), _s(ds, "ManufacturerModelName")) if p)
+
+
+def _read_header(path: Path) -> Any:
+    """Parse a file without decoding pixel data (kept deferred); DataError if not DICOM."""
+    import warnings
+
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                ds = pydicom.dcmread(path, defer_size="64 KB")
+            except InvalidDicomError:
+                # No preamble/'DICM' prefix (older files, e.g. pydicom's rtstruct.dcm): raw data set.
+                ds = pydicom.dcmread(path, defer_size="64 KB", force=True)
+                if not any(k in ds for k in ("SOPClassUID", "Modality", "PixelData")):
+                    raise DataError("not a DICOM file (no 'DICM' header and no readable data "
+                                    "set)") from None
+                _set_transfer_syntax(ds)
+        eof = [str(w.message) for w in caught if "End of file" in str(w.message)]
+        if eof:
+            raise DataError(f"truncated DICOM file ({eof[0]})")
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
+    except Exception as e:
+        raise DataError(f"{path}: corrupt or truncated DICOM file ({type(e).__name__}: {e})") \
+            from None
+    return ds
+
+
+def _set_transfer_syntax(ds: Any) -> None:
+    """Files without file meta: record the encoding pydicom detected so pixels can be decoded."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = getattr(ds, "original_encoding", (True, True))
+        meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                  ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+        ds.file_meta = meta
+
+
+def _image_problem(ds: Any) -> str | None:
+    """Why ``ds`` is not a usable grey-level image, or None."""
+    modality = _s(ds, "Modality", "?")
+    if _s(ds, "SOPClassUID") == _MEDIA_STORAGE_DIRECTORY:
+        return "a DICOMDIR index, not an image"
+    if modality.upper() in NON_IMAGE_MODALITIES:
+        return f"not an image: a {modality} object ({_sop_name(ds)})"
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        return f"no pixel data (Modality {modality}, {_sop_name(ds)})"
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if spp != 1:
+        return (f"colour image (SamplesPerPixel={spp}, {_s(ds, 'PhotometricInterpretation')}); "
+                f"expected a grey-level CT/MR slice")
+    return None
+
+
+def _sop_name(ds: Any) -> str:
+    uid = ds.get("SOPClassUID", None)
+    return getattr(uid, "name", str(uid)) if uid is not None else "no SOP class"
+
+
+def _item(seq_owner: Any, seq: str, key: str) -> Any:
+    s = seq_owner.get(seq, None)
+    return s[0].get(key, None) if s else None
+
+
+def _fg(ds: Any, frame: int, seq: str, key: str) -> Any:
+    """An attribute from the top level, else the per-frame, else the shared functional groups."""
+    if key in ds:
+        return ds[key].value
+    for groups, i in (("PerFrameFunctionalGroupsSequence", frame),
+                      ("SharedFunctionalGroupsSequence", 0)):
+        g = ds.get(groups, None)
+        if g and len(g) > i:
+            v = _item(g[i], seq, key)
+            if v is not None:
+                return v
+    return None
+
+
+def _floats(v: Any, n: int) -> np.ndarray | None:
+    try:
+        a = np.asarray([float(t) for t in v], np.float64)
+    except (TypeError, ValueError):
+        return None
+    return a if a.size == n and np.isfinite(a).all() else None
+
+
+def _nframes(ds: Any) -> int:
+    try:
+        return max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+# ----------------------------------------------------------------------------------------------
+# pixels
+
+def _decode(ds: Any, path: Path) -> np.ndarray:
+    """Stored values (F, H, W) -> modality values (HU for CT), float32."""
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        arr = ds.pixel_array
+    except Exception as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        if tsyntax is not None and tsyntax.is_compressed:
+            what = ("no decoder is installed" if "missing dependencies" in msg else
+                    "the installed decoders failed (corrupt data or unsupported variant)")
+            raise DataError(f"{path}: cannot decode pixel data compressed as {tsyntax.name} "
+                            f"({tsyntax}): {what}. Install a decoder: {decoder_hint(tsyntax)}. "
+                            f"[pydicom: {msg}]") from None
+        raise DataError(f"{path}: corrupt or truncated pixel data ({msg})") from None
+    nf = _nframes(ds)
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[0] != nf:
+        raise DataError(f"{path}: unexpected pixel array shape {arr.shape} for {nf} frame(s)")
+    if ds.get("ModalityLUTSequence", None) is not None and ds.ModalityLUTSequence:
+        from pydicom.pixels import apply_modality_lut
+        out = apply_modality_lut(arr, ds).astype(np.float32)
+    else:
+        out = np.empty(arr.shape, np.float32)
+        for f in range(nf):
+            slope = _fg(ds, f, "PixelValueTransformationSequence", "RescaleSlope")
+            icpt = _fg(ds, f, "PixelValueTransformationSequence", "RescaleIntercept")
+            slope = 1.0 if slope in (None, "") else float(slope)
+            icpt = 0.0 if icpt in (None, "") else float(icpt)
+            out[f] = arr[f].astype(np.float64) * slope + icpt
+    if not np.isfinite(out).all():
+        raise DataError(f"{path}: pixel data contains NaN or inf")
+    return out
+
+
+def _slice_from(ds: Any, path: Path, pixels: np.ndarray | None) -> Slice:
+    nf = _nframes(ds)
+    pos = [_floats(_fg(ds, f, "PlanePositionSequence", "ImagePositionPatient"), 3)
+           for f in range(nf)]
+    orient = _floats(_fg(ds, 0, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+    spacing = _floats(_fg(ds, 0, "PixelMeasuresSequence", "PixelSpacing"), 2)
+    thick = _fg(ds, 0, "PixelMeasuresSequence", "SliceThickness")
+    try:
+        thick = float(thick) if thick not in (None, "") else None
+        inst = int(ds.InstanceNumber) if ds.get("InstanceNumber", None) not in (None, "") \
+            else None
+    except (TypeError, ValueError):
+        thick, inst = None, None
+    return Slice(
+        path=str(path), pixels=pixels, modality=_s(ds, "Modality", "OT").upper(),
+        patient_id=_s(ds, "PatientID"), study_uid=_s(ds, "StudyInstanceUID"),
+        series_uid=_s(ds, "SeriesInstanceUID"), scanner=_scanner(ds),
+        pixel_spacing=tuple(float(v) for v in spacing) if spacing is not None else None,
+        slice_thickness=thick,
+        positions=np.stack(pos) if all(p is not None for p in pos) else None,
+        orientation=orient, instance_number=inst)
+
+
+def read_slice(path: str | os.PathLike) -> Slice:
+    """Read one DICOM image file -> :class:`Slice` with pixels (F, H, W) float32 (HU for CT)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    ds = _read_header(path)
+    problem = _image_problem(ds)
+    if problem:
+        raise DataError(f"{path}: {problem}")
+    return _slice_from(ds, path, _decode(ds, path))
+
+
+# ----------------------------------------------------------------------------------------------
+# folders and series
+
+def _candidate_files(folder: Path) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if name.startswith(".") or p.suffix.lower() in _SIDECAR_SUFFIXES:
+                continue
+            out.append(p)
+    return out
+
+
+def _scan(folder: Path, strict: bool) -> tuple[list[tuple[Path, Any, str | None]], list[Skipped]]:
+    """Headers of every DICOM file under ``folder`` (or of the one file ``folder``):
+    (path, dataset, image problem or None)."""
+    if folder.is_file():
+        ds = _read_header(folder)
+        return [(folder, ds, _image_problem(ds))], []
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such file or folder")
+    files = _candidate_files(folder)
+    if not files:
+        raise DataError(f"{folder}: empty folder (no DICOM files found)")
+    found, skipped = [], []
+    for p in files:
+        try:
+            ds = _read_header(p)
+        except DataError as e:
+            if strict:
+                raise DataError(f"{e} (strict mode; pass strict=False to skip bad files)") from None
+            skipped.append(Skipped(str(p), str(e).removeprefix(f"{p}: ")))
+            continue
+        found.append((p, ds, _image_problem(ds)))
+    return found, skipped
+
+
+def list_series(folder: str | os.PathLike, strict: bool = True) -> list[SeriesInfo]:
+    """Every series under ``folder`` (recursive), image or not, without decoding pixels.
+
+    Non-image objects (RTSTRUCT, SR, ...) are listed too, so that a folder's content can be seen
+    before choosing ``series_uid`` for :func:`load_series`. Unreadable files raise unless
+    ``strict=False`` (then they are left out).
+    """
+    found, _ = _scan(Path(folder), strict)
+    groups: dict[str, list[tuple[Path, Any]]] = {}
+    for p, ds, _problem in found:
+        groups.setdefault(_s(ds, "SeriesInstanceUID"), []).append((p, ds))
+    out = []
+    for uid, members in groups.items():
+        ds0 = members[0][1]
+        mods = sorted({_s(ds, "Modality", "?") for _, ds in members})
+        out.append(SeriesInfo(uid, "/".join(mods), _s(ds0, "PatientID"), _scanner(ds0),
+                              _s(ds0, "SeriesDescription"), len(members),
+                              tuple(str(p) for p, _ in members)))
+    return out
+
+
+def _fmt_series(uid: str, members: list) -> str:
+    ds0 = members[0][1]
+    return (f"{uid or '<no SeriesInstanceUID>'} ({_s(ds0, 'Modality', '?')}, patient "
+            f"{_s(ds0, 'PatientID') or '?'}, {len(members)} file(s))")
+
+
+def _select(folder: Path, images: list, series_uid: str | None, modality: str | None) -> list:
+    groups: dict[str, list] = {}
+    for p, ds in images:
+        groups.setdefault(_s(ds, "SeriesInstanceUID"), []).append((p, ds))
+    if series_uid is not None:
+        if series_uid not in groups:
+            raise DataError(f"{folder}: no image series with SeriesInstanceUID {series_uid}; found "
+                            + "; ".join(_fmt_series(u, m) for u, m in groups.items()))
+        return groups[series_uid]
+    if len(groups) > 1:
+        mods = sorted({_s(ds, "Modality", "?") for _, ds in images})
+        what = f"mixed modalities {'/'.join(mods)}" if len(mods) > 1 and modality is None else \
+            f"{len(groups)} series"
+        raise DataError(f"{folder}: {what} in one folder; choose one with series_uid=... "
+                        + ("or modality=... " if len(mods) > 1 else "")
+                        + "(see list_series): " + "; ".join(_fmt_series(u, m)
+                                                            for u, m in groups.items()))
+    return next(iter(groups.values()))
+
+
+def _sort_key_fn(slices: list[Slice]):
+    """Sort by position along the slice normal if every slice has one, else InstanceNumber."""
+    normal = None
+    if all(s.positions is not None and s.orientation is not None for s in slices):
+        o = slices[0].orientation
+        normal = np.cross(o[:3], o[3:])
+        if not np.linalg.norm(normal) > 0:
+            normal = None
+    if normal is not None:
+        return (lambda s, f: (float(s.positions[f] @ normal), 0, s.path, f)), normal
+    return (lambda s, f: (0.0, s.instance_number if s.instance_number is not None else 0,
+                          s.path, f)), None
+
+
+def _stack(slices: list[Slice], series_uid: str, skipped: list[Skipped], strict: bool) -> Series:
+    shapes = Counter(s.pixels.shape[1:] for s in slices)
+    mods = Counter(s.modality for s in slices)
+    if len(mods) > 1:
+        raise DataError(f"series {series_uid}: mixed modalities in one series: "
+                        + ", ".join(f"{m} ({n} files)" for m, n in mods.items()))
+    if len(shapes) > 1:
+        common = shapes.most_common(1)[0][0]
+        odd = [s for s in slices if s.pixels.shape[1:] != common]
+        if strict:
+            raise DataError(f"{odd[0].path}: slice size {odd[0].pixels.shape[1:]} differs from "
+                            f"the series' {common} (series {series_uid})")
+        skipped += [Skipped(s.path, f"slice size {s.pixels.shape[1:]} differs from the series' "
+                                    f"{common}") for s in odd]
+        slices = [s for s in slices if s.pixels.shape[1:] == common]
+    key, normal = _sort_key_fn(slices)
+    order = sorted(((s, f) for s in slices for f in range(s.pixels.shape[0])),
+                   key=lambda sf: key(*sf))
+    s0 = slices[0]
+    return Series(
+        pixels=np.stack([s.pixels[f] for s, f in order]).astype(np.float32),
+        modality=s0.modality, patient_id=s0.patient_id, study_uid=s0.study_uid,
+        series_uid=s0.series_uid, scanner=s0.scanner, pixel_spacing=s0.pixel_spacing,
+        slice_thickness=s0.slice_thickness, paths=tuple(s.path for s, _ in order),
+        frames=tuple(int(f) for _, f in order),
+        locations=None if normal is None else np.array([s.positions[f] @ normal
+                                                        for s, f in order]),
+        skipped=skipped)
+
+
+def _usable(path: Path, series_uid: str | None, modality: str | None,
+            strict: bool) -> tuple[list, list[Skipped]]:
+    """Headers of the image files under ``path`` that match the filters, and what was skipped."""
+    found, skipped = _scan(path, strict)
+    images = []
+    for p, ds, problem in found:
+        if series_uid is not None and _s(ds, "SeriesInstanceUID") != series_uid:
+            continue
+        if modality is not None and _s(ds, "Modality").upper() != _mod(modality):
+            skipped.append(Skipped(str(p), f"modality {_s(ds, 'Modality') or '?'}, "
+                                           f"not {_mod(modality)}"))
+        elif problem and strict and "DICOMDIR" not in problem:
+            raise DataError(f"{p}: {problem} (strict mode; pass strict=False to skip it, or "
+                            f"series_uid=/modality= to choose the images)")
+        elif problem:
+            skipped.append(Skipped(str(p), problem))
+        else:
+            images.append((p, ds))
+    if not images:
+        first = f"; first skipped: {skipped[0].item}: {skipped[0].reason}" if skipped else ""
+        raise DataError(f"{path}: no usable DICOM image"
+                        + (f" of modality {_mod(modality)}" if modality else "") + first)
+    return images, skipped
+
+
+def _load_members(members: list, skipped: list[Skipped], strict: bool, where: Path) -> Series:
+    slices = []
+    for p, ds in members:
+        try:
+            slices.append(_slice_from(ds, p, _decode(ds, p)))
+        except DataError as e:
+            if strict:
+                raise
+            skipped.append(Skipped(str(p), str(e).removeprefix(f"{p}: ")))
+    if not slices:
+        raise DataError(f"{where}: every file of series {_s(members[0][1], 'SeriesInstanceUID')} "
+                        f"was skipped; first: {skipped[-1].item}: {skipped[-1].reason}")
+    return _stack(slices, _s(members[0][1], "SeriesInstanceUID"), skipped, strict)
+
+
+def load_series(path: str | os.PathLike, series_uid: str | None = None,
+                modality: str | None = None, strict: bool = True) -> Series:
+    """Load a DICOM file or a folder (searched recursively) as one sorted :class:`Series`.
+
+    Args:
+      path: a DICOM file (single- or multi-frame) or a folder.
+      series_uid: which series to load when the folder holds several (see :func:`list_series`).
+      modality: keep only files of this modality ('CT', 'MR'/'MRI'), e.g. to pick the CT series
+        out of a folder that also has MR.
+      strict: raise on the first bad file; else skip it and record it in ``Series.skipped``.
+    """
+    path = Path(path)
+    images, skipped = _usable(path, series_uid, modality, strict)
+    return _load_members(_select(path, images, series_uid, modality), skipped, strict, path)
+
+
+def load_all_series(path: str | os.PathLike, modality: str | None = None,
+                    strict: bool = True) -> tuple[list[Series], list[Skipped]]:
+    """Every image series under ``path``, sorted by (patient, series UID), and the skipped files.
+
+    Without ``modality`` a folder mixing modalities is an error in strict mode; leniently, series of
+    the most common modality are kept and the others skipped.
+    """
+    path = Path(path)
+    images, skipped = _usable(path, None, modality, strict)
+    mods = Counter(_s(ds, "Modality", "?").upper() for _, ds in images)
+    if len(mods) > 1:
+        if strict:
+            raise DataError(f"{path}: mixed modalities in one folder ("
+                            + ", ".join(f"{m}: {n} files" for m, n in mods.items())
+                            + "); pass modality= to choose one (strict mode)")
+        keep = mods.most_common(1)[0][0]
+        skipped += [Skipped(str(p), f"modality {_s(ds, 'Modality')} differs from the folder's "
+                                    f"{keep}") for p, ds in images
+                    if _s(ds, "Modality", "?").upper() != keep]
+        images = [(p, ds) for p, ds in images if _s(ds, "Modality", "?").upper() == keep]
+    groups: dict[tuple[str, str], list] = {}
+    for p, ds in images:
+        groups.setdefault((_s(ds, "PatientID"), _s(ds, "SeriesInstanceUID")), []).append((p, ds))
+    out = []
+    for key in sorted(groups):
+        try:
+            out.append(_load_members(groups[key], skipped, strict, path))
+        except DataError as e:
+            if strict:
+                raise
+            skipped.append(Skipped(f"series {key[1]}", str(e)))
+    return out, skipped
+
+
+def _mod(modality: str) -> str:
+    from btd_jax.data.preprocess import canonical_modality
+    return canonical_modality(modality)
