@@ -15,15 +15,18 @@ from btd_jax.data.preprocess import (
     window_ct,
 )
 from btd_jax.data.datasets import (
-    PatchSet, Skipped, TestSet, load_patches, load_testset, split_patients, write_testset,
+    PatchSet, Skipped, TestSet, load_data, load_patches, load_testset, patches_from_dicom,
+    split_patients, write_manifest, write_testset,
 )
 
-_LAZY = {"Series": "dicom", "load_series": "dicom", "list_series": "dicom", "read_slice": "dicom"}
+_LAZY = {"Series": "dicom", "load_series": "dicom", "load_all_series": "dicom",
+         "list_series": "dicom", "read_slice": "dicom"}
 
 __all__ = [
     "DataError", "window_ct", "normalize_mri", "to_unit_range", "extract_patch", "extract_patches",
     "random_locations", "resample", "PatchSet", "TestSet", "Skipped", "load_patches",
-    "load_testset", "write_testset", "split_patients", *_LAZY,
+    "load_testset", "write_testset", "split_patients", "patches_from_dicom", "write_manifest",
+    "load_data", *_LAZY,
 ]
 
 

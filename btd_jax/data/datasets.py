@@ -146,3 +146,130 @@ def split_patients(patient_ids: Sequence, scanners: Sequence | None = None,
             for p in group[bounds[part]:bounds[part + 1]]:
                 part_of[p] = part
     return np.array([part_of[p] for p in pids], np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# (b) DICOM folders -> patches with a manifest
+
+MANIFEST_COLUMNS = ("patient", "series", "scanner", "modality", "slice", "frame", "x", "y", "path",
+                    "status", "reason")
+
+
+def write_manifest(path: str | os.PathLike, columns: dict[str, np.ndarray],
+                   skipped: Sequence[Skipped] = ()) -> Path:
+    """Write a manifest CSV: one 'ok' row per patch, then one 'skipped' row per skipped item
+    (its file or item in ``path``, why in ``reason``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = [c for c in MANIFEST_COLUMNS if c in columns or c in ("path", "status", "reason")]
+    names += [c for c in columns if c not in names]
+    n = len(next(iter(columns.values()))) if columns else 0
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=names)
+        w.writeheader()
+        for i in range(n):
+            w.writerow({c: (columns[c][i] if c in columns else "") for c in names}
+                       | {"status": "ok", "reason": ""})
+        for s in skipped:
+            w.writerow({c: "" for c in names} | {"path": s.item, "status": "skipped",
+                                                  "reason": s.reason})
+    return path
+
+
+def patches_from_dicom(folder: str | os.PathLike, size: int | None = None, n_per_slice: int = 4,
+                       rng: np.random.Generator | int | None = 0, modality: str | None = None,
+                       strict: bool = True, manifest: str | os.PathLike | None = None,
+                       margin: int | None = None) -> PatchSet:
+    """Cut random training patches out of every image series under ``folder``.
+
+    Each series is mapped to [0, 1] as in the paper (CT: HU window; MR: per-patient standardisation
+    over the series volume, :func:`preprocess.normalize_mri`), then ``n_per_slice`` centres per slice
+    are drawn by :func:`preprocess.random_locations` (whole patches inside the slice).
+
+    Args:
+      folder: folder (searched recursively) or a single DICOM file.
+      size: patch side; default 96 for CT and 128 for MR (the paper's).
+      rng: numpy Generator or seed for the locations.
+      modality: keep only this modality; without it a folder mixing modalities is an error.
+      strict: raise on the first bad file/series; else skip and record it.
+      manifest: optional CSV path for the manifest (:func:`write_manifest`), skipped items included.
+    Returns:
+      :class:`PatchSet`: patches (N, size, size) float32 and columns patient, series, scanner,
+      modality, slice, frame, x, y, path.
+    """
+    from btd_jax.data import dicom
+
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    series, skipped = dicom.load_all_series(folder, modality=modality, strict=strict)
+    patches, rows = [], []
+    for s in series:
+        try:
+            mod = preprocess.canonical_modality(s.modality)
+            side = int(size or preprocess.PATCH_SIZE[mod])
+            vol = preprocess.to_unit_range(s.pixels, mod)
+            locs = [preprocess.random_locations(vol.shape, n_per_slice, side, rng, margin=margin)
+                    for _ in range(vol.shape[0])]
+        except DataError as e:
+            if strict:
+                raise DataError(f"{folder}: series {s.series_uid} (patient {s.patient_id}): {e}") \
+                    from None
+            skipped.append(Skipped(f"series {s.series_uid}", str(e)))
+            continue
+        for k in range(vol.shape[0]):
+            for x, y in locs[k]:
+                patches.append(preprocess.extract_patch(vol[k], x, y, side))
+                rows.append((s.patient_id, s.series_uid, s.scanner, mod, k, s.frames[k], int(x),
+                             int(y), s.paths[k]))
+    if not patches:
+        raise DataError(f"{folder}: no patches could be cut; first problem: "
+                        + (f"{skipped[0].item}: {skipped[0].reason}" if skipped else "none"))
+    if len({p.shape for p in patches}) > 1:
+        raise DataError(f"{folder}: series of different modalities give different patch sizes; "
+                        f"pass modality= or size=")
+    cols = {name: np.array([r[i] for r in rows]) for i, name in enumerate(MANIFEST_COLUMNS[:9])}
+    out = PatchSet(np.stack(patches).astype(np.float32), cols, skipped)
+    if manifest is not None:
+        write_manifest(manifest, out.columns, skipped)
+    return out
+
+
+def _find_testset(root: Path) -> list[tuple[str, str]]:
+    """(modality, attack) pairs whose CSV exists under ``root``."""
+    found = []
+    for mod in ("CT", "MRI"):
+        for att in ("Inject", "Remove"):
+            if testset_csv_path(root, mod, att).is_file():
+                found.append((mod, att))
+    return found
+
+
+def load_data(path: str | os.PathLike, modality: str | None = None, attack: str | None = None,
+              size: int | None = None, n_per_slice: int = 4, seed: int = 0,
+              strict: bool = True) -> PatchSet:
+    """One entry point for the CLI's ``--data``/``--input``: what ``path`` holds decides the loader.
+
+    * ``.npy``/``.npz`` file -> :func:`load_patches` (columns: ``index``);
+    * folder in the authors' test-set layout -> :func:`load_testset` (``modality``/``attack`` pick
+      the CSV when there are several) -> a :class:`TestSet`;
+    * DICOM file or folder -> :func:`patches_from_dicom` with ``n_per_slice`` random patches per
+      slice (seeded by ``seed``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_file() and path.suffix.lower() in (".npy", ".npz"):
+        arr = load_patches(path)
+        return PatchSet(arr, {"index": np.arange(arr.shape[0])})
+    if path.is_dir():
+        found = _find_testset(path)
+        if modality is not None:
+            found = [f for f in found if f[0] == ("CT" if preprocess.canonical_modality(modality)
+                                                   == "CT" else "MRI")]
+        if attack is not None:
+            found = [f for f in found if f[1] == ATTACKS.get(attack.strip().lower(), attack)]
+        if len(found) > 1:
+            raise DataError(f"{path}: holds several test sets {found}; pass modality= and attack=")
+        if found:
+            return load_testset(path, found[0][0], found[0][1], size=size, strict=strict)
+    return patches_from_dicom(path, size=size, n_per_slice=n_per_slice, rng=seed,
+                              modality=modality, strict=strict)
