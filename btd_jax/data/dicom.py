@@ -173,7 +173,9 @@ def _image_problem(ds: Any) -> str | None:
     if modality.upper() in NON_IMAGE_MODALITIES:
         return f"not an image: a {modality} object ({_sop_name(ds)})"
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        return f"no pixel data (Modality {modality}, {_sop_name(ds)})"
+        hint = " although the header describes an image: truncated file?" if (
+            "Rows" in ds or _sop_name(ds).endswith("Image Storage")) else ""
+        return f"no pixel data (Modality {modality}, {_sop_name(ds)}){hint}"
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     if spp != 1:
         return (f"colour image (SamplesPerPixel={spp}, {_s(ds, 'PhotometricInterpretation')}); "
@@ -442,6 +444,10 @@ def _usable(path: Path, series_uid: str | None, modality: str | None,
             skipped.append(Skipped(str(p), problem))
         else:
             images.append((p, ds))
+    if not images and series_uid is not None:
+        seen = sorted({_s(ds, "SeriesInstanceUID") for _, ds, _ in found})
+        raise DataError(f"{path}: no image series with SeriesInstanceUID {series_uid}; found "
+                        f"{', '.join(seen) or 'none'} (see list_series)")
     if not images:
         first = f"; first skipped: {skipped[0].item}: {skipped[0].reason}" if skipped else ""
         raise DataError(f"{path}: no usable DICOM image"
