@@ -4,7 +4,7 @@ One *row* is one (dataset, method, reduction): e.g. ``CTGAN-CT-Inject`` / ``BTD`
 with the point AUC/EER on all samples and the bootstrap mean, std and 95% interval (the paper
 reports the bootstrap mean). Typical use::
 
-    sets = evaluate.split_by_tamper(labels, method, scanner)             # {tamper: index array}
+    sets = evaluate.dataset_indices(labels, meta, "CT", "injection")      # {'CTGAN-CT-Inject': indices}
     scores = evaluate.score_reductions(scorer, patches, centers=(None, 32))  # {"full": (N,), "center32": (N,)}
     rows = [evaluate.evaluate_scores(scores[r][i], labels[i], scanner[i], dataset=..., reduction=r)
             for ...]
@@ -25,7 +25,7 @@ import numpy as np
 from btd_jax import metrics
 from btd_jax.data.errors import DataError
 
-__all__ = ["ATTACKS", "dataset_name", "reduction_name", "parse_labels", "split_by_tamper", "evaluate_scores",
+__all__ = ["ATTACKS", "dataset_name", "reduction_name", "parse_labels", "split_by_tamper", "dataset_indices", "evaluate_scores",
            "reduce_maps", "score_reductions", "evaluate_testset", "write_markdown", "write_csv", "write_json",
            "write_all", "load_eval_set", "plot_roc", "plot_histogram", "read_scores_csv", "write_scores_csv", "table1_markdown"]
 
@@ -78,7 +78,9 @@ def split_by_tamper(labels: np.ndarray, method: Optional[np.ndarray], tamper: Op
     if method is None:
         return {tamper or "all": np.arange(labels.size)}
     m = np.asarray([str(v).strip() for v in method])
-    fake_methods = sorted({v for v in m[labels == 1] if v.lower() not in _NO_METHOD})
+    # a fake made by several methods ('CTGAN+SD', as datasets.load_testset joins them) is in each
+    parts = [set(v.split("+")) for v in m]
+    fake_methods = sorted({p for v, y in zip(parts, labels) if y == 1 for p in v if p.lower() not in _NO_METHOD})
     if not fake_methods and tamper is None:  # a method column that names no tamper method
         return {"all": np.arange(labels.size)}
     if tamper is not None:
@@ -89,10 +91,55 @@ def split_by_tamper(labels: np.ndarray, method: Optional[np.ndarray], tamper: Op
         fake_methods = match
     out = {}
     for name in fake_methods:
-        fake = np.flatnonzero((labels == 1) & (m == name))
-        paired = np.flatnonzero((labels == 0) & (m == name))
+        has = np.asarray([name in v for v in parts])
+        fake = np.flatnonzero((labels == 1) & has)
+        paired = np.flatnonzero((labels == 0) & has)
         real = paired if paired.size else np.flatnonzero((labels == 0) & np.isin(np.char.lower(m), list(_NO_METHOD)))
         out[name] = np.sort(np.concatenate([real, fake]))
+    return out
+
+
+def _indicator_columns(metadata: Mapping[str, Any], modality: str, attack: str) -> Dict[str, str]:
+    """Authors' 0/1 dataset columns '<method>-<modality>-<Inject|Remove>' in ``metadata`` -> method."""
+    att = ATTACKS.get(str(attack).lower())
+    aliases = {a for a, c in ATTACKS.items() if c == att} | {str(att).lower()}
+    mods = {modality.upper()} | ({"MR"} if modality.upper() == "MRI" else set())
+    out = {}
+    for col in metadata:
+        parts = str(col).rsplit("-", 2)
+        if len(parts) == 3 and parts[1].upper() in mods and parts[2].lower() in aliases:
+            out[col] = parts[0]
+    return out
+
+
+def dataset_indices(labels: Any, metadata: Mapping[str, Any], modality: str, attack: str,
+                    tamper: Optional[str] = None) -> Dict[str, np.ndarray]:
+    """{paper dataset name (e.g. 'CTGAN-CT-Inject'): sorted sample indices}.
+
+    The authors' CSVs mark dataset membership with 0/1 columns named like the dataset; when present
+    they are used as they are (a dataset whose column marks no real sample gets every real).
+    Otherwise the 'method' column is split with :func:`split_by_tamper`.
+    """
+    y = np.asarray(labels)
+    ind = _indicator_columns(metadata, modality, attack)
+    if not ind:
+        return {dataset_name(t, modality, attack): idx
+                for t, idx in split_by_tamper(y, metadata.get("method"), tamper).items()}
+    if tamper is not None:
+        ind = {c: m for c, m in ind.items() if m.lower() == tamper.lower()}
+        if not ind:
+            raise DataError(f"tamper method {tamper!r} has no dataset column; "
+                            f"available: {', '.join(sorted(_indicator_columns(metadata, modality, attack).values()))}")
+    out = {}
+    for col, meth in ind.items():
+        on = np.asarray([str(v).strip().lower() in ("1", "1.0", "true", "yes") for v in metadata[col]])
+        if not (on & (y == 1)).any():
+            continue  # a column that marks no fake: nothing to detect
+        if not (on & (y == 0)).any():
+            on = on | (y == 0)
+        out[dataset_name(meth, modality, attack)] = np.flatnonzero(on)
+    if not out:
+        raise DataError(f"no dataset column ({', '.join(ind)}) marks any fake sample")
     return out
 
 
@@ -115,12 +162,13 @@ def evaluate_scores(scores: Any, labels: Any, groups: Optional[Any] = None, *, d
     }
 
 
-def load_eval_set(path: str, modality: str, attack: str):
+def load_eval_set(path: str, modality: str, attack: str, size: Optional[int] = None):
     """-> (patches (N,H,W) float32, labels (N,) int8, metadata {column: (N,)}).
 
     ``path`` is a test-set root in the authors' layout (``btd_jax.data.datasets.load_testset``) or a
     ``.npz`` holding ``patches`` and ``labels`` plus optional per-sample columns (``scanner``,
-    ``method``, ``size``, ...).
+    ``method``, ``size``, ...). ``size``: patch side cut from the test images (the model's
+    ``image_size``; default the paper's 96 CT / 128 MRI).
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such test set")
@@ -133,9 +181,9 @@ def load_eval_set(path: str, modality: str, attack: str):
     else:
         from btd_jax.data import datasets  # data loading stays out of the metrics-only import path
 
-        ts = datasets.load_testset(path, modality, attack)
+        ts = datasets.load_testset(path, modality, attack, size=size)
         patches, labels = np.asarray(ts.patches, np.float32), parse_labels(ts.labels, source=path)
-        meta = {k: np.asarray(v) for k, v in dict(ts.metadata).items()}
+        meta = {k: np.asarray(v) for k, v in dict(getattr(ts, "columns", None) or ts.metadata).items()}
     for k, v in meta.items():
         if len(v) != len(labels):
             raise DataError(f"{path}: metadata column {k!r} has {len(v)} entries for {len(labels)} samples")
@@ -211,8 +259,7 @@ def evaluate_scored(scores: Mapping[str, np.ndarray], labels: np.ndarray, metada
     scanner = metadata.get("scanner")
     scanner = None if scanner is None else np.asarray(scanner).astype(str)
     rows = []
-    for tam, idx in split_by_tamper(y, metadata.get("method"), tamper).items():
-        name = dataset_name(tam, modality, attack)
+    for name, idx in dataset_indices(y, metadata, modality, attack, tamper).items():
         for red, s in scores.items():
             rows.append(evaluate_scores(np.asarray(s)[idx], y[idx], None if scanner is None else scanner[idx],
                                         dataset=name, method=method, reduction=red, n_boot=n_boot, seed=seed))

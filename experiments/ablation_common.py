@@ -14,9 +14,10 @@ import numpy as np
 from btd_jax import evaluate
 
 
-def load_dataset(path: str, modality: str, attack: str) -> Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
+def load_dataset(path: str, modality: str, attack: str, size: Optional[int] = None
+                 ) -> Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
     """-> (patches (N,H,W) float32, labels (N,) int8, metadata {column: (N,)}); see evaluate.load_eval_set."""
-    return evaluate.load_eval_set(path, modality, attack)
+    return evaluate.load_eval_set(path, modality, attack, size=size)
 
 
 def subsample(labels: np.ndarray, max_per_class: Optional[int], seed: int = 0,

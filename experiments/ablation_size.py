@@ -44,7 +44,7 @@ def analyse(scores: np.ndarray, labels: np.ndarray, sizes: np.ndarray, meta: dic
     from scipy import stats
 
     out = {"target_fpr": target_fpr, "datasets": {}}
-    for tam, idx in evaluate.split_by_tamper(labels, meta.get("method"), tamper).items():
+    for ds, idx in evaluate.dataset_indices(labels, meta, modality, attack, tamper).items():
         y, s, z = labels[idx], scores[idx], sizes[idx]
         c = cal or calibration.fit(s[y == 0], target_fpr=target_fpr)
         norm = c.normalize(s)
@@ -66,7 +66,7 @@ def analyse(scores: np.ndarray, labels: np.ndarray, sizes: np.ndarray, meta: dic
                                  "flag_rate": float((norm[b] >= 1).mean()), "median_norm": float(np.median(norm[b]))})
             entry[name] = {"n": int(m.sum()), "spearman_rho": float(rho), "spearman_p": float(pval),
                            "flag_rate": float((norm[m] >= 1).mean()), "bins": bins}
-        out["datasets"][evaluate.dataset_name(tam, modality, attack)] = entry
+        out["datasets"][ds] = entry
     return out
 
 
@@ -121,13 +121,14 @@ def main(argv=None) -> dict:
             raise SystemExit("need --workdir and --dataset, or --scores")
         from btd_jax.score import Scorer
 
-        patches, labels, meta = ablation_common.load_dataset(args.dataset, args.modality, args.attack)
-        sizes_from(meta, args.size_column, args.dataset)  # fail before scoring
-        keep = ablation_common.subsample(labels, args.max_per_class, args.seed, meta.get("method"))
-        patches, labels, meta = patches[keep], labels[keep], {k: v[keep] for k, v in meta.items()}
         import jax
 
         scorer = Scorer.load(args.workdir)
+        patches, labels, meta = ablation_common.load_dataset(args.dataset, args.modality, args.attack,
+                                                             size=scorer.cfg.image_size)
+        sizes_from(meta, args.size_column, args.dataset)  # fail before scoring
+        keep = ablation_common.subsample(labels, args.max_per_class, args.seed, meta.get("method"))
+        patches, labels, meta = patches[keep], labels[keep], {k: v[keep] for k, v in meta.items()}
         key = jax.random.key(args.seed) if args.steps > 1 else None
         scores = evaluate.score_reductions(scorer, patches, centers=[center], steps=args.steps,
                                            batch_size=args.batch_size, key=key)[evaluate.reduction_name(center)]

@@ -87,7 +87,8 @@ def main(argv=None) -> dict:
     scorer = Scorer.load(args.workdir)
     T = scorer.cfg.diffusion.timesteps
     steps = [d for d in (PAPER_STEPS if args.paper else args.steps) if 1 <= d <= T]
-    patches, labels, meta = ablation_common.load_dataset(args.dataset, args.modality, args.attack)
+    patches, labels, meta = ablation_common.load_dataset(args.dataset, args.modality, args.attack,
+                                                         size=scorer.cfg.image_size)
     keep = ablation_common.subsample(labels, args.max_per_class, args.seed, meta.get("method"))
     meta = {k: v[keep] for k, v in meta.items()}
     result = run_ablation(scorer, patches[keep], labels[keep], meta, args.modality, args.attack, steps,

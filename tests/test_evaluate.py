@@ -316,3 +316,43 @@ def test_command_scores_a_testset_with_a_tiny_model(tmp_path, tiny_workdir):
     assert cmd2.run(args2) == 0
     again = json.load(open(tmp_path / "again" / "results.json"))["rows"]
     assert [r["auc_mean"] for r in again] == [r["auc_mean"] for r in rows]
+
+
+def test_dataset_indices_indicator_columns_and_joined_methods():
+    labels = np.array([0, 0, 1, 1, 1])
+    meta = {"CTGAN-CT-Inject": np.array(["1", "0", "1", "0", "1"]),
+            "SD-CT-Inject": np.array(["0", "0", "0", "1", "1"]),
+            "method": np.array(["real", "real", "CTGAN", "SD", "CTGAN+SD"])}
+    d = evaluate.dataset_indices(labels, meta, "CT", "injection")
+    np.testing.assert_array_equal(d["CTGAN-CT-Inject"], [0, 2, 4])  # the column's own reals
+    np.testing.assert_array_equal(d["SD-CT-Inject"], [0, 1, 3, 4])  # marks no real -> all reals
+    assert list(evaluate.dataset_indices(labels, meta, "CT", "injection", tamper="sd")) == ["SD-CT-Inject"]
+    with pytest.raises(DataError, match="'GAN2' has no dataset column"):
+        evaluate.dataset_indices(labels, meta, "CT", "injection", tamper="GAN2")
+    # without indicator columns the method column decides; joined methods count for both
+    d2 = evaluate.dataset_indices(labels, {"method": meta["method"]}, "CT", "inject")
+    np.testing.assert_array_equal(d2["CTGAN-CT-Inject"], [0, 1, 2, 4])
+    np.testing.assert_array_equal(d2["SD-CT-Inject"], [0, 1, 3, 4])
+
+
+def test_command_on_authors_layout(tmp_path, tiny_workdir):
+    from btd_jax.data import datasets
+
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(16):
+        fake = i >= 8
+        items.append({"image": rng.uniform(-700, 2000, (40, 40)).astype(np.float32), "x": 20, "y": 20,
+                      "type": "FM" if fake else "TM", "methods": (["CTGAN"] if i % 2 else ["SD"]) if fake else [],
+                      "scanner": "GE" if i % 4 < 2 else "Philips"})
+    datasets.write_testset(tmp_path / "root", "CT", "injection", items)
+    patches, labels, meta = evaluate.load_eval_set(str(tmp_path / "root"), "CT", "injection", size=16)
+    assert patches.shape == (16, 16, 16) and labels.sum() == 8
+    out = tmp_path / "out"
+    cmd, args = _parse(["--workdir", tiny_workdir, "--dataset", str(tmp_path / "root"), "--attack", "injection",
+                        "--centers", "8", "--n_boot", "3", "--batch_size", "16", "--out", str(out)])
+    assert cmd.run(args) == 0
+    rows = json.load(open(out / "results.json"))["rows"]
+    assert {(r["dataset"], r["n_real"], r["n_fake"]) for r in rows} == {("CTGAN-CT-Inject", 8, 4),
+                                                                        ("SD-CT-Inject", 8, 4)}
+    assert all(set(r["groups"].split(";")) == {"GE:2", "Philips:2"} for r in rows)

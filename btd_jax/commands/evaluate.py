@@ -47,8 +47,9 @@ def _score_testset(args, centers):
 
     if not args.workdir or not args.dataset:
         raise ValueError("need --workdir and --dataset (or --scores scored.csv)")
-    patches, labels, meta = evaluate.load_eval_set(args.dataset, args.modality, args.attack)
     scorer = Scorer.load(args.workdir)
+    patches, labels, meta = evaluate.load_eval_set(args.dataset, args.modality, args.attack,
+                                                   size=scorer.cfg.image_size)
     key = None
     if args.steps > 1:
         import jax
@@ -110,9 +111,7 @@ def run(args) -> int:
     if not args.scores:
         evaluate.write_scores_csv(os.path.join(args.out, "scores.csv"), labels, scores, meta)
 
-    sets = evaluate.split_by_tamper(labels, meta.get("method"), args.tamper)
-    for tam, idx in sets.items():
-        name = evaluate.dataset_name(tam, args.modality, args.attack)
+    for name, idx in evaluate.dataset_indices(labels, meta, args.modality, args.attack, args.tamper).items():
         evaluate.plot_roc({r: (labels[idx], s[idx]) for r, s in scores.items()},
                           os.path.join(args.out, f"roc_{name}.png"), title=name)
         for r, s in scores.items():
