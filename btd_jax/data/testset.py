@@ -210,7 +210,7 @@ def write_testset(root: str | os.PathLike, modality: str, attack: str,
     ``name`` (file stem, default ``img_<i>``) and any extra scalar columns (``scanner``,
     ``patient``, ...). Images go to ``images/`` next to the CSV, paths in the CSV are relative.
     ``methods`` lists every indicator column (default: all methods named by the items).
-    ``image_format``: 'npy' or (MRI only) 'png' (8-bit grey via matplotlib).
+    ``image_format``: 'npy' or (MRI only) 'png' (16-bit grey).
     """
     mod, att = _mod_dir(modality), _attack(attack)
     if image_format not in ("npy", "png") or (image_format == "png" and mod == "CT"):
@@ -233,9 +233,10 @@ def write_testset(root: str | os.PathLike, modality: str, attack: str,
         img = np.asarray(it["image"])
         if image_format == "npy":
             np.save(csv_path.parent / rel, img)
-        else:
-            import matplotlib.image as mpimg
-            mpimg.imsave(csv_path.parent / rel, np.clip(img, 0, 1), cmap="gray", vmin=0, vmax=1)
+        else:  # 16-bit grey PNG (Pillow comes with matplotlib): 1/65535 steps
+            from PIL import Image
+            q = np.round(np.clip(img, 0.0, 1.0) * 65535.0).astype(np.uint16)
+            Image.fromarray(q).save(csv_path.parent / rel)
         row = {"path": rel.as_posix(), "x": int(it["x"]), "y": int(it["y"]), "type": it["type"]}
         row.update({c: int(m in it.get("methods", ())) for c, m in zip(ind_cols, methods)})
         row.update({k: it.get(k, "") for k in extra})
