@@ -22,39 +22,19 @@ from typing import Any
 
 import numpy as np
 
-from btd_jax.data.records import Skipped
+from btd_jax.data.dicom_io import (
+    NON_IMAGE_MODALITIES, attr, decode, decoder_hint, floats, functional_attr, image_problem,
+    nframes, read_header, scanner,
+)
 from btd_jax.data.errors import DataError
+from btd_jax.data.records import Skipped
 
 __all__ = ["Slice", "Series", "SeriesInfo", "read_slice", "load_series", "load_all_series",
-           "list_series",
-           "decoder_hint", "NON_IMAGE_MODALITIES"]
+           "list_series", "decoder_hint", "NON_IMAGE_MODALITIES"]
 
-# Objects that carry no scan image (structures, reports, plans, doses, segmentations).
-NON_IMAGE_MODALITIES = frozenset({"RTSTRUCT", "RTPLAN", "RTRECORD", "RTDOSE", "SR", "PR", "KO",
-                                  "REG", "SEG", "RWV", "DOC", "FID", "PLAN", "AU", "ECG"})
 # Sidecar files commonly found next to DICOM files; skipped silently when scanning a folder.
 _SIDECAR_SUFFIXES = frozenset({".txt", ".csv", ".json", ".md", ".xml", ".npy", ".npz", ".png",
                                ".jpg", ".jpeg", ".py", ".log", ".html", ".pdf", ".zip", ".gz"})
-_MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR
-
-_JPEG = "pip install pylibjpeg pylibjpeg-libjpeg (or: pip install python-gdcm)"
-_JLS = "pip install pylibjpeg pylibjpeg-libjpeg (or: pip install pyjpegls, or python-gdcm)"
-_J2K = "pip install pylibjpeg pylibjpeg-openjpeg (or: pip install python-gdcm)"
-_DECODERS = {
-    "1.2.840.10008.1.2.4.50": _JPEG, "1.2.840.10008.1.2.4.51": _JPEG,
-    "1.2.840.10008.1.2.4.57": _JPEG, "1.2.840.10008.1.2.4.70": _JPEG,
-    "1.2.840.10008.1.2.4.80": _JLS, "1.2.840.10008.1.2.4.81": _JLS,
-    "1.2.840.10008.1.2.4.90": _J2K, "1.2.840.10008.1.2.4.91": _J2K,
-    "1.2.840.10008.1.2.4.201": _J2K, "1.2.840.10008.1.2.4.202": _J2K,
-    "1.2.840.10008.1.2.4.203": _J2K,
-    "1.2.840.10008.1.2.5": "pip install pylibjpeg pylibjpeg-rle (RLE is also built into pydicom)",
-}
-
-
-def decoder_hint(transfer_syntax_uid: str) -> str:
-    """The pip command that installs a pixel-data decoder for a compressed transfer syntax."""
-    return _DECODERS.get(str(transfer_syntax_uid),
-                         "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg python-gdcm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,164 +90,13 @@ class SeriesInfo:
     paths: tuple[str, ...]
 
 
-# ----------------------------------------------------------------------------------------------
-# headers
-
-def _s(ds: Any, key: str, default: str = "") -> str:
-    v = ds.get(key, None)
-    return default if v is None or str(v).strip() == "" else str(v).strip()
-
-
-def _scanner(ds: Any) -> str:
-    return " ".join(p for p in (_s(ds, "Manufacturer"), _s(ds, "ManufacturerModelName")) if p)
-
-
-def _read_header(path: Path) -> Any:
-    """Parse a file without decoding pixel data (kept deferred); DataError if not DICOM."""
-    import warnings
-
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                ds = pydicom.dcmread(path, defer_size="64 KB")
-            except InvalidDicomError:
-                # No preamble/'DICM' prefix (older files, e.g. pydicom's rtstruct.dcm): raw data set.
-                ds = pydicom.dcmread(path, defer_size="64 KB", force=True)
-                if not any(k in ds for k in ("SOPClassUID", "Modality", "PixelData")):
-                    raise DataError("not a DICOM file (no 'DICM' header and no readable data "
-                                    "set)") from None
-                _set_transfer_syntax(ds)
-        eof = [str(w.message) for w in caught if "End of file" in str(w.message)]
-        if eof:
-            raise DataError(f"truncated DICOM file ({eof[0]})")
-    except DataError as e:
-        raise DataError(f"{path}: {e}") from None
-    except Exception as e:
-        raise DataError(f"{path}: corrupt or truncated DICOM file ({type(e).__name__}: {e})") \
-            from None
-    return ds
-
-
-def _set_transfer_syntax(ds: Any) -> None:
-    """Files without file meta: record the encoding pydicom detected so pixels can be decoded."""
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
-    meta = getattr(ds, "file_meta", None) or FileMetaDataset()
-    if "TransferSyntaxUID" not in meta:
-        implicit, little = getattr(ds, "original_encoding", (True, True))
-        meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
-                                  ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
-        ds.file_meta = meta
-
-
-def _image_problem(ds: Any) -> str | None:
-    """Why ``ds`` is not a usable grey-level image, or None."""
-    modality = _s(ds, "Modality", "?")
-    if _s(ds, "SOPClassUID") == _MEDIA_STORAGE_DIRECTORY:
-        return "a DICOMDIR index, not an image"
-    if modality.upper() in NON_IMAGE_MODALITIES:
-        return f"not an image: a {modality} object ({_sop_name(ds)})"
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        hint = " although the header describes an image: truncated file?" if (
-            "Rows" in ds or _sop_name(ds).endswith("Image Storage")) else ""
-        return f"no pixel data (Modality {modality}, {_sop_name(ds)}){hint}"
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    if spp != 1:
-        return (f"colour image (SamplesPerPixel={spp}, {_s(ds, 'PhotometricInterpretation')}); "
-                f"expected a grey-level CT/MR slice")
-    return None
-
-
-def _sop_name(ds: Any) -> str:
-    uid = ds.get("SOPClassUID", None)
-    return getattr(uid, "name", str(uid)) if uid is not None else "no SOP class"
-
-
-def _item(seq_owner: Any, seq: str, key: str) -> Any:
-    s = seq_owner.get(seq, None)
-    return s[0].get(key, None) if s else None
-
-
-def _fg(ds: Any, frame: int, seq: str, key: str) -> Any:
-    """An attribute from the top level, else the per-frame, else the shared functional groups."""
-    if key in ds:
-        return ds[key].value
-    for groups, i in (("PerFrameFunctionalGroupsSequence", frame),
-                      ("SharedFunctionalGroupsSequence", 0)):
-        g = ds.get(groups, None)
-        if g and len(g) > i:
-            v = _item(g[i], seq, key)
-            if v is not None:
-                return v
-    return None
-
-
-def _floats(v: Any, n: int) -> np.ndarray | None:
-    try:
-        a = np.asarray([float(t) for t in v], np.float64)
-    except (TypeError, ValueError):
-        return None
-    return a if a.size == n and np.isfinite(a).all() else None
-
-
-def _nframes(ds: Any) -> int:
-    try:
-        return max(int(ds.get("NumberOfFrames", 1) or 1), 1)
-    except (TypeError, ValueError):
-        return 1
-
-
-# ----------------------------------------------------------------------------------------------
-# pixels
-
-def _decode(ds: Any, path: Path) -> np.ndarray:
-    """Stored values (F, H, W) -> modality values (HU for CT), float32."""
-    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    try:
-        arr = ds.pixel_array
-    except Exception as e:
-        msg = " ".join(str(e).split()) or type(e).__name__
-        if tsyntax is not None and tsyntax.is_compressed:
-            what = ("no decoder is installed" if "missing dependencies" in msg else
-                    "the installed decoders failed (corrupt data or unsupported variant)")
-            raise DataError(f"{path}: cannot decode pixel data compressed as {tsyntax.name} "
-                            f"({tsyntax}): {what}. Install a decoder: {decoder_hint(tsyntax)}. "
-                            f"[pydicom: {msg}]") from None
-        raise DataError(f"{path}: corrupt or truncated pixel data ({msg})") from None
-    nf = _nframes(ds)
-    arr = np.asarray(arr)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3 or arr.shape[0] != nf:
-        raise DataError(f"{path}: unexpected pixel array shape {arr.shape} for {nf} frame(s)")
-    if ds.get("ModalityLUTSequence", None) is not None and ds.ModalityLUTSequence:
-        from pydicom.pixels import apply_modality_lut
-        out = apply_modality_lut(arr, ds).astype(np.float32)
-    else:
-        out = np.empty(arr.shape, np.float32)
-        for f in range(nf):
-            slope = _fg(ds, f, "PixelValueTransformationSequence", "RescaleSlope")
-            icpt = _fg(ds, f, "PixelValueTransformationSequence", "RescaleIntercept")
-            slope = 1.0 if slope in (None, "") else float(slope)
-            icpt = 0.0 if icpt in (None, "") else float(icpt)
-            out[f] = arr[f].astype(np.float64) * slope + icpt
-    if not np.isfinite(out).all():
-        raise DataError(f"{path}: pixel data contains NaN or inf")
-    return out
-
-
 def _slice_from(ds: Any, path: Path, pixels: np.ndarray | None) -> Slice:
-    nf = _nframes(ds)
-    pos = [_floats(_fg(ds, f, "PlanePositionSequence", "ImagePositionPatient"), 3)
+    nf = nframes(ds)
+    pos = [floats(functional_attr(ds, f, "PlanePositionSequence", "ImagePositionPatient"), 3)
            for f in range(nf)]
-    orient = _floats(_fg(ds, 0, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
-    spacing = _floats(_fg(ds, 0, "PixelMeasuresSequence", "PixelSpacing"), 2)
-    thick = _fg(ds, 0, "PixelMeasuresSequence", "SliceThickness")
+    orient = floats(functional_attr(ds, 0, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+    spacing = floats(functional_attr(ds, 0, "PixelMeasuresSequence", "PixelSpacing"), 2)
+    thick = functional_attr(ds, 0, "PixelMeasuresSequence", "SliceThickness")
     try:
         thick = float(thick) if thick not in (None, "") else None
         inst = int(ds.InstanceNumber) if ds.get("InstanceNumber", None) not in (None, "") \
@@ -275,9 +104,9 @@ def _slice_from(ds: Any, path: Path, pixels: np.ndarray | None) -> Slice:
     except (TypeError, ValueError):
         thick, inst = None, None
     return Slice(
-        path=str(path), pixels=pixels, modality=_s(ds, "Modality", "OT").upper(),
-        patient_id=_s(ds, "PatientID"), study_uid=_s(ds, "StudyInstanceUID"),
-        series_uid=_s(ds, "SeriesInstanceUID"), scanner=_scanner(ds),
+        path=str(path), pixels=pixels, modality=attr(ds, "Modality", "OT").upper(),
+        patient_id=attr(ds, "PatientID"), study_uid=attr(ds, "StudyInstanceUID"),
+        series_uid=attr(ds, "SeriesInstanceUID"), scanner=scanner(ds),
         pixel_spacing=tuple(float(v) for v in spacing) if spacing is not None else None,
         slice_thickness=thick,
         positions=np.stack(pos) if all(p is not None for p in pos) else None,
@@ -289,11 +118,11 @@ def read_slice(path: str | os.PathLike) -> Slice:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    ds = _read_header(path)
-    problem = _image_problem(ds)
+    ds = read_header(path)
+    problem = image_problem(ds)
     if problem:
         raise DataError(f"{path}: {problem}")
-    return _slice_from(ds, path, _decode(ds, path))
+    return _slice_from(ds, path, decode(ds, path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,8 +144,8 @@ def _scan(folder: Path, strict: bool) -> tuple[list[tuple[Path, Any, str | None]
     """Headers of every DICOM file under ``folder`` (or of the one file ``folder``):
     (path, dataset, image problem or None)."""
     if folder.is_file():
-        ds = _read_header(folder)
-        return [(folder, ds, _image_problem(ds))], []
+        ds = read_header(folder)
+        return [(folder, ds, image_problem(ds))], []
     if not folder.is_dir():
         raise DataError(f"{folder}: no such file or folder")
     files = _candidate_files(folder)
@@ -325,13 +154,13 @@ def _scan(folder: Path, strict: bool) -> tuple[list[tuple[Path, Any, str | None]
     found, skipped = [], []
     for p in files:
         try:
-            ds = _read_header(p)
+            ds = read_header(p)
         except DataError as e:
             if strict:
                 raise DataError(f"{e} (strict mode; pass strict=False to skip bad files)") from None
             skipped.append(Skipped(str(p), str(e).removeprefix(f"{p}: ")))
             continue
-        found.append((p, ds, _image_problem(ds)))
+        found.append((p, ds, image_problem(ds)))
     return found, skipped
 
 
@@ -345,34 +174,34 @@ def list_series(folder: str | os.PathLike, strict: bool = True) -> list[SeriesIn
     found, _ = _scan(Path(folder), strict)
     groups: dict[str, list[tuple[Path, Any]]] = {}
     for p, ds, _problem in found:
-        groups.setdefault(_s(ds, "SeriesInstanceUID"), []).append((p, ds))
+        groups.setdefault(attr(ds, "SeriesInstanceUID"), []).append((p, ds))
     out = []
     for uid, members in groups.items():
         ds0 = members[0][1]
-        mods = sorted({_s(ds, "Modality", "?") for _, ds in members})
-        out.append(SeriesInfo(uid, "/".join(mods), _s(ds0, "PatientID"), _scanner(ds0),
-                              _s(ds0, "SeriesDescription"), len(members),
+        mods = sorted({attr(ds, "Modality", "?") for _, ds in members})
+        out.append(SeriesInfo(uid, "/".join(mods), attr(ds0, "PatientID"), scanner(ds0),
+                              attr(ds0, "SeriesDescription"), len(members),
                               tuple(str(p) for p, _ in members)))
     return out
 
 
 def _fmt_series(uid: str, members: list) -> str:
     ds0 = members[0][1]
-    return (f"{uid or '<no SeriesInstanceUID>'} ({_s(ds0, 'Modality', '?')}, patient "
-            f"{_s(ds0, 'PatientID') or '?'}, {len(members)} file(s))")
+    return (f"{uid or '<no SeriesInstanceUID>'} ({attr(ds0, 'Modality', '?')}, patient "
+            f"{attr(ds0, 'PatientID') or '?'}, {len(members)} file(s))")
 
 
 def _select(folder: Path, images: list, series_uid: str | None, modality: str | None) -> list:
     groups: dict[str, list] = {}
     for p, ds in images:
-        groups.setdefault(_s(ds, "SeriesInstanceUID"), []).append((p, ds))
+        groups.setdefault(attr(ds, "SeriesInstanceUID"), []).append((p, ds))
     if series_uid is not None:
         if series_uid not in groups:
             raise DataError(f"{folder}: no image series with SeriesInstanceUID {series_uid}; found "
                             + "; ".join(_fmt_series(u, m) for u, m in groups.items()))
         return groups[series_uid]
     if len(groups) > 1:
-        mods = sorted({_s(ds, "Modality", "?") for _, ds in images})
+        mods = sorted({attr(ds, "Modality", "?") for _, ds in images})
         what = f"mixed modalities {'/'.join(mods)}" if len(mods) > 1 and modality is None else \
             f"{len(groups)} series"
         raise DataError(f"{folder}: {what} in one folder; choose one with series_uid=... "
@@ -432,10 +261,10 @@ def _usable(path: Path, series_uid: str | None, modality: str | None,
     found, skipped = _scan(path, strict)
     images = []
     for p, ds, problem in found:
-        if series_uid is not None and _s(ds, "SeriesInstanceUID") != series_uid:
+        if series_uid is not None and attr(ds, "SeriesInstanceUID") != series_uid:
             continue
-        if modality is not None and _s(ds, "Modality").upper() != _mod(modality):
-            skipped.append(Skipped(str(p), f"modality {_s(ds, 'Modality') or '?'}, "
+        if modality is not None and attr(ds, "Modality").upper() != _mod(modality):
+            skipped.append(Skipped(str(p), f"modality {attr(ds, 'Modality') or '?'}, "
                                            f"not {_mod(modality)}"))
         elif problem and strict and "DICOMDIR" not in problem:
             raise DataError(f"{p}: {problem} (strict mode; pass strict=False to skip it, or "
@@ -445,7 +274,7 @@ def _usable(path: Path, series_uid: str | None, modality: str | None,
         else:
             images.append((p, ds))
     if not images and series_uid is not None:
-        seen = sorted({_s(ds, "SeriesInstanceUID") for _, ds, _ in found})
+        seen = sorted({attr(ds, "SeriesInstanceUID") for _, ds, _ in found})
         raise DataError(f"{path}: no image series with SeriesInstanceUID {series_uid}; found "
                         f"{', '.join(seen) or 'none'} (see list_series)")
     if not images:
@@ -459,15 +288,15 @@ def _load_members(members: list, skipped: list[Skipped], strict: bool, where: Pa
     slices = []
     for p, ds in members:
         try:
-            slices.append(_slice_from(ds, p, _decode(ds, p)))
+            slices.append(_slice_from(ds, p, decode(ds, p)))
         except DataError as e:
             if strict:
                 raise
             skipped.append(Skipped(str(p), str(e).removeprefix(f"{p}: ")))
     if not slices:
-        raise DataError(f"{where}: every file of series {_s(members[0][1], 'SeriesInstanceUID')} "
+        raise DataError(f"{where}: every file of series {attr(members[0][1], 'SeriesInstanceUID')} "
                         f"was skipped; first: {skipped[-1].item}: {skipped[-1].reason}")
-    return _stack(slices, _s(members[0][1], "SeriesInstanceUID"), skipped, strict)
+    return _stack(slices, attr(members[0][1], "SeriesInstanceUID"), skipped, strict)
 
 
 def load_series(path: str | os.PathLike, series_uid: str | None = None,
@@ -495,20 +324,20 @@ def load_all_series(path: str | os.PathLike, modality: str | None = None,
     """
     path = Path(path)
     images, skipped = _usable(path, None, modality, strict)
-    mods = Counter(_s(ds, "Modality", "?").upper() for _, ds in images)
+    mods = Counter(attr(ds, "Modality", "?").upper() for _, ds in images)
     if len(mods) > 1:
         if strict:
             raise DataError(f"{path}: mixed modalities in one folder ("
                             + ", ".join(f"{m}: {n} files" for m, n in mods.items())
                             + "); pass modality= to choose one (strict mode)")
         keep = mods.most_common(1)[0][0]
-        skipped += [Skipped(str(p), f"modality {_s(ds, 'Modality')} differs from the folder's "
+        skipped += [Skipped(str(p), f"modality {attr(ds, 'Modality')} differs from the folder's "
                                     f"{keep}") for p, ds in images
-                    if _s(ds, "Modality", "?").upper() != keep]
-        images = [(p, ds) for p, ds in images if _s(ds, "Modality", "?").upper() == keep]
+                    if attr(ds, "Modality", "?").upper() != keep]
+        images = [(p, ds) for p, ds in images if attr(ds, "Modality", "?").upper() == keep]
     groups: dict[tuple[str, str], list] = {}
     for p, ds in images:
-        groups.setdefault((_s(ds, "PatientID"), _s(ds, "SeriesInstanceUID")), []).append((p, ds))
+        groups.setdefault((attr(ds, "PatientID"), attr(ds, "SeriesInstanceUID")), []).append((p, ds))
     out = []
     for key in sorted(groups):
         try:
