@@ -356,3 +356,27 @@ def test_command_on_authors_layout(tmp_path, tiny_workdir):
     assert {(r["dataset"], r["n_real"], r["n_fake"]) for r in rows} == {("CTGAN-CT-Inject", 8, 4),
                                                                         ("SD-CT-Inject", 8, 4)}
     assert all(set(r["groups"].split(";")) == {"GE:2", "Philips:2"} for r in rows)
+
+
+def test_command_calibrate_saves_beside_the_model(tmp_path, tiny_workdir):
+    import shutil
+
+    from btd_jax import calibration, score
+
+    wd = str(tmp_path / "wd")
+    shutil.copytree(tiny_workdir, wd)
+    rng = np.random.default_rng(3)
+    val = rng.uniform(0, 1, (40, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "val.npy", val)
+    np.savez(tmp_path / "test.npz", patches=rng.uniform(0, 1, (8, 16, 16)).astype(np.float32),
+             labels=np.r_[np.zeros(4), np.ones(4)].astype(int))
+    cmd, args = _parse(["--workdir", wd, "--dataset", str(tmp_path / "test.npz"), "--attack", "injection",
+                        "--centers", "8", "--n_boot", "3", "--batch_size", "16", "--calibrate",
+                        str(tmp_path / "val.npy"), "--target_fpr", "0.25", "--out", str(tmp_path / "out")])
+    assert cmd.run(args) == 0
+    cal = calibration.Calibration.load(wd)
+    assert (cal.center, cal.steps, cal.n, cal.target_fpr) == (8, 1, 40, 0.25)
+    assert cal.empirical_fpr == pytest.approx(0.25)
+    s_val = score.Scorer.load(wd).score(val, center=8, batch_size=16)
+    np.testing.assert_allclose(np.sort(s_val), cal.real_scores, rtol=1e-6)
+    assert cal.decide(s_val).sum() == 10

@@ -178,3 +178,13 @@ def test_load_input_windows_hu(tmp_path):
     np.save(tmp_path / "v4.npy", np.zeros((1, 2, 3, 4), np.float32))
     with pytest.raises(DataError, match="expected a slice"):
         cmd._load_input(str(tmp_path / "v4.npy"), "CT", "unit")
+
+
+def test_load_input_dicom_from_pydicom_data():
+    pydicom_data = pytest.importorskip("pydicom.data")
+    from btd_jax.commands import localize as cmd
+
+    path = pydicom_data.get_testdata_file("CT_small.dcm")
+    x, single = cmd._load_input(path, "CT", "raw")
+    assert not single and x.shape == (1, 128, 128) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.01

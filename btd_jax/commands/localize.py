@@ -53,8 +53,7 @@ def _load_input(path: str, modality: str, units: str):
     else:
         from btd_jax.data import dicom
 
-        x = dicom.load_series(path)
-        x = getattr(x, "pixels", x[0] if isinstance(x, tuple) else x)
+        x = dicom.load_series(path, modality=modality).pixels  # (S, H, W), HU for CT
     x = np.asarray(x, dtype=np.float32)
     single = x.ndim == 2
     if single:
