@@ -179,7 +179,8 @@ def write_manifest(path: str | os.PathLike, columns: dict[str, np.ndarray],
 def patches_from_dicom(folder: str | os.PathLike, size: int | None = None, n_per_slice: int = 4,
                        rng: np.random.Generator | int | None = 0, modality: str | None = None,
                        strict: bool = True, manifest: str | os.PathLike | None = None,
-                       margin: int | None = None) -> PatchSet:
+                       margin: int | None = None,
+                       target_spacing: float | None = None) -> PatchSet:
     """Cut random training patches out of every image series under ``folder``.
 
     Each series is mapped to [0, 1] as in the paper (CT: HU window; MR: per-patient standardisation
@@ -193,6 +194,8 @@ def patches_from_dicom(folder: str | os.PathLike, size: int | None = None, n_per
       modality: keep only this modality; without it a folder mixing modalities is an error.
       strict: raise on the first bad file/series; else skip and record it.
       manifest: optional CSV path for the manifest (:func:`write_manifest`), skipped items included.
+      target_spacing: resample every slice to this pixel spacing (mm) first
+        (:func:`preprocess.resample`); x, y then refer to the resampled slice.
     Returns:
       :class:`PatchSet`: patches (N, size, size) float32 and columns patient, series, scanner,
       modality, slice, frame, x, y, path.
@@ -207,6 +210,10 @@ def patches_from_dicom(folder: str | os.PathLike, size: int | None = None, n_per
             mod = preprocess.canonical_modality(s.modality)
             side = int(size or preprocess.PATCH_SIZE[mod])
             vol = preprocess.to_unit_range(s.pixels, mod)
+            if target_spacing is not None:
+                if s.pixel_spacing is None:
+                    raise DataError("no PixelSpacing in the files, cannot resample")
+                vol = np.clip(preprocess.resample(vol, s.pixel_spacing, target_spacing), 0, 1)
             locs = [preprocess.random_locations(vol.shape, n_per_slice, side, rng, margin=margin)
                     for _ in range(vol.shape[0])]
         except DataError as e:

@@ -267,8 +267,9 @@ def _usable(path: Path, series_uid: str | None, modality: str | None,
             skipped.append(Skipped(str(p), f"modality {attr(ds, 'Modality') or '?'}, "
                                            f"not {_mod(modality)}"))
         elif problem and strict and "DICOMDIR" not in problem:
-            raise DataError(f"{p}: {problem} (strict mode; pass strict=False to skip it, or "
-                            f"series_uid=/modality= to choose the images)")
+            raise DataError(f"{p}: {problem}" + ("" if path.is_file() else
+                            " (strict mode; pass strict=False to skip it, or series_uid=/modality="
+                            " to choose the images)"))
         elif problem:
             skipped.append(Skipped(str(p), problem))
         else:

@@ -146,7 +146,7 @@ def load_testset(root: str | os.PathLike, modality: str, attack: str, tamper: st
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: test-set CSV not found (expected the layout "
                         f"CT/<attack>/CT_<attack>.csv or MRI/MRI_<attack>.csv under {root})")
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # BOM from spreadsheets
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]

@@ -169,3 +169,33 @@ def test_load_data_dispatch(tmp_path):
     assert D.load_data(tmp_path / "ts", attack="removal", size=16).labels.tolist() == [1]
     with pytest.raises(DataError, match="no such file or folder"):
         D.load_data(tmp_path / "nothing")
+
+
+def test_patches_from_dicom_resampled_to_target_spacing(tmp_path):
+    write_ct_series(tmp_path, [0, 1])  # 128 x 128 at 0.661468 mm
+    ps = D.patches_from_dicom(tmp_path, size=16, n_per_slice=50, rng=0, target_spacing=1.3229)
+    assert ps.columns["x"].max() <= 64 - 8 and ps.columns["y"].max() <= 64 - 8
+    vol = P.resample(P.window_ct(stored_hu(ps.columns["path"][0])), (0.661468,) * 2, 1.3229)
+    assert vol.shape == (64, 64)
+    x, y = ps.columns["x"][0], ps.columns["y"][0]
+    np.testing.assert_allclose(ps.patches[0], np.clip(P.extract_patch(vol, x, y, 16), 0, 1),
+                               atol=1e-6)
+    shutil.copy(shipped("emri_small.dcm"), tmp_path / "e.dcm")  # no PixelSpacing
+    with pytest.raises(DataError, match="no PixelSpacing"):
+        D.patches_from_dicom(tmp_path, modality="MR", size=16, target_spacing=1.0)
+
+
+def test_public_names_resolve():
+    import btd_jax.data as data
+    for name in data.__all__:
+        assert getattr(data, name) is not None, name
+    from btd_jax.data import load_series  # lazy, PEP 562
+    assert load_series.__module__ == "btd_jax.data.dicom"
+
+
+def test_csv_with_byte_order_mark(tmp_path):
+    d = tmp_path / "CT" / "Inject"
+    d.mkdir(parents=True)
+    np.save(d / "a.npy", np.zeros((20, 20)))
+    (d / "CT_Inject.csv").write_text("\ufeffpath,x,y,type\na.npy,10,10,TM\n", encoding="utf-8")
+    assert D.load_testset(tmp_path, "CT", "Inject", size=4).labels.tolist() == [0]
