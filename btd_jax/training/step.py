@@ -9,6 +9,7 @@ the batch axis of every micro-batch is sharded, so XLA all-reduces the gradients
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable, Dict, Optional, Tuple
 
@@ -18,10 +19,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from btd_jax import diffusion
-from btd_jax.configs import Config
+from btd_jax.configs import Config, ScoreConfig, TrainConfig
 from btd_jax.training.state import TrainState, ema_update, learning_rate_schedule, make_optimizer
 
-__all__ = ["batch_sharding", "make_train_step", "train_step", "make_eval_step", "step_noise"]
+__all__ = ["batch_sharding", "make_train_step", "train_step", "make_eval_step", "step_noise", "accumulated_grads"]
 
 StepFn = Callable[[TrainState, jax.Array], Tuple[TrainState, Dict[str, jax.Array]]]
 
@@ -64,26 +65,69 @@ def _prepare(cfg: Config, images: jax.Array) -> jax.Array:
     return diffusion.normalize(x) if cfg.diffusion.auto_normalize else x
 
 
-@functools.lru_cache(maxsize=16)
+def accumulated_grads(cfg: Config, params, x0: jax.Array, t: jax.Array, noise: jax.Array):
+    """Mean loss and its gradient over ``A`` micro-batches, computed one micro-batch at a time.
+
+    lucidrains' ``Trainer`` backpropagates ``loss / A`` for each of ``A`` micro-batches and lets the
+    gradients add up; this is the same sum, as a ``lax.scan`` so only one micro-batch is live.
+
+    Args:
+      cfg: config (model and diffusion sections).
+      params: U-Net parameters.
+      x0: (A, B, H, W, C) clean images in the model's range ([-1, 1] with auto_normalize).
+      t: (A, B) int32 timesteps.  noise: (A, B, H, W, C).
+    Returns:
+      (loss, grads): the mean over micro-batches of the batch-mean loss, and its gradient.
+    """
+    from btd_jax.models.unet import Unet
+
+    grad_fn = jax.value_and_grad(functools.partial(_loss_fn, Unet.from_config(cfg.model),
+                                                   diffusion.make_schedule(cfg.diffusion)))
+    accum = x0.shape[0]
+
+    def micro(carry, xs):
+        loss_sum, grad_sum = carry
+        loss, grads = grad_fn(params, *xs)
+        return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (loss_sum, grad_sum), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), (x0, t, noise))
+    return loss_sum / accum, jax.tree.map(lambda g: g / accum, grad_sum)
+
+
+# Train settings that do not change the compiled step; normalised away so that runs which differ only
+# in them (e.g. a resumed run with more steps) reuse one compilation.
+_LOOP_ONLY = {"seed": 0, "log_every": 1, "eval_every": 1, "checkpoint_every": 1, "keep_checkpoints": 1,
+              "batch_size": 1, "grad_accum": 1}
+
+
+def _step_key(cfg: Config) -> Config:
+    loop_only = dict(_LOOP_ONLY)
+    if cfg.train.lr_schedule == "constant":
+        loop_only["num_steps"] = 1
+    return dataclasses.replace(cfg, name="", score=ScoreConfig(), train=dataclasses.replace(cfg.train, **loop_only))
+
+
 def make_train_step(cfg: Config, mesh: Optional[Mesh] = None) -> StepFn:
     """A jitted ``step(state, images) -> (state, metrics)`` for ``cfg`` over ``mesh`` (default: all devices).
 
     ``images`` is ``(grad_accum, batch_size, H, W, C)`` in [0, 1] (global shape), best built with
-    :func:`batch_sharding`. The state is donated. ``metrics`` holds the mean ``loss`` over the
-    ``grad_accum * batch_size`` images, the pre-clipping ``grad_norm`` and the ``lr`` used, as
-    replicated scalars (fetch them only when logging, to keep the device queue full).
+    :func:`batch_sharding`; the shape sets the accumulation and batch size. The state is donated.
+    ``metrics`` holds the mean ``loss`` over the ``grad_accum * batch_size`` images, the pre-clipping
+    ``grad_norm`` and the ``lr`` used, as replicated scalars (fetch them only when logging, to keep
+    the device queue full). Compiled functions are cached per (model/diffusion/optimiser config, mesh).
     """
-    from btd_jax.models.unet import Unet
+    return _make_train_step(_step_key(cfg), mesh or _default_mesh())
+
+
+@functools.lru_cache(maxsize=16)
+def _make_train_step(cfg: Config, mesh: Mesh) -> StepFn:
     from btd_jax.parallel import replicated
 
-    mesh = mesh or _default_mesh()
-    model = Unet.from_config(cfg.model)
-    sched = diffusion.make_schedule(cfg.diffusion)
     tc = cfg.train
     tx = make_optimizer(tc)
     lr_fn = learning_rate_schedule(tc)
     data_spec = batch_sharding(mesh)
-    grad_fn = jax.value_and_grad(functools.partial(_loss_fn, model, sched))
 
     def step(state: TrainState, images: jax.Array):
         accum, batch = images.shape[:2]
@@ -92,20 +136,12 @@ def make_train_step(cfg: Config, mesh: Optional[Mesh] = None) -> StepFn:
         if tc.hflip:
             x0 = jnp.where(flip[..., None, None, None], x0[..., ::-1, :], x0)
         t, noise, x0 = (jax.lax.with_sharding_constraint(a, data_spec) for a in (t, noise, x0))
-
-        def micro(carry, xs):
-            loss_sum, grad_sum = carry
-            loss, grads = grad_fn(state.params, *xs)
-            return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
-
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        (loss_sum, grad_sum), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), (x0, t, noise))
-        grads = jax.tree.map(lambda g: g / accum, grad_sum)
+        loss, grads = accumulated_grads(cfg, state.params, x0, t, noise)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = ema_update(state.ema_params, params, state.step, tc)
         new_state = state.replace(params=params, ema_params=ema, opt_state=opt_state, step=state.step + 1)
-        metrics = {"loss": loss_sum / accum, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
                    "lr": jnp.asarray(lr_fn(state.step), jnp.float32)}
         return new_state, metrics
 
@@ -118,7 +154,6 @@ def train_step(state: TrainState, images: jax.Array, cfg: Config, mesh: Optional
     return make_train_step(cfg, mesh)(state, images)
 
 
-@functools.lru_cache(maxsize=16)
 def make_eval_step(cfg: Config, mesh: Optional[Mesh] = None) -> Callable:
     """A jitted ``eval(params, images, t, noise, weights) -> sum_i weights_i * loss_i`` (no gradient).
 
@@ -126,10 +161,15 @@ def make_eval_step(cfg: Config, mesh: Optional[Mesh] = None) -> Callable:
     padding rows); N is sharded over the mesh. The result is a replicated float32 scalar, so every
     process can read it.
     """
+    return _make_eval_step(dataclasses.replace(cfg, name="", train=TrainConfig(), score=ScoreConfig()),
+                           mesh or _default_mesh())
+
+
+@functools.lru_cache(maxsize=16)
+def _make_eval_step(cfg: Config, mesh: Mesh) -> Callable:
     from btd_jax.models.unet import Unet
     from btd_jax.parallel import data_sharding, replicated
 
-    mesh = mesh or _default_mesh()
     model = Unet.from_config(cfg.model)
     sched = diffusion.make_schedule(cfg.diffusion)
 
