@@ -1,0 +1,198 @@
+"""``btd-jax score``: BTD scores for a set of patches -> CSV (and optional residual maps / PNG overlays).
+
+    btd-jax score --workdir DIR --input patches.npy --out scores.csv [--steps 1 --center 32]
+    btd-jax score --workdir DIR --input TESTSET_ROOT --modality CT --attack injection --out scores.csv
+    btd-jax score --workdir DIR --input DICOM_DIR --locations points.csv --out scores.csv --maps maps.npz --png overlays/
+
+``--input`` is a ``.npy``/``.npz`` array of patches in [0, 1], a folder in the authors' test-set layout,
+or a DICOM file/folder. With ``--locations`` (CSV with columns ``path, x, y`` and optional ``frame``; paths
+relative to the CSV or to ``--input``) the patches are cut around those points; without it a DICOM folder
+gives ``--n_per_slice`` random patches per slice. The CSV has ``id, score``, ``label`` for test sets, and
+every metadata column of the input (scanner, method, patient, path, x, y, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("score", help="BTD scores of patches -> CSV (+ residual maps, PNG overlays)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True, help="trained model directory (config.json + checkpoints)")
+    p.add_argument("--input", required=True, help=".npy/.npz patches, a test-set root, or a DICOM file/folder")
+    p.add_argument("--out", required=True, help="output CSV")
+    p.add_argument("--locations", default=None, help="CSV of points (path, x, y[, frame]) to cut from DICOM files")
+    p.add_argument("--steps", type=int, default=None, help="backward steps d (default: the config's, paper 1)")
+    p.add_argument("--center", type=int, default=None, help="score the central k x k window (paper: 32 for injection)")
+    p.add_argument("--reduction", default="mean", help="mean | max | percentile:Q over the window")
+    p.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"))
+    p.add_argument("--start_t", type=int, default=None, help="lowest timestep (default: the config's, paper 0)")
+    p.add_argument("--maps", default=None, help="write residual maps (N, H, W) + ids + scores to this .npz")
+    p.add_argument("--png", default=None, help="folder for PNG overlays (patch | residual | overlay)")
+    p.add_argument("--png_max", type=int, default=32, help="at most this many PNGs (the highest scores)")
+    p.add_argument("--batch_size", type=int, default=None, help="patches per device chunk (default: the config's)")
+    p.add_argument("--seed", type=int, default=0, help="noise key for d > 1; random DICOM patch locations")
+    p.add_argument("--clip", action="store_true", help="clip inputs to [0, 1] instead of refusing them")
+    p.add_argument("--modality", default=None, help="CT or MRI (picks the test set / DICOM series)")
+    p.add_argument("--attack", default=None, help="injection or removal (picks the test set)")
+    p.add_argument("--tamper", default=None, help="test sets: only this tamper method, e.g. CTGAN")
+    p.add_argument("--n_per_slice", type=int, default=4, help="DICOM without --locations: random patches per slice")
+    return p
+
+
+def _resolve(path: str, csv_path: str, root: str) -> str:
+    if os.path.isabs(path):
+        return path
+    for base in (os.path.dirname(csv_path), root if os.path.isdir(root) else os.path.dirname(root)):
+        if os.path.exists(os.path.join(base, path)):
+            return os.path.join(base, path)
+    return os.path.join(os.path.dirname(csv_path), path)
+
+
+def patches_from_locations(csv_path: str, root: str, size: int, modality=None):
+    """Cuts (size, size) patches around the CSV's (x = column, y = row) points of DICOM slices.
+
+    Returns (patches (N, size, size) float32 in [0, 1], columns {name: (N,) array}). Values are mapped
+    per slice with the paper's rule (CT: HU window; MR: standardised over the slice, since a CSV of
+    points need not cover a whole series).
+    """
+    import numpy as np
+
+    from btd_jax.data import dicom, preprocess
+    from btd_jax.data.errors import DataError
+
+    if not os.path.isfile(csv_path):
+        raise DataError(f"{csv_path}: locations CSV not found")
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    missing = [c for c in ("path", "x", "y") if c not in header]
+    if missing:
+        raise DataError(f"{csv_path}: missing column(s) {missing}; found {header}")
+    if not rows:
+        raise DataError(f"{csv_path}: no rows")
+    cache, patches = {}, []
+    for i, r in enumerate(rows):
+        try:
+            path = _resolve(r["path"], csv_path, root)
+            if path not in cache:
+                sl = dicom.read_slice(path)
+                cache = {path: (sl, {})}  # rows are usually grouped by file: keep one
+            sl, mapped = cache[path]
+            frame = int(r.get("frame") or 0)
+            if not 0 <= frame < sl.pixels.shape[0]:
+                raise DataError(f"frame {frame} out of range (file has {sl.pixels.shape[0]})")
+            if frame not in mapped:
+                mapped[frame] = preprocess.to_unit_range(sl.pixels[frame], modality or sl.modality)
+            patches.append(preprocess.extract_patch(mapped[frame], r["x"], r["y"], size))
+        except DataError as e:
+            raise DataError(f"{csv_path} row {i + 2} ({r['path']}): {e}") from None
+    columns = {k: np.array([r.get(k, "") for r in rows]) for k in header}
+    return np.stack(patches).astype(np.float32), columns
+
+
+def _load_input(args, size):
+    """-> (patches (N, size, size), labels (N,) or None, columns dict)."""
+    from btd_jax.data import datasets
+
+    if args.locations:
+        patches, columns = patches_from_locations(args.locations, args.input, size, args.modality)
+        return patches, None, columns
+    data = datasets.load_data(args.input, modality=args.modality, attack=args.attack, size=size,
+                              n_per_slice=args.n_per_slice, seed=args.seed)
+    labels = getattr(data, "labels", None)
+    if args.tamper and labels is not None:  # load_data has no tamper filter; reload the one set
+        data = datasets.load_testset(args.input, data.modality, data.attack, tamper=args.tamper, size=size)
+        labels = data.labels
+    for s in data.skipped:
+        print(f"skipped {s.item}: {s.reason}", file=sys.stderr)
+    return data.patches, labels, dict(data.columns)
+
+
+def write_scores_csv(path: str, scores, labels=None, columns=None) -> None:
+    """CSV with id, score, label (if any), then every metadata column (except id/score/label)."""
+    columns = {k: v for k, v in (columns or {}).items() if k not in ("id", "score", "label", "index")}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "score"] + (["label"] if labels is not None else []) + list(columns))
+        for i, s in enumerate(scores):
+            row = [i, f"{float(s):.8g}"] + ([int(labels[i])] if labels is not None else [])
+            w.writerow(row + [columns[k][i] for k in columns])
+
+
+def write_overlays(folder: str, patches, maps, scores, ids, limit: int) -> int:
+    """PNG per patch (highest scores first): patch, residual map, and the map over the patch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    os.makedirs(folder, exist_ok=True)
+    order = np.argsort(-np.asarray(scores))[:max(limit, 0)]
+    vmax = float(np.percentile(maps[order], 99.5)) if len(order) else 1.0
+    for i in order:
+        fig, ax = plt.subplots(1, 3, figsize=(9, 3.2))
+        ax[0].imshow(patches[i], cmap="gray", vmin=0, vmax=1)
+        ax[0].set_title(f"patch {ids[i]}")
+        im = ax[1].imshow(maps[i], cmap="magma", vmin=0, vmax=vmax)
+        ax[1].set_title("(x - x_d)^2")
+        fig.colorbar(im, ax=ax[1], fraction=0.046)
+        ax[2].imshow(patches[i], cmap="gray", vmin=0, vmax=1)
+        ax[2].imshow(maps[i], cmap="magma", vmin=0, vmax=vmax, alpha=0.5)
+        ax[2].set_title(f"score {float(scores[i]):.4g}")
+        for a in ax:
+            a.axis("off")
+        fig.tight_layout()
+        fig.savefig(os.path.join(folder, f"{ids[i]}.png"), dpi=80)
+        plt.close(fig)
+    return len(order)
+
+
+def run(args) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from btd_jax.score import Scorer
+
+    if args.png_max < 0:
+        raise ValueError(f"--png_max must be >= 0, got {args.png_max}")
+    scorer = Scorer.load(args.workdir)
+    cfg = scorer.cfg
+    patches, labels, columns = _load_input(args, cfg.image_size)
+    steps = args.steps if args.steps is not None else cfg.score.steps
+    start_t = args.start_t if args.start_t is not None else cfg.score.start_t
+    center = args.center if args.center is not None else cfg.score.center
+    key = None
+    if steps > 1 or start_t > 0:
+        import jax
+
+        key = jax.random.key(args.seed)
+    want_maps = bool(args.maps or args.png)
+    kw = dict(steps=steps, center=center, batch_size=args.batch_size or cfg.score.batch_size, key=key,
+              clip=args.clip, start_t=start_t, sampler=args.sampler, reduction=args.reduction,
+              clip_denoised=cfg.score.clip_denoised)
+    with tqdm(total=len(patches), desc="scoring", unit="patch", file=sys.stderr, dynamic_ncols=True) as bar:
+        kw["progress"] = bar.update
+        if want_maps:
+            scores, maps = scorer.score_and_maps(patches, **kw)
+        else:
+            scores, maps = scorer.score(patches, **kw), None
+    write_scores_csv(args.out, scores, labels, columns)
+    print(f"scored {len(scores)} patches (d={steps}, center={center}, {args.reduction}) -> {args.out}")
+    ids = np.arange(len(scores))
+    if args.maps:
+        os.makedirs(os.path.dirname(os.path.abspath(args.maps)), exist_ok=True)
+        np.savez_compressed(args.maps, maps=maps, ids=ids, scores=scores,
+                            **({"labels": labels} if labels is not None else {}))
+        print(f"residual maps {maps.shape} -> {args.maps}")
+    if args.png:
+        n = write_overlays(args.png, np.asarray(patches), maps, scores, ids, args.png_max)
+        print(f"{n} PNG overlays -> {args.png}")
+    return 0
