@@ -8,7 +8,7 @@ has to sit on the device.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -69,15 +69,14 @@ def fit_reconstruction(loss_fn: LossFn, params: Any, data: np.ndarray, *, steps:
     return params, np.asarray(jax.device_get(losses), np.float64)
 
 
-def batched_apply(fn: Callable[[jax.Array, jax.Array], jax.Array], patches: np.ndarray, batch_size: int,
-                  key: Optional[jax.Array] = None) -> np.ndarray:
-    """Applies jitted ``fn(batch (B,H,W,1), key) -> (B, ...)`` to all ``patches`` (N,H,W).
+def batched_apply(fn: Callable[[jax.Array, jax.Array], jax.Array], patches: np.ndarray,
+                  batch_size: int) -> np.ndarray:
+    """Applies jitted ``fn(batch (B,H,W,1), index (B,) int32) -> (B, ...)`` to all ``patches`` (N,H,W).
 
-    The last batch is padded to the same shape (one trace for any N) and the padding dropped. The
-    batch key is ``fold_in(key, first index)``, so results do not depend on how a caller splits
-    its data into calls of the same ``batch_size``.
+    ``index`` holds each row's position in ``patches``, so per-patch randomness can be keyed on it
+    and does not depend on how the data is split into batches. The last batch is padded to the
+    same shape (one trace for any N) and the padding dropped.
     """
-    key = as_key(key)
     x = np.asarray(patches, np.float32)[..., None]
     n = len(x)
     b = min(batch_size, n)
@@ -86,7 +85,8 @@ def batched_apply(fn: Callable[[jax.Array, jax.Array], jax.Array], patches: np.n
     for i in range(0, n, b):
         chunk = x[i:i + b]
         m = len(chunk)
+        idx = np.minimum(np.arange(i, i + b), n - 1).astype(np.int32)
         if m < b:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - m, axis=0)])
-        out.append(np.asarray(jfn(jnp.asarray(chunk), jax.random.fold_in(key, i)))[:m])
+        out.append(np.asarray(jfn(jnp.asarray(chunk), jnp.asarray(idx)))[:m])
     return np.concatenate(out)

@@ -106,7 +106,7 @@ def score(state: base.State, patches: np.ndarray, center: Optional[int] = None, 
     model = _model(state.config, side)
     hole = jnp.asarray(hole_mask(side, state.config.mask_fraction))
     params = state.arrays["params"]
-    return batched_apply(lambda b, _k: _hole_error(model, params, b, hole), x, batch_size).astype(np.float64)
+    return batched_apply(lambda b, _i: _hole_error(model, params, b, hole), x, batch_size).astype(np.float64)
 
 
 BASELINE = base.Baseline("inpaint_ae", Config, TINY, fit, score, "centre in-painting AE, completion error")

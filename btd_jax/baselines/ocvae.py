@@ -95,7 +95,7 @@ def score(state: base.State, patches: np.ndarray, center: Optional[int] = None, 
     model = _model(cfg, side)
     params = state.arrays["params"]
 
-    def fn(batch, _key):
+    def fn(batch, _index):
         recon, mu, logvar = model.apply({"params": params}, batch)
         s = base.window_mean(squared_error(recon, batch), center)
         return s + _kl_per_pixel(mu, logvar, side * side) if cfg.score_kl else s

@@ -18,7 +18,8 @@ What differs from the original: (1) reconstruction from each level uses determin
 x0 prediction) instead of PLMS with 100 steps; (2) only the MSE is used, since LPIPS needs
 ImageNet-pretrained weights that are not available offline; (3) the levels are fractions of the
 schedule length (default ten evenly spaced levels, as in the paper's sweep over t). The noise
-for each patch is fixed by ``seed`` and the patch index, so scores are reproducible.
+for each patch is fixed by ``seed`` and the patch's index in the array scored, so scores are
+reproducible and independent of the batch size.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from btd_jax.baselines._training import as_key, batched_apply, fit_reconstructio
 from btd_jax.configs import DiffusionConfig, ModelConfig
 from btd_jax.models import unet
 
-__all__ = ["Config", "TINY", "level_timesteps", "ddim_paths", "recon_errors", "fit", "score", "BASELINE"]
+__all__ = ["Config", "TINY", "level_timesteps", "ddim_paths", "level_noise", "recon_errors", "fit", "score", "BASELINE"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,18 +82,26 @@ def ddim_paths(timesteps: np.ndarray, recon_steps: int) -> np.ndarray:
     return np.trunc(-1 + frac * (ts[None, :] + 1)).astype(np.int32)
 
 
-def recon_errors(apply_fn, sched: diffusion.Schedule, x01: jax.Array, key: jax.Array, timesteps: np.ndarray,
+def level_noise(key: jax.Array, index: jax.Array, n_levels: int, shape: Tuple[int, ...]) -> jax.Array:
+    """(L*N, *shape) standard normal noise, level-major; patch ``index[i]`` at level l uses
+    ``normal(fold_in(fold_in(key, l), index[i]))`` so it does not depend on the batching."""
+    def one(l, i):
+        return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, l), i), shape)
+    per_level = [jax.vmap(lambda i, l=l: one(l, i))(index) for l in range(n_levels)]
+    return jnp.concatenate(per_level)
+
+
+def recon_errors(apply_fn, sched: diffusion.Schedule, x01: jax.Array, noise: jax.Array, timesteps: np.ndarray,
                  recon_steps: int, center: Optional[int] = None) -> jax.Array:
     """Per-level reconstruction MSE (in [-1,1] units) -> (N, L).
 
-    ``apply_fn(x, t_vec) -> model_out``; ``x01`` (N,H,W,1) in [0,1]. All L levels run as one batch
-    of L*N images through a ``lax.scan`` over the DDIM steps (one network trace). Level ``l`` uses
-    noise ``normal(fold_in(key, l))``.
+    ``apply_fn(x, t_vec) -> model_out``; ``x01`` (N,H,W,1) in [0,1]; ``noise`` (L*N,H,W,1) level-major
+    (see :func:`level_noise`). All L levels run as one batch of L*N images through a ``lax.scan``
+    over the DDIM steps (one network trace).
     """
     n, n_lev = x01.shape[0], len(timesteps)
     x0 = diffusion.normalize(x01)
     x0_all = jnp.tile(x0, (n_lev, 1, 1, 1))  # level-major: rows l*n .. l*n+n-1 are level l
-    noise = jnp.concatenate([jax.random.normal(jax.random.fold_in(key, l), x0.shape) for l in range(n_lev)])
     times = jnp.asarray(np.repeat(ddim_paths(timesteps, recon_steps), n, axis=1))  # (k+1, L*N)
     x = diffusion.q_sample(sched, x0_all, times[0], noise)
 
@@ -114,8 +123,13 @@ def _setup(cfg: Config):
 def _errors(cfg: Config, params, x: np.ndarray, center: Optional[int], batch_size: int) -> np.ndarray:
     model, sched, ts = _setup(cfg)
     apply_fn = lambda xt, t: model.apply({"params": params}, xt, t)  # noqa: E731
-    fn = lambda b, k: recon_errors(apply_fn, sched, b, k, ts, cfg.recon_steps, center)  # noqa: E731
-    return batched_apply(fn, x, batch_size, key=jax.random.PRNGKey(cfg.seed))
+    key = jax.random.PRNGKey(cfg.seed)
+
+    def fn(batch, index):
+        noise = level_noise(key, index, len(ts), batch.shape[1:])
+        return recon_errors(apply_fn, sched, batch, noise, ts, cfg.recon_steps, center)
+
+    return batched_apply(fn, x, batch_size)
 
 
 def _train_ddpm(cfg: Config, x: np.ndarray, key: jax.Array) -> Any:

@@ -36,7 +36,7 @@ from sklearn.mixture import GaussianMixture
 from btd_jax.baselines import base
 
 __all__ = ["Config", "TINY", "residuals", "cooccurrence_codes", "window_histograms", "centre_windows",
-           "fit", "score", "BASELINE"]
+           "llr_contrast", "fit", "score", "BASELINE"]
 
 _PREDICTOR = np.array([-1.0, 3.0, -3.0, 1.0])  # x[j-1] - 3x[j] + 3x[j+1] - x[j+2] (correlation order)
 _T = 1
@@ -100,10 +100,10 @@ def window_histograms(x: np.ndarray, q: float, window: int, stride: int) -> np.n
 
 
 def centre_windows(side: int, window: int, stride: int, center: int) -> np.ndarray:
-    """(P,) bool: windows whose centre lies inside the central ``center`` x ``center`` square."""
-    starts = np.arange(0, side - window + 1, stride) + window / 2
+    """(P,) bool: windows whose centre lies strictly inside the central ``center`` x ``center`` square."""
+    mids = np.arange(0, side - window + 1, stride) + window / 2
     lo, hi = (side - center) / 2, (side + center) / 2
-    inside = (starts >= lo) & (starts < hi)
+    inside = (mids > lo) & (mids < hi)
     return (inside[:, None] & inside[None, :]).ravel()
 
 
@@ -135,9 +135,12 @@ def _diag_logpdf(f: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray
     return -0.5 * np.sum((f - mean) ** 2 / var + np.log(2 * np.pi * var), axis=1)
 
 
-def _separation(f: np.ndarray, centre: np.ndarray, cfg: Config) -> float:
-    """|mean LLR(centre windows) - mean LLR(other windows)| of the image's own 2-component GMM."""
-    gmm = GaussianMixture(2, covariance_type="diag", reg_covar=1e-4, random_state=cfg.seed)
+def llr_contrast(f: np.ndarray, centre: np.ndarray, seed: int = 0) -> float:
+    """|mean LLR(centre) - mean LLR(rest)| of a 2-component diagonal GMM fitted to one image's features.
+
+    ``f`` (P,D) local features, ``centre`` (P,) bool. Shared with the SpliceRadar-style baseline.
+    """
+    gmm = GaussianMixture(2, covariance_type="diag", reg_covar=1e-4, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         gmm.fit(f)
@@ -158,7 +161,7 @@ def score(state: base.State, patches: np.ndarray, center: Optional[int] = None, 
     out = np.empty(len(x))
     for i in range(0, len(x), batch_size):
         feats = _features(x[i:i + batch_size], state.arrays, cfg)
-        out[i:i + len(feats)] = [_separation(f, centre, cfg) for f in feats]
+        out[i:i + len(feats)] = [llr_contrast(f, centre, cfg.seed) for f in feats]
     return out
 
 

@@ -101,7 +101,7 @@ def score(state: base.State, patches: np.ndarray, center: Optional[int] = None, 
     model = _model(state.config, side)
     params = state.arrays["params"]
 
-    def fn(batch, _key):
+    def fn(batch, _index):
         return base.window_mean(squared_error(model.apply({"params": params}, batch), batch), center)
 
     return batched_apply(fn, x, batch_size).astype(np.float64)
