@@ -17,13 +17,12 @@ import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
 from btd_jax import configs
 from btd_jax.configs import Config, DiffusionConfig, ModelConfig
-from btd_jax.models.unet import Unet, downsample_factor
+from btd_jax.models.unet import abstract_params
 
 __all__ = ["from_torch_state_dict", "to_torch_state_dict", "load_torch_checkpoint", "load_npz_state_dict",
            "infer_model_config",
@@ -167,11 +166,8 @@ def infer_model_config(unet_sd: Mapping[str, np.ndarray], base: Optional[ModelCo
 
 
 def _expected_shapes(model_cfg: ModelConfig) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
-    f = downsample_factor(model_cfg.num_stages)
-    x = jax.ShapeDtypeStruct((1, f, f, model_cfg.channels), jnp.float32)
-    t = jax.ShapeDtypeStruct((1,), jnp.int32)
-    shapes = jax.eval_shape(Unet.from_config(model_cfg).init, jax.random.PRNGKey(0), x, t)["params"]
-    return {p: tuple(s.shape) for p, s in traverse_util.flatten_dict(shapes).items()}
+    flat = traverse_util.flatten_dict(abstract_params(model_cfg))
+    return {p: tuple(s.shape) for p, s in flat.items()}
 
 
 def _unet_to_flax(unet_sd: Mapping[str, np.ndarray], model_cfg: ModelConfig, prefix: str) -> dict:

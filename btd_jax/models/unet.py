@@ -13,6 +13,7 @@ name with ``_`` (``downs.0.2.to_out.0.weight`` -> ``downs_0_2/to_out_0/kernel``)
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence, Tuple
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from btd_jax.configs import ModelConfig
 
-__all__ = ["Unet", "init_params", "downsample_factor", "check_input_shape"]
+__all__ = ["Unet", "init_params", "abstract_params", "downsample_factor", "check_input_shape"]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -326,6 +327,18 @@ class Unet(nn.Module):
         x = resnet(cfg.dim if v1 else init_dim, "final_res_block")(x, t)
         x = _conv(self.out_channels, 1, dtype, "final_conv")(x)
         return x.astype(jnp.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def abstract_params(model_cfg: ModelConfig) -> dict:
+    """The parameter tree of ``Unet.from_config(model_cfg)`` as ``jax.ShapeDtypeStruct`` leaves (no compile).
+
+    Parameter shapes do not depend on the image size, so this traces the smallest valid input.
+    """
+    f = downsample_factor(model_cfg.num_stages)
+    x = jax.ShapeDtypeStruct((1, f, f, model_cfg.channels), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.int32)
+    return jax.eval_shape(Unet.from_config(model_cfg).init, jax.random.PRNGKey(0), x, t)["params"]
 
 
 def init_params(model_cfg: ModelConfig, image_size: int, key: jax.Array) -> dict:
