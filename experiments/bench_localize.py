@@ -43,7 +43,12 @@ def main(argv=None) -> dict:
     scorer = score.Scorer.from_params(params, cfg)
     rng = np.random.default_rng(0)
     key = jax.random.key(1) if args.steps > 1 else None
-    runs = []
+    out = {"benchmark": "localize", "config": cfg.name, "patch": cfg.image_size, "dim": cfg.model.dim,
+           "dtype": cfg.model.dtype, "slice": args.size, "center": center, "steps": args.steps,
+           "batch_size": args.batch_size, "backend": jax.default_backend(), "devices": jax.device_count(),
+           "device_kind": jax.devices()[0].device_kind, "host": platform.node(), "jax": jax.__version__,
+           "runs": []}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     for stride in args.strides:
         slices = rng.uniform(0, 1, (args.repeats + 1, args.size, args.size)).astype(np.float32)
         times = []
@@ -54,18 +59,12 @@ def main(argv=None) -> dict:
             times.append(time.perf_counter() - t0)  # localize_slice returns host arrays: work is done
         n_win = int(res.scores.size)
         steady = float(np.median(times[1:])) if len(times) > 1 else float("nan")
-        runs.append({"stride": stride, "windows_per_slice": n_win, "first_slice_s": times[0],
-                     "seconds_per_slice": steady, "windows_per_s": n_win / steady, "all_s": times})
+        out["runs"].append({"stride": stride, "windows_per_slice": n_win, "first_slice_s": times[0],
+                            "seconds_per_slice": steady, "windows_per_s": n_win / steady, "all_s": times})
         print(f"stride {stride}: {n_win} windows, first {times[0]:.2f} s, steady {steady:.3f} s/slice "
-              f"({n_win / steady:.0f} windows/s)", flush=True)
-    out = {"benchmark": "localize", "config": cfg.name, "patch": cfg.image_size, "dim": cfg.model.dim,
-           "dtype": cfg.model.dtype, "slice": args.size, "center": center, "steps": args.steps,
-           "batch_size": args.batch_size, "backend": jax.default_backend(), "devices": jax.device_count(),
-           "device_kind": jax.devices()[0].device_kind, "host": platform.node(), "jax": jax.__version__,
-           "runs": runs}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
+              f"({n_win / steady:.1f} windows/s)", flush=True)
+        with open(args.out, "w") as f:  # after every stride, so an interrupted run keeps what it measured
+            json.dump(out, f, indent=1)
     print(json.dumps({k: v for k, v in out.items() if k != "runs"}))
     return out
 
