@@ -1,0 +1,189 @@
+"""BTD against every baseline on one test set: the paper's Table 1 for a user's data.
+
+Used by ``btd-jax compare`` and ``experiments/compare_methods.py``::
+
+    result = comparison.compare(train, patches, labels, meta, modality="CT", attack="injection",
+                                scorer=Scorer.load(workdir))
+    comparison.write_outputs(result, out_dir)  # results.md/.csv/.json, scores.csv, comparison.png
+
+Protocol (paper section 4): every baseline is fitted on the same real training patches (same [0,1]
+preprocessing as BTD) and scored on the same test patches; AUC/EER with the scanner-balanced
+bootstrap of :func:`btd_jax.metrics.bootstrap` via :func:`btd_jax.evaluate.evaluate_scored`. The
+scoring window follows the paper: the central ``center`` x ``center`` window for injection (32 px)
+and the whole patch for removal. Window-based baselines use the same window (In-Paint AE masks it;
+the splice detectors contrast it with its surroundings). OOD-DDPM reuses BTD's own DDPM when a
+scorer is given ("the same DDPM"), else trains one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+
+from btd_jax import baselines, evaluate
+from btd_jax.baselines import base
+
+__all__ = ["Result", "paper_center", "baseline_config", "compare", "write_outputs", "plot_bars"]
+
+
+@dataclasses.dataclass
+class Result:
+    rows: List[Dict[str, Any]]
+    scores: Dict[str, np.ndarray]  # method display name -> (N,)
+    labels: np.ndarray
+    metadata: Dict[str, np.ndarray]
+    seconds: Dict[str, Dict[str, float]]  # method -> {"fit": s, "score": s}
+    info: Dict[str, Any]
+
+
+def paper_center(attack: str, side: int, center: Optional[int] = 32) -> Optional[int]:
+    """The paper's window: ``center`` px for injection (None if it covers the patch), whole patch for removal."""
+    if evaluate.ATTACKS.get(str(attack).lower()) == "Remove" or center is None or center >= side:
+        return None
+    return int(center)
+
+
+def baseline_config(name: str, side: int, center: Optional[int], preset: str = "default",
+                    steps: Optional[int] = None, scorer: Any = None):
+    """The config a comparison fits ``name`` with: preset ('default' or 'tiny'), the window, optional step count."""
+    b = baselines.get(name)
+    if preset not in ("default", "tiny"):
+        raise ValueError(f"preset must be 'default' or 'tiny', got {preset!r}")
+    cfg = b.tiny if preset == "tiny" else b.config()
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    upd: Dict[str, Any] = {}
+    if steps is not None and "steps" in fields:
+        upd["steps"] = int(steps)
+    if name == "inpaint_ae" and center is not None:
+        upd["mask_fraction"] = center / side
+    if name == "ood_ddpm":
+        upd["center"] = center
+        if scorer is not None:  # the same DDPM as BTD
+            upd["model"], upd["diffusion"] = scorer.cfg.model, scorer.cfg.diffusion
+        else:
+            upd["diffusion"] = dataclasses.replace(cfg.diffusion, image_size=side)
+    return dataclasses.replace(cfg, **upd)
+
+
+def _say(progress: Optional[Callable[[str], None]], msg: str) -> None:
+    if progress is not None:
+        progress(msg)
+
+
+def compare(train: np.ndarray, patches: np.ndarray, labels: np.ndarray, metadata: Mapping[str, Any], *,
+            modality: str, attack: str, scorer: Any = None, methods: Sequence[str] = baselines.NAMES,
+            tamper: Optional[str] = None, preset: str = "default", baseline_steps: Optional[int] = None,
+            center: Optional[int] = 32, btd_steps: int = 1, n_boot: int = 100, seed: int = 0,
+            batch_size: int = 256, checkpoint_dir: Optional[str] = None, reuse: bool = False,
+            progress: Optional[Callable[[str], None]] = print) -> Result:
+    """Fits/loads every baseline in ``methods``, scores BTD (if ``scorer``) and them, returns Table-1 rows.
+
+    ``train`` (M,H,W) real patches and ``patches`` (N,H,W) test patches in [0,1]; ``labels`` (N,)
+    0 real / 1 fake; ``metadata`` columns 'scanner' (bootstrap strata), 'method' or the authors'
+    indicator columns (datasets). ``checkpoint_dir``: save every fitted baseline there as
+    ``<name>.npz``; with ``reuse`` an existing checkpoint is loaded instead of fitting again.
+    """
+    train = base.check_patches(train, "training patches")
+    patches = base.check_patches(patches, "test patches")
+    if train.shape[1:] != patches.shape[1:]:
+        raise ValueError(f"training patches are {train.shape[1]}x{train.shape[2]} but test patches are "
+                         f"{patches.shape[1]}x{patches.shape[2]}; cut both at the same size")
+    unknown = [m for m in methods if m not in baselines.NAMES]
+    if unknown:
+        raise KeyError(f"unknown baseline(s) {unknown}; valid names are {', '.join(baselines.NAMES)}")
+    labels = evaluate.parse_labels(labels)
+    side = patches.shape[1]
+    window = paper_center(attack, side, center)
+    reduction = evaluate.reduction_name(window)
+    scores: Dict[str, np.ndarray] = {}
+    seconds: Dict[str, Dict[str, float]] = {}
+    key = jax.random.PRNGKey(seed)
+
+    if scorer is not None:
+        t0 = time.perf_counter()
+        kw = {"key": jax.random.fold_in(key, 999)} if btd_steps > 1 else {}
+        scores["BTD"] = np.asarray(scorer.score(patches, steps=btd_steps, center=window, batch_size=batch_size, **kw),
+                                   np.float64)
+        seconds["BTD"] = {"fit": 0.0, "score": time.perf_counter() - t0}
+        _say(progress, f"BTD: scored {len(patches)} patches in {seconds['BTD']['score']:.1f}s")
+
+    for i, name in enumerate(methods):
+        b = baselines.get(name)
+        display = baselines.DISPLAY_NAMES[name]
+        ckpt = os.path.join(checkpoint_dir, f"{name}.npz") if checkpoint_dir else None
+        t0 = time.perf_counter()
+        if ckpt and reuse and os.path.exists(ckpt):
+            state = b.load(ckpt)
+            _say(progress, f"{display}: loaded {ckpt}")
+        else:
+            cfg = baseline_config(name, side, window, preset, baseline_steps, scorer)
+            kw = {"params": jax.device_get(scorer.params)} if name == "ood_ddpm" and scorer is not None else {}
+            state = b.fit(train, cfg, jax.random.fold_in(key, i), **kw)
+            if ckpt:
+                b.save(state, ckpt)
+        t1 = time.perf_counter()
+        scores[display] = b.score(state, patches, center=window, batch_size=batch_size)
+        seconds[display] = {"fit": t1 - t0, "score": time.perf_counter() - t1}
+        _say(progress, f"{display}: fit {seconds[display]['fit']:.1f}s, score {seconds[display]['score']:.1f}s")
+
+    rows = []
+    for method, s in scores.items():
+        rows += evaluate.evaluate_scored({reduction: s}, labels, metadata, modality, attack, tamper,
+                                         n_boot=n_boot, seed=seed, method=method)
+    info = {"modality": modality, "attack": attack, "reduction": reduction, "center": window, "preset": preset,
+            "baseline_steps": baseline_steps, "btd_steps": btd_steps, "n_train": int(len(train)),
+            "n_test": int(len(patches)), "patch_size": int(side), "seconds": seconds}
+    return Result(rows, scores, labels, {k: np.asarray(v) for k, v in metadata.items()}, seconds, info)
+
+
+def plot_bars(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -> str:
+    """Grouped bars per dataset: bootstrap-mean AUC (95% CI whiskers) and EER for every method -> PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cell = {(r["method"], r["dataset"]): r for r in rows}
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(methods) * len(datasets) + 4), 4.5))
+    width = 0.8 / max(1, len(methods))
+    x = np.arange(len(datasets))
+    for ax, metric in zip(axes, ("auc", "eer")):
+        for j, m in enumerate(methods):
+            r = [cell.get((m, d)) for d in datasets]
+            mean = np.array([np.nan if c is None else c[f"{metric}_mean"] for c in r])
+            lo = np.array([np.nan if c is None else c[f"{metric}_ci_low"] for c in r])
+            hi = np.array([np.nan if c is None else c[f"{metric}_ci_high"] for c in r])
+            ax.bar(x + (j - (len(methods) - 1) / 2) * width, mean, width, label=m,
+                   yerr=np.stack([mean - lo, hi - mean]), capsize=2)
+        ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+        ax.set_xticks(x, datasets)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(f"{metric.upper()} (bootstrap mean, 95% CI)")
+        ax.set_title(f"{metric.upper()} ({'higher' if metric == 'auc' else 'lower'} is better)")
+    axes[1].legend(fontsize=7, loc="upper right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(result: Result, out_dir: str, **extra: Any) -> Dict[str, str]:
+    """results.md/.csv/.json (Table-1 layout), scores.csv (per sample, per method) and comparison.png."""
+    os.makedirs(out_dir, exist_ok=True)
+    info = result.info
+    paths = evaluate.write_all(result.rows, out_dir, **info, **extra)
+    evaluate.write_markdown(result.rows, paths["markdown"],
+                            title=f"BTD and the paper's baselines: {info['modality']} {info['attack']}")
+    paths["scores"] = os.path.join(out_dir, "scores.csv")
+    evaluate.write_scores_csv(paths["scores"], result.labels, result.scores, result.metadata)
+    title = f"{info['modality']} {info['attack']} ({info['reduction']})"
+    paths["figure"] = plot_bars(result.rows, os.path.join(out_dir, "comparison.png"), title=title)
+    return paths
