@@ -253,10 +253,14 @@ def evaluate_testset(scorer: Any, patches: Any, labels: Any, metadata: Mapping[s
 
 def evaluate_scored(scores: Mapping[str, np.ndarray], labels: np.ndarray, metadata: Mapping[str, Any], modality: str,
                     attack: str, tamper: Optional[str] = None, n_boot: int = 100, seed: int = 0,
-                    method: str = "BTD") -> List[Dict[str, Any]]:
-    """Rows for already computed ``scores`` {reduction: (N,)}; see :func:`evaluate_testset`."""
+                    method: str = "BTD", group_column: str = "scanner") -> List[Dict[str, Any]]:
+    """Rows for already computed ``scores`` {reduction: (N,)}; see :func:`evaluate_testset`.
+
+    ``group_column`` names the metadata column the bootstrap balances over (the paper: scanner);
+    without it the bootstrap only balances the classes.
+    """
     y = np.asarray(labels)
-    scanner = metadata.get("scanner")
+    scanner = metadata.get(group_column)
     scanner = None if scanner is None else np.asarray(scanner).astype(str)
     rows = []
     for name, idx in dataset_indices(y, metadata, modality, attack, tamper).items():

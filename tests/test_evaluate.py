@@ -380,3 +380,13 @@ def test_command_calibrate_saves_beside_the_model(tmp_path, tiny_workdir):
     s_val = score.Scorer.load(wd).score(val, center=8, batch_size=16)
     np.testing.assert_allclose(np.sort(s_val), cal.real_scores, rtol=1e-6)
     assert cal.decide(s_val).sum() == 10
+
+
+def test_group_column_choice():
+    labels, method, scanner, s = _synthetic(n=8)
+    meta = {"site": np.tile(["x", "y", "z", "w"], 6), "method": method}
+    rows = evaluate.evaluate_scored({"full": s}, labels, meta, "CT", "injection", tamper="SD", n_boot=3,
+                                    group_column="site")
+    assert rows[0]["groups"] == "w:2;x:2;y:2;z:2"
+    rows = evaluate.evaluate_scored({"full": s}, labels, meta, "CT", "injection", tamper="SD", n_boot=3)
+    assert rows[0]["groups"] == "0:8"  # no scanner column: one stratum, classes balanced only

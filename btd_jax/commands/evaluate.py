@@ -33,6 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="central window sizes k reported besides the full patch (paper: 32)")
     p.add_argument("--n_boot", "--n-boot", type=int, default=100, help="bootstrap iterations (paper: 100)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed and, for d > 1, the noise key")
+    p.add_argument("--group_column", "--group-column", default="scanner",
+                   help="metadata column the bootstrap balances over (paper: scanner)")
     p.add_argument("--batch_size", "--batch-size", type=int, default=256)
     p.add_argument("--calibrate", default=None, help="real-only validation patches (.npy/.npz) to fit calibration.json")
     p.add_argument("--target_fpr", "--target-fpr", type=float, default=0.1, help="calibration FPR (paper Fig. 4: 0.1)")
@@ -103,7 +105,9 @@ def run(args) -> int:
         labels, scores, meta = _score_testset(args, centers)
 
     rows = evaluate.evaluate_scored(scores, labels, meta, args.modality, args.attack, args.tamper,
-                                    n_boot=args.n_boot, seed=args.seed)
+                                    n_boot=args.n_boot, seed=args.seed, group_column=args.group_column)
+    if args.group_column not in meta:
+        print(f"note: no {args.group_column!r} column; the bootstrap balances classes only", file=sys.stderr)
     os.makedirs(args.out, exist_ok=True)
     paths = evaluate.write_all(rows, args.out, modality=args.modality, attack=args.attack, steps=args.steps,
                                source=os.path.abspath(args.scores or args.dataset or ""),
