@@ -53,7 +53,7 @@ class _Metrics:
         if self.bar is not None and show:
             self.bar.write(text)
         elif self.bar is None:
-            logging.info("%s", text)
+            print(text, file=sys.stderr, flush=True)
 
     def advance(self, n: int, postfix: Optional[str] = None) -> None:
         if self.bar is not None:
@@ -132,7 +132,8 @@ def train_and_evaluate(cfg: Config, workdir: str, train_data, val_data=None, *, 
         if mngr.latest_step() is not None:
             state = ckpt.restore_state(mngr, cfg, mesh, where=workdir)
             saved_step = mngr.latest_step()
-            logging.info("resuming %s from step %d", workdir, int(state.step))
+            if jax.process_index() == 0:
+                print(f"resuming {workdir} from step {int(state.step)}", file=sys.stderr, flush=True)
         else:
             state = create_train_state(cfg, jax.random.PRNGKey(tc.seed), mesh)
         start = int(state.step)
