@@ -296,12 +296,13 @@ def to_torch_state_dict(params: Any, cfg: Config, include_schedule: bool = True)
     """
     sd = {}
     for path, a in traverse_util.flatten_dict(jax.device_get(params)).items():
-        sd[_MODEL_PREFIX + _torch_key(path)] = np.ascontiguousarray(_leaf_to_torch(path[-1], np.asarray(a, np.float32))[1])
+        sd[_MODEL_PREFIX + _torch_key(path)] = _leaf_to_torch(path[-1], np.asarray(a, np.float32))[1]
     if include_schedule:
         from btd_jax import diffusion
 
         sd.update(diffusion.make_schedule(cfg.diffusion).buffers())
-    return sd
+    # writable, contiguous copies: torch.from_numpy warns on the read-only views of device arrays
+    return {k: np.array(v, np.float32, order="C", copy=True) for k, v in sd.items()}
 
 
 def load_torch_checkpoint(path: str, which: str = "model", base: Optional[Config] = None,
