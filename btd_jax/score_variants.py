@@ -1,0 +1,256 @@
+"""Score variants beside the paper's BTD score (issue 9): pooling, multi-start-time and two-sided scores.
+
+The paper scores a patch by the mean squared residual ``(x - x_1)^2`` of one reverse step at t = 0.
+Three variants, all built on :mod:`btd_jax.score`'s residual maps:
+
+* **pooling** -- ``pool='max'`` or ``'percentile:Q'`` instead of the mean over the (central) window:
+  a small tampered region inside a real patch moves the top of the residual distribution long before
+  it moves its mean.
+* **multi_t** -- the residual map averaged over several small start times ``start_ts`` (one reverse
+  step from each; t > 0 adds the posterior noise, so a key is needed). The t = 0 step alone sees only
+  the finest noise scale; a few more give a less noisy, multi-scale estimate of "how far from the
+  manifold of real patches" the patch is.
+* **two_sided** -- ``|log E - mu| / sigma``, where ``E`` is the pooled residual energy (any of the
+  above) and ``(mu, sigma)`` the mean and standard deviation of ``log E`` over *real* validation
+  patches (:func:`fit_reference`). BTD is one-sided: a patch whose native scanner noise was removed
+  (in-painted, denoised, generated smooth) has an unusually *small* residual and looks more real than
+  real. The two-sided score flags both tails.
+
+Energies are in the model's [-1, 1] units, like :func:`btd_jax.score.residual_map`. A fitted
+:class:`Reference` is only valid for the model and the settings it was fitted with; they are stored
+with it (JSON, ``score_reference.json`` beside the checkpoints)::
+
+    maps = multi_t_maps(scorer, val_real, start_ts=(0, 1, 2), key=jax.random.key(0))
+    ref = fit_reference(pool_maps(maps, center=16), base="multi_t", start_ts=(0, 1, 2), center=16)
+    ref.save(workdir)
+    s = variant_scores(scorer, test, variant="two_sided", reference=ref, key=jax.random.key(0))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from btd_jax.data.errors import DataError
+
+__all__ = [
+    "VARIANTS", "REFERENCE_FILE", "pool_maps", "average_maps", "multi_t_maps", "energy_maps",
+    "Reference", "fit_reference", "two_sided", "variant_scores",
+]
+
+VARIANTS = ("btd", "multi_t", "two_sided")
+REFERENCE_FILE = "score_reference.json"
+DEFAULT_START_TS: Tuple[int, ...] = (0, 1, 2, 3)
+
+
+# ----------------------------------------------------------------------------- pure maths (NumPy)
+
+def pool_maps(maps: np.ndarray, center: Optional[int] = None, pool: str = "mean") -> np.ndarray:
+    """(N, H, W) squared residuals -> (N,) float64 pooled energies over the central ``center`` window.
+
+    ``pool`` is 'mean' (the paper), 'max' or 'percentile:Q' (linear interpolation, as ``np.percentile``),
+    the same grammar and window as :func:`btd_jax.score.reduce_residual`, on the host so that one set
+    of maps can be pooled many ways.
+    """
+    from btd_jax.score import parse_reduction
+
+    kind, q = parse_reduction(pool)
+    maps = np.asarray(maps, np.float64)
+    if maps.ndim != 3:
+        raise ValueError(f"residual maps must be (N, H, W), got shape {maps.shape}")
+    if center is not None:
+        h, w = maps.shape[1:]
+        if not 1 <= center <= min(h, w):
+            raise ValueError(f"center window {center} must be between 1 and the patch size {min(h, w)}")
+        r, c = (h - center) // 2, (w - center) // 2
+        maps = maps[:, r:r + center, c:c + center]
+    flat = maps.reshape(maps.shape[0], -1)
+    if kind == "mean":
+        return flat.mean(axis=1)
+    if kind == "max":
+        return flat.max(axis=1)
+    return np.percentile(flat, q, axis=1)
+
+
+def average_maps(maps_by_t: Sequence[np.ndarray], weights: Optional[Sequence[float]] = None) -> np.ndarray:
+    """Weighted mean of K residual maps (each (N, H, W)) -> (N, H, W); equal weights by default."""
+    if len(maps_by_t) == 0:
+        raise ValueError("need at least one residual map to average")
+    stack = np.stack([np.asarray(m, np.float64) for m in maps_by_t])
+    w = np.ones(len(maps_by_t)) if weights is None else np.asarray(weights, np.float64)
+    if w.shape != (len(maps_by_t),) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"weights must be {len(maps_by_t)} non-negative numbers with a positive sum, got {weights}")
+    return np.tensordot(w / w.sum(), stack, axes=1)
+
+
+# ----------------------------------------------------------------------------- residual maps (model)
+
+def _as_scorer(model, cfg=None):
+    """A :class:`btd_jax.score.Scorer` from a Scorer or (params, cfg)."""
+    from btd_jax.score import Scorer
+
+    if isinstance(model, Scorer):
+        return model
+    if cfg is None:
+        raise ValueError("pass a Scorer, or params together with cfg")
+    return Scorer.from_params(model, cfg)
+
+
+def _check_start_ts(start_ts: Sequence[int], steps: int, timesteps: int) -> Tuple[int, ...]:
+    ts = tuple(int(t) for t in start_ts)
+    if not ts or len(set(ts)) != len(ts):
+        raise ValueError(f"start_ts must be distinct start times, got {tuple(start_ts)}")
+    if min(ts) < 0 or max(ts) + steps > timesteps:
+        raise ValueError(f"start_ts must lie in [0, {timesteps - steps}] for steps={steps}, got {ts}")
+    return ts
+
+
+def multi_t_maps(model, images, cfg=None, start_ts: Sequence[int] = DEFAULT_START_TS, key=None, steps: int = 1,
+                 weights: Optional[Sequence[float]] = None, batch_size: int = 256, **kw) -> np.ndarray:
+    """Residual maps averaged over start times -> (N, H, W) float64.
+
+    Args:
+      model: a :class:`btd_jax.score.Scorer`, or params (then pass ``cfg``).
+      images: (N, H, W) or (N, H, W, C) patches in [0, 1].
+      start_ts: the start times t0; from each, ``steps`` reverse steps t0 + steps - 1 ... t0.
+      key: PRNG key, needed when any step adds noise (any t0 + steps > 1); start time t0 uses
+        ``fold_in(key, t0)`` so that adding a start time leaves the others' noise unchanged.
+      weights: optional per-start-time weights (default equal).
+      kw: passed to ``Scorer.residual_map`` (``sampler``, ``clip_denoised``, ``clip``).
+    """
+    import jax
+
+    scorer = _as_scorer(model, cfg)
+    ts = _check_start_ts(start_ts, steps, scorer.cfg.diffusion.timesteps)
+    if key is None and max(ts) + steps > 1:
+        raise ValueError(f"start times {ts} with steps={steps} add noise: pass key=jax.random.key(seed)")
+    maps = [scorer.residual_map(images, steps=steps, start_t=t, batch_size=batch_size,
+                                key=None if key is None else jax.random.fold_in(key, t), **kw) for t in ts]
+    return average_maps(maps, weights)
+
+
+def energy_maps(model, images, cfg=None, base: str = "btd", start_ts: Sequence[int] = DEFAULT_START_TS,
+                key=None, steps: int = 1, start_t: int = 0, batch_size: int = 256, **kw) -> np.ndarray:
+    """The (N, H, W) float64 maps a score pools: one start time ``start_t`` (``base='btd'``) or the
+    average over ``start_ts`` (``base='multi_t'``)."""
+    if base == "btd":
+        return np.asarray(_as_scorer(model, cfg).residual_map(images, steps=steps, start_t=start_t, key=key,
+                                                              batch_size=batch_size, **kw), np.float64)
+    if base == "multi_t":
+        return multi_t_maps(model, images, cfg, start_ts, key=key, steps=steps, batch_size=batch_size, **kw)
+    raise ValueError(f"unknown residual base {base!r}; use 'btd' or 'multi_t'")
+
+
+# ----------------------------------------------------------------------------- two-sided reference
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """Statistics of ``log(E + eps)`` over real validation patches, plus how E was computed.
+
+    Attributes:
+      mean, std: of log energies (std with ddof = 1, floored at ``min_std``).
+      n: number of real patches. eps: added before the log (E can be exactly 0 when clipped).
+      settings: the scoring settings E was made with (``base`` btd|multi_t, center, pool, start_t(s), steps);
+        :func:`variant_scores` reuses them so that test energies match the reference.
+    """
+
+    mean: float
+    std: float
+    n: int
+    eps: float = 1e-12
+    settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Reference":
+        try:
+            ref = cls(mean=float(d["mean"]), std=float(d["std"]), n=int(d["n"]), eps=float(d.get("eps", 1e-12)),
+                      settings=dict(d.get("settings", {})))
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"score reference: malformed ({e!r}); expected keys mean, std, n") from None
+        if not (math.isfinite(ref.mean) and math.isfinite(ref.std) and ref.std > 0):
+            raise DataError(f"score reference: needs finite mean and positive std, got {ref.mean}, {ref.std}")
+        return ref
+
+    def save(self, path: str) -> str:
+        """Writes JSON to ``path`` (a file, or a directory: ``path/score_reference.json``); returns the file."""
+        if os.path.isdir(path):
+            path = os.path.join(path, REFERENCE_FILE)
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str) -> "Reference":
+        if os.path.isdir(path):
+            path = os.path.join(path, REFERENCE_FILE)
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: no score reference (fit one with score_variants.fit_reference on real patches)")
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(d)
+
+
+def fit_reference(real_energies, eps: float = 1e-12, min_std: float = 1e-6, **settings) -> Reference:
+    """Fits a :class:`Reference` to pooled residual energies ``(N,)`` of real validation patches.
+
+    ``settings`` (e.g. ``center=16, pool='mean', start_ts=(0, 1, 2)``) are stored with it.
+    """
+    e = np.asarray(real_energies, np.float64).reshape(-1)
+    if e.size < 2:
+        raise DataError(f"real energies: need at least 2 real validation patches, got {e.size}")
+    bad = ~np.isfinite(e) | (e < 0)
+    if bad.any():
+        raise DataError(f"real energies: item {int(np.argmax(bad))} is negative, NaN or inf")
+    log_e = np.log(e + eps)
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}
+    return Reference(mean=float(log_e.mean()), std=float(max(log_e.std(ddof=1), min_std)), n=int(e.size),
+                     eps=float(eps), settings=settings)
+
+
+def two_sided(energies, ref: Reference) -> np.ndarray:
+    """``|log(E + eps) - mean| / std`` for pooled energies ``(N,)`` -> (N,) float64; high = unlike real.
+
+    Too-large energies (the paper's fakes) and too-small ones (noise removed) both score high.
+    """
+    e = np.asarray(energies, np.float64)
+    return np.abs(np.log(np.maximum(e, 0.0) + ref.eps) - ref.mean) / ref.std
+
+
+# ----------------------------------------------------------------------------- one entry point
+
+def variant_scores(model, images, cfg=None, variant: str = "btd", pool: str = "mean", center: Optional[int] = None,
+                   start_ts: Optional[Sequence[int]] = None, reference: Optional[Reference] = None, key=None,
+                   steps: int = 1, start_t: int = 0, batch_size: int = 256, **kw) -> np.ndarray:
+    """(N,) scores of ``images`` for one variant; higher = more likely fake.
+
+    * ``btd``: the paper's residual at ``start_t`` pooled by ``pool`` over ``center``.
+    * ``multi_t``: the map averaged over ``start_ts`` (default (0, 1, 2, 3)), then pooled.
+    * ``two_sided``: needs ``reference``; its stored settings (``base``, center, pool, start_t(s),
+      steps) override the arguments, so test energies are computed exactly like the reference's.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown score variant {variant!r}; valid ones are {', '.join(VARIANTS)}")
+    if variant == "two_sided":
+        if reference is None:
+            raise ValueError("variant 'two_sided' needs a reference fitted on real patches (fit_reference)")
+        s = reference.settings
+        base, pool = s.get("base", "btd"), s.get("pool", pool)
+        center, steps, start_t = s.get("center", center), int(s.get("steps", steps)), int(s.get("start_t", start_t))
+        start_ts = s.get("start_ts", start_ts)
+        maps = energy_maps(model, images, cfg, base, start_ts or DEFAULT_START_TS, key, steps, start_t,
+                           batch_size, **kw)
+        return two_sided(pool_maps(maps, center, pool), reference)
+    maps = energy_maps(model, images, cfg, variant, start_ts or DEFAULT_START_TS, key, steps, start_t,
+                       batch_size, **kw)
+    return pool_maps(maps, center, pool)
