@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from threadpoolctl import threadpool_limits
 
 from btd_jax.baselines import base
 from btd_jax.baselines._training import as_key, batched_apply, fit_reconstruction
@@ -152,7 +153,8 @@ def score(state: base.State, patches: np.ndarray, center: Optional[int] = None, 
         return feats[:, idx][:, :, idx].reshape(batch.shape[0], -1, cfg.feature_dim)
 
     feats = batched_apply(fn, x, batch_size).astype(np.float64)
-    return np.array([llr_contrast(f, centre, cfg.seed) for f in feats])
+    with threadpool_limits(1):  # many tiny EM fits: BLAS threads only contend
+        return np.array([llr_contrast(f, centre, cfg.seed) for f in feats])
 
 
 BASELINE = base.Baseline("spliceradar", Config, TINY, fit, score,
