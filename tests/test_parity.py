@@ -118,7 +118,7 @@ def test_p_sample_t0_and_btd_score_parity(name):
     np.testing.assert_allclose(sq[:, lo:lo + k, lo:lo + k].mean(axis=(1, 2, 3)), z["btd_center"], atol=TOL)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ["v2_s3_c1"])  # v1 through Scorer: tests/test_convert.py (CLI test)
 def test_btd_score_api_matches_reference(name):
     """The public scorer on the converted weights reproduces the reference BTD scores (d = 1)."""
     import dataclasses
