@@ -102,7 +102,8 @@ def infer_model_config(unet_sd: Mapping[str, np.ndarray], base: Optional[ModelCo
     """Reads the U-Net hyper-parameters from the keys/shapes of a bare Unet state dict (no ``model.``).
 
     Not recoverable from shapes (taken from ``base``): ``resnet_block_groups`` (v1), the sinusoidal theta,
-    ``dtype``; 1.8.x fixes attention at 4 heads, so v1 heads = 4. A checkpoint whose input has twice as many
+    ``dtype``, and how v1 splits the attention width into heads: ``base``'s heads x dim_head when the product
+    matches the stored width, else 4 heads as 1.8.x hard-codes. A checkpoint whose input has twice as many
     channels as its output is read as ``self_condition``, one whose output has twice as many as
     ``learned_variance``; pass ``base`` fields to be explicit about anything else.
     """
@@ -139,8 +140,11 @@ def infer_model_config(unet_sd: Mapping[str, np.ndarray], base: Optional[ModelCo
     if version == "v2":
         _, heads, num_mem, dim_head = unet_sd["mid_attn.mem_kv"].shape
     else:
-        heads, num_mem = 4, base.num_mem_kv  # 1.8.x: Attention(dim) with the default heads=4
-        dim_head = unet_sd["mid_attn.to_qkv.weight"].shape[0] // (3 * heads)
+        hidden, num_mem = unet_sd["mid_attn.to_qkv.weight"].shape[0] // 3, base.num_mem_kv
+        if base.attn_heads * base.attn_dim_head == hidden:
+            heads, dim_head = base.attn_heads, base.attn_dim_head  # e.g. a v1 model trained here with 2 x 8
+        else:
+            heads, dim_head = 4, hidden // 4  # 1.8.x: Attention(dim) with the default heads=4
     for k in keys:
         if k.endswith(".to_qkv.weight") and unet_sd[k].shape[0] != 3 * heads * dim_head:
             raise ValueError(f"{k} has {unet_sd[k].shape[0] // 3} hidden channels but mid_attn has {heads} x "
