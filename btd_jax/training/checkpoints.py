@@ -99,11 +99,14 @@ def open_manager(workdir: str, keep: int = 3, async_save: bool = True, create: b
 
 
 def latest_step(workdir: str) -> Optional[int]:
-    """The newest finished checkpoint step in ``workdir``, or None."""
-    if not os.path.isdir(_ckpt_dir(workdir)):
-        return None
-    with open_manager(workdir, create=False) as mngr:
-        return mngr.latest_step()
+    """The newest finished checkpoint step in ``workdir``, or None.
+
+    Reads the directory listing only (orbax names a step's directory ``<step>`` once it is finished);
+    opening a manager here would run a cross-process barrier that not every process might reach.
+    """
+    root = _ckpt_dir(workdir)
+    steps = [int(n) for n in os.listdir(root) if n.isdigit()] if os.path.isdir(root) else []
+    return max(steps) if steps else None
 
 
 def save_state(mngr: ocp.CheckpointManager, state) -> None:

@@ -141,7 +141,7 @@ def _make_train_step(cfg: Config, mesh: Mesh) -> StepFn:
         params = optax.apply_updates(state.params, updates)
         ema = ema_update(state.ema_params, params, state.step, tc)
         new_state = state.replace(params=params, ema_params=ema, opt_state=opt_state, step=state.step + 1)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                    "lr": jnp.asarray(lr_fn(state.step), jnp.float32)}
         return new_state, metrics
 
