@@ -12,7 +12,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from btd_jax import configs, convert, diffusion
-from btd_jax.configs import DiffusionConfig, ModelConfig
+from btd_jax.configs import DiffusionConfig
 from btd_jax.models.unet import abstract_params
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "parity_v1_s3_c1.npz")

@@ -20,7 +20,7 @@ ddp = pytest.importorskip("denoising_diffusion_pytorch",
 
 from denoising_diffusion_pytorch.version import __version__ as DDP_VERSION  # noqa: E402
 
-from btd_jax import configs, convert, diffusion  # noqa: E402
+from btd_jax import convert, diffusion  # noqa: E402
 from btd_jax.models.unet import Unet  # noqa: E402
 
 GEN = "v1" if DDP_VERSION.startswith("1.") else "v2"

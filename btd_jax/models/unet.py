@@ -20,7 +20,6 @@ from typing import Optional, Sequence, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from btd_jax.configs import ModelConfig
 
