@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from absl import app
+from absl import app, flags
 from absl.flags import argparse_flags
 
 # Order is the order shown in --help.
@@ -51,6 +51,9 @@ def _main(args) -> int:
 
 def main(argv=None):
     """Console-script entry point; ``argv`` defaults to ``sys.argv``. Exits with the command's status."""
+    # Orbax and JAX log a lot at INFO through absl; keep the terminal for progress and results
+    # unless the user asks for more with --verbosity.
+    flags.FLAGS.set_default("verbosity", -1)
     parser = build_parser()
     argv = list(sys.argv if argv is None else argv)
     app.run(_main, argv=argv, flags_parser=lambda a: parser.parse_args(a[1:]))

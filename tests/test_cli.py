@@ -1,0 +1,35 @@
+import subprocess
+import sys
+
+import pytest
+
+from btd_jax import cli
+
+
+def test_every_command_is_registered():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert tuple(sub.choices) == cli.COMMANDS
+
+
+def test_help_lists_the_commands():
+    out = subprocess.run([sys.executable, "-m", "btd_jax.cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    for name in cli.COMMANDS:
+        assert name in out.stdout
+
+
+def test_bad_input_is_one_line_and_status_2(tmp_path):
+    missing = tmp_path / "nope.npy"
+    out = subprocess.run([sys.executable, "-m", "btd_jax.cli", "train", "--config", "tiny", "--data", str(missing),
+                          "--workdir", str(tmp_path / "w")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    lines = [l for l in out.stderr.strip().splitlines() if l.strip()]
+    assert lines[-1].startswith("btd-jax train: error:") and "nope.npy" in lines[-1]
+    assert "Traceback" not in out.stderr
+
+
+def test_unknown_command_is_refused():
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args(["frobnicate"])
+    assert e.value.code == 2
