@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Callable, Optional, Tuple
 
 import jax
@@ -102,6 +103,7 @@ class _Options:
     center: Optional[int] = None
     reduction: str = "mean"
     want_maps: bool = False
+    micro_batch: Optional[int] = None
 
     @property
     def stochastic(self) -> bool:
@@ -143,9 +145,8 @@ def _reverse(opts: _Options, sched, model_fn, x, idx, key):
     return x_d
 
 
-def _score_chunk(params, sched, x01, idx, key, *, opts: _Options):
-    """The traced function. x01 (B,H,W,C) in [0,1] -> (scores (B,), maps (B,H,W) or None)."""
-    _TRACES[0] += 1
+def _score_images(params, sched, x01, idx, key, opts: _Options):
+    """x01 (B,H,W,C) in [0,1], idx (B,) -> (scores (B,), maps (B,H,W) or None); no cross-image maths."""
     from btd_jax.models.unet import Unet  # models import flax; keep `import btd_jax.score` light
 
     model = Unet.from_config(opts.model)
@@ -160,12 +161,47 @@ def _score_chunk(params, sched, x01, idx, key, *, opts: _Options):
     return scores, (maps if opts.want_maps else None)
 
 
+def _score_local(params, sched, x01, idx, key, *, opts: _Options):
+    """One device's rows, in sequential micro-batches of ``opts.micro_batch`` (all at once if None).
+
+    On CPU a U-Net pass over one 96 px patch keeps its activations in cache; measured here it needs
+    ~30% less CPU time per patch than a batched pass (see experiments/bench_throughput.py).
+    """
+    m, n = opts.micro_batch, x01.shape[0]
+    if not m or m >= n:
+        return _score_images(params, sched, x01, idx, key, opts)
+    xs, ids = x01.reshape((n // m, m) + x01.shape[1:]), idx.reshape(n // m, m)
+    scores, maps = jax.lax.map(lambda a: _score_images(params, sched, a[0], a[1], key, opts), (xs, ids))
+    return scores.reshape(n), (None if maps is None else maps.reshape((n,) + maps.shape[2:]))
+
+
+def _score_chunk(params, sched, x01, idx, key, *, opts: _Options, mesh):
+    """The traced function: every device scores its own rows (shard_map; no communication)."""
+    _TRACES[0] += 1
+    ax = mesh.axis_names[0]
+    rep, data = jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec(ax)
+    local = jax.shard_map(functools.partial(_score_local, opts=opts), mesh=mesh,
+                          in_specs=(rep, rep, data, data, rep), out_specs=data)
+    return local(params, sched, x01, idx, key)
+
+
 @functools.lru_cache(maxsize=64)
 def _compiled(mesh: jax.sharding.Mesh, opts: _Options) -> Callable:
     """One jitted, sharded scoring function per (mesh, static options); jit caches per chunk shape."""
     data, rep = parallel.data_sharding(mesh), parallel.replicated(mesh)
-    return jax.jit(functools.partial(_score_chunk, opts=opts),
+    return jax.jit(functools.partial(_score_chunk, opts=opts, mesh=mesh),
                    in_shardings=(rep, rep, data, data, rep), out_shardings=data)
+
+
+def resolve_micro_batch(micro_batch, rows_per_device: int) -> Optional[int]:
+    """'auto' -> 1 on CPU, None (whole local batch) elsewhere; always a divisor of rows_per_device."""
+    if micro_batch == "auto":
+        micro_batch = 1 if jax.default_backend() == "cpu" else None
+    if micro_batch is None:
+        return None
+    if int(micro_batch) < 1:
+        raise ValueError(f"micro_batch must be >= 1, 'auto' or None, got {micro_batch!r}")
+    return math.gcd(int(micro_batch), rows_per_device)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -237,11 +273,12 @@ def _chunk_size(n: int, batch_size: int, n_dev: int) -> int:
 def score_and_maps(params, sched, images, cfg: Config, *, mesh=None, steps: int = 1, center: Optional[int] = None,
                    key=None, start_t: int = 0, clip_denoised: bool = True, sampler: str = "ddpm",
                    batch_size: Optional[int] = None, reduction: str = "mean", want_maps: bool = False,
-                   clip: bool = False, progress: Optional[Callable[[int], None]] = None):
+                   clip: bool = False, progress: Optional[Callable[[int], None]] = None, micro_batch="auto"):
     """The streaming driver behind :func:`btd_score`, :func:`residual_map` and :class:`Scorer`.
 
     ``params`` and ``sched`` should already be replicated on ``mesh`` (else they are transferred on
     every chunk). ``progress(n)`` is called with the number of patches finished after each chunk.
+    ``micro_batch``: rows per U-Net pass on each device ('auto': 1 on CPU, all on accelerators).
     Returns (scores (N,) float32, maps (N, H, W) float32 or None) as numpy arrays.
     """
     if sampler not in SAMPLERS:
@@ -253,16 +290,17 @@ def score_and_maps(params, sched, images, cfg: Config, *, mesh=None, steps: int 
     if center is not None and not 1 <= center <= cfg.image_size:
         raise ValueError(f"center window {center} must be between 1 and the patch size {cfg.image_size}")
     images = validate_images(images, cfg, clip=clip)
+    mesh = parallel.make_mesh(jax.local_devices()) if mesh is None else mesh
+    n = images.shape[0]
+    chunk = _chunk_size(n, batch_size or cfg.score.batch_size, mesh.devices.size)
     opts = _Options(model=cfg.model, steps=int(steps), start_t=int(start_t), clip_denoised=bool(clip_denoised),
                     sampler=sampler, eta=float(cfg.diffusion.ddim_sampling_eta), center=center,
-                    reduction=reduction, want_maps=want_maps)
+                    reduction=reduction, want_maps=want_maps,
+                    micro_batch=resolve_micro_batch(micro_batch, chunk // mesh.devices.size))
     if opts.stochastic and key is None:
         raise ValueError(f"BTD with steps={steps}, start_t={start_t} adds noise: pass key=jax.random.key(seed)")
     key = jax.random.key(0) if key is None else key  # unused when deterministic; keeps one signature
-    mesh = parallel.make_mesh(jax.local_devices()) if mesh is None else mesh
     fn = _compiled(mesh, opts)
-    n = images.shape[0]
-    chunk = _chunk_size(n, batch_size or cfg.score.batch_size, mesh.devices.size)
 
     scores = np.empty((n,), np.float32)
     maps = np.empty((n,) + images.shape[1:3], np.float32) if want_maps else None
@@ -295,7 +333,7 @@ def _replicate(params, cfg: Config, mesh):
 
 def btd_score(params, images, cfg: Config, steps: int = 1, center: Optional[int] = None, key=None,
               start_t: int = 0, clip_denoised: bool = True, sampler: str = "ddpm",
-              batch_size: Optional[int] = None, reduction: str = "mean", mesh=None) -> np.ndarray:
+              batch_size: Optional[int] = None, reduction: str = "mean", mesh=None, micro_batch="auto") -> np.ndarray:
     """BTD scores of ``images`` (N,H,W) or (N,H,W,C) in [0, 1] -> np.ndarray (N,) float32.
 
     ``steps`` = d reverse steps from t = start_t + d - 1 down to start_t; ``center`` = k of the
@@ -306,18 +344,18 @@ def btd_score(params, images, cfg: Config, steps: int = 1, center: Optional[int]
     p, sched = _replicate(params, cfg, mesh)
     return score_and_maps(p, sched, images, cfg, mesh=mesh, steps=steps, center=center, key=key, start_t=start_t,
                           clip_denoised=clip_denoised, sampler=sampler, batch_size=batch_size,
-                          reduction=reduction)[0]
+                          reduction=reduction, micro_batch=micro_batch)[0]
 
 
 def residual_map(params, images, cfg: Config, steps: int = 1, key=None, start_t: int = 0,
                  clip_denoised: bool = True, sampler: str = "ddpm", batch_size: Optional[int] = None,
-                 mesh=None) -> np.ndarray:
+                 mesh=None, micro_batch="auto") -> np.ndarray:
     """Per-pixel squared residuals (x - x_d)^2 in [-1,1] units, averaged over channels -> (N, H, W)."""
     mesh = parallel.make_mesh(jax.local_devices()) if mesh is None else mesh
     p, sched = _replicate(params, cfg, mesh)
     return score_and_maps(p, sched, images, cfg, mesh=mesh, steps=steps, key=key, start_t=start_t,
                           clip_denoised=clip_denoised, sampler=sampler, batch_size=batch_size,
-                          want_maps=True)[1]
+                          want_maps=True, micro_batch=micro_batch)[1]
 
 
 class Scorer:

@@ -181,3 +181,14 @@ def test_parity_with_lucidrains_btd_d1(path):
     np.testing.assert_allclose(maps.mean(axis=(1, 2)), f["btd_full"], rtol=1e-5)
     x_prev = np.transpose(f["p0_x_prev"], (0, 2, 3, 1))
     np.testing.assert_allclose(maps, ((x01 * 2 - 1 - x_prev) ** 2).mean(-1), rtol=1e-4, atol=1e-7)
+
+
+def test_micro_batch_variants_agree(params):
+    x = _images(16, seed=7)
+    whole = score.btd_score(params, x, CFG, micro_batch=None, center=8)
+    for m in (1, 2, 3):  # 3 does not divide the 2 rows per device: falls back to gcd
+        np.testing.assert_allclose(score.btd_score(params, x, CFG, micro_batch=m, center=8), whole, rtol=1e-5)
+    assert score.resolve_micro_batch(3, 8) == 1 and score.resolve_micro_batch(4, 8) == 4
+    assert score.resolve_micro_batch(None, 8) is None
+    with pytest.raises(ValueError, match="micro_batch"):
+        score.resolve_micro_batch(0, 8)

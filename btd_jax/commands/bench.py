@@ -38,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    "PYTHONPATH for the reference ('' = the installed one)")
     p.add_argument("--ref_batches", default=None, help="batch sizes for the reference (default: same as JAX)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads (XLA uses all cores)")
+    p.add_argument("--micro_batch", default="auto", help="rows per U-Net pass per device: auto (1 on CPU), none, or K")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -60,64 +61,97 @@ def _load():
 
 
 def _time(fn, min_time: float, min_iters: int = 2):
-    """Runs ``fn()`` (blocking) repeatedly for at least ``min_time`` s; returns the per-run seconds."""
+    """Runs ``fn()`` (blocking) repeatedly for at least ``min_time`` s; returns per-run (wall, CPU) seconds.
+
+    CPU = this process's user + system time over all threads: on a shared machine it shows the work
+    done per patch even when other processes take the cores (wall time is what users get)."""
     times = []
     start = time.perf_counter()
     while len(times) < min_iters or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0, time.process_time() - c0))
     return times
 
 
 def _summary(times, batch):
-    med = statistics.median(times)
-    return dict(batch=batch, runs=len(times), sec_per_batch_median=med, sec_per_batch_best=min(times),
-                patches_per_s=batch / med, patches_per_s_best=batch / min(times))
+    wall = [t for t, _ in times]
+    med = statistics.median(wall)
+    return dict(batch=batch, runs=len(times), sec_per_batch_median=med, sec_per_batch_best=min(wall),
+                patches_per_s=batch / med, patches_per_s_best=batch / min(wall),
+                cpu_s_per_patch=statistics.median(c for _, c in times) / batch)
 
 
 # ----------------------------------------------------------------------------- JAX side
 
-def bench_jax(cfg, batches, dtypes, min_time, seed, inputs):
-    """Times the jitted scoring function per (dtype, batch); returns (rows, f32 scores per batch)."""
-    import jax
-    import numpy as np
+def _micro(text):
+    text = str(text).strip().lower()
+    return "auto" if text == "auto" else None if text in ("none", "0", "") else int(text)
 
-    from btd_jax import configs, parallel, score
-    from btd_jax.models.unet import init_params
 
-    params = init_params(cfg.model, cfg.image_size, jax.random.key(seed))
-    mesh = parallel.make_mesh(jax.local_devices())
-    rows, scores = [], {}
-    for dtype in dtypes:
-        cfg_d = configs.override(cfg, {"model.dtype": dtype})
-        scorer = score.Scorer.from_params(params, cfg_d, mesh)
-        fn = score._compiled(mesh, score._Options(model=cfg_d.model))
-        for b in batches:
-            x, n = parallel.pad_to_multiple(inputs[:b], parallel.local_batch_multiple(mesh))
-            xs = parallel.shard_batch(x, mesh)
-            idx = parallel.shard_batch(np.arange(len(x), dtype=np.int32), mesh)
-            args = (scorer.params, scorer.sched, xs, idx, jax.random.key(0))
-            t0 = time.perf_counter()
-            compiled = fn.lower(*args).compile()
-            compile_s = time.perf_counter() - t0
-            cost = compiled.cost_analysis()
+class JaxBench:
+    """The JAX side: one ``Scorer`` per dtype, the same jitted function ``Scorer.score`` streams through."""
+
+    def __init__(self, cfg, dtypes, seed, micro_batch="auto"):
+        import jax
+
+        from btd_jax import configs, parallel, score
+        from btd_jax.models.unet import init_params
+
+        self.params = init_params(cfg.model, cfg.image_size, jax.random.key(seed))
+        self.mesh = parallel.make_mesh(jax.local_devices())
+        self.micro_batch = micro_batch
+        self.scorers = {d: score.Scorer.from_params(self.params, configs.override(cfg, {"model.dtype": d}), self.mesh)
+                        for d in dtypes}
+        self.gflop = {}
+
+    def _args(self, scorer, x):
+        import jax
+        import numpy as np
+
+        from btd_jax import parallel
+
+        return (scorer.params, scorer.sched, parallel.shard_batch(x, self.mesh),
+                parallel.shard_batch(np.arange(len(x), dtype=np.int32), self.mesh), jax.random.key(0))
+
+    def _gflop_per_patch(self, dtype, inputs):
+        """XLA cost analysis of a plain batched pass (a micro-batch loop would be counted once)."""
+        from btd_jax import score
+
+        if dtype not in self.gflop:
+            scorer, nd = self.scorers[dtype], self.mesh.devices.size
+            x = inputs[:1].repeat(nd, axis=0)
+            fn = score._compiled(self.mesh, score._Options(model=scorer.cfg.model, micro_batch=None))
+            cost = fn.lower(*self._args(scorer, x)).compile().cost_analysis()
             cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-            flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-            out = compiled(*args)[0].block_until_ready()  # warm-up
-            if dtype == "float32":
-                scores[b] = np.asarray(out)[:n]
-            row = dict(impl="jax", dtype=dtype, compile_s=compile_s, padded_batch=len(x),
-                       load_before=_load(), **_summary(_time(lambda: compiled(*args)[0].block_until_ready(),
-                                                                min_time), b))
-            row["load_after"] = _load()
-            row["gflop_per_patch"] = flops / len(x) / 1e9
-            row["gflop_per_s"] = row["gflop_per_patch"] * len(x) / row["sec_per_batch_median"]
-            rows.append(row)
-            print(f"jax  {dtype:8s} batch {b:4d}: {row['patches_per_s']:9.2f} patches/s "
-                  f"({row['gflop_per_patch']:.3f} GFLOP/patch, {row['gflop_per_s']:.1f} GFLOP/s, "
-                  f"{row['runs']} runs, load {row['load_before']})", flush=True)
-    return rows, scores, params
+            self.gflop[dtype] = float(cost.get("flops", float("nan"))) / nd / 1e9 if cost else float("nan")
+        return self.gflop[dtype]
+
+    def run(self, dtype, b, inputs, min_time):
+        """Times one (dtype, batch) point; returns (row, scores (b,))."""
+        import numpy as np
+
+        from btd_jax import parallel, score
+
+        scorer = self.scorers[dtype]
+        x, n = parallel.pad_to_multiple(inputs[:b], parallel.local_batch_multiple(self.mesh))
+        micro = score.resolve_micro_batch(self.micro_batch, len(x) // self.mesh.devices.size)
+        fn = score._compiled(self.mesh, score._Options(model=scorer.cfg.model, micro_batch=micro))
+        args = self._args(scorer, x)
+        t0 = time.perf_counter()
+        compiled = fn.lower(*args).compile()
+        compile_s = time.perf_counter() - t0
+        out = np.asarray(compiled(*args)[0])[:n]  # warm-up
+        row = dict(impl="jax", dtype=dtype, micro_batch=micro, compile_s=compile_s, padded_batch=len(x),
+                   load_before=_load(), **_summary(_time(lambda: compiled(*args)[0].block_until_ready(),
+                                                         min_time), b))
+        row["load_after"] = _load()
+        row["gflop_per_patch"] = self._gflop_per_patch(dtype, inputs)
+        row["gflop_per_s"] = row["gflop_per_patch"] * len(x) / row["sec_per_batch_median"]
+        print(f"jax  {dtype:8s} batch {b:4d}: {row['patches_per_s']:9.2f} patches/s "
+              f"({row['gflop_per_patch']:.3f} GFLOP/patch, {row['gflop_per_s']:.1f} GFLOP/s, "
+              f"{row['cpu_s_per_patch']:.3f} CPU-s/patch, {row['runs']} runs, load {row['load_before']})", flush=True)
+        return row, out
 
 
 # ----------------------------------------------------------------------------- torch side
@@ -182,7 +216,8 @@ def torch_worker(tmp: str) -> int:
             row = dict(impl="torch", dtype="float32", load_before=_load(), **_summary(_time(run, spec["min_time"]), b))
         row["load_after"] = _load()
         rows.append(row)
-        print(f"torch float32  batch {b:4d}: {row['patches_per_s']:9.2f} patches/s ({row['runs']} runs, "
+        print(f"torch float32  batch {b:4d}: {row['patches_per_s']:9.2f} patches/s "
+              f"({row['cpu_s_per_patch']:.3f} CPU-s/patch, {row['runs']} runs, "
               f"load {row['load_before']})", flush=True)
     with open(os.path.join(tmp, "result.json"), "w") as f:
         json.dump(dict(rows=rows, scores=scores, torch_version=torch.__version__, ddpm_version=__version__,
@@ -203,6 +238,8 @@ def run(args) -> int:
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     if not batches or min(batches) < 1:
         raise ValueError(f"bench: batch sizes must be positive, got {batches}")
+    ref_batches = set(_ints(args.ref_batches) if args.ref_batches else batches)
+    use_ref = bool(args.torch) and os.path.exists(args.torch)
     inputs = np.random.default_rng(args.seed).uniform(
         size=(max(batches), cfg.image_size, cfg.image_size, cfg.model.channels)).astype(np.float32)
     dev = jax.local_devices()[0]
@@ -210,28 +247,38 @@ def run(args) -> int:
                   backend=jax.default_backend(), device=getattr(dev, "device_kind", str(dev)),
                   n_devices=jax.local_device_count(), cpu_count=os.cpu_count(), jax_version=jax.__version__,
                   xla_flags=os.environ.get("XLA_FLAGS", ""), load_start=_load(),
-                  command=" ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]))
-    rows, jax_scores, params = bench_jax(cfg, batches, dtypes, args.min_time, args.seed, inputs)
-    report["jax"] = rows
-    if args.torch and os.path.exists(args.torch):
-        ref_batches = _ints(args.ref_batches) if args.ref_batches else batches
-        ref = bench_torch(args, cfg, params, inputs, ref_batches)
-        report["reference"] = {k: v for k, v in ref.items() if k != "scores"}
+                  command=" ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), jax=[], reference=[],
+                  ratio_vs_reference={})
+    jb = JaxBench(cfg, dtypes, args.seed, _micro(args.micro_batch))
+    # Per batch size: JAX then the reference right after, so both see about the same machine load.
+    for b in batches:
+        rows = []
+        for dtype in dtypes:
+            row, s_jax = jb.run(dtype, b, inputs, args.min_time)
+            rows.append(row)
+            if dtype == "float32":
+                scores_f32 = s_jax
+        report["jax"] += rows
+        if not (use_ref and b in ref_batches):
+            continue
+        ref = bench_torch(args, cfg, jb.params, inputs, [b])
         if "error" in ref:
             print(f"reference not timed: {ref['error']}", flush=True)
-        report["ratio_vs_reference"] = {}
-        for r in ref.get("rows", []):
-            b = r["batch"]
-            if str(b) in ref["scores"] and b in jax_scores:
-                s_ref, s_jax = ref["scores"][str(b)], jax_scores[b]
-                r["max_rel_diff_vs_jax_f32"] = float(np.max(np.abs(s_jax - s_ref) / np.abs(s_ref)))
-            for j in rows:
-                if j["batch"] == b:
-                    ratio = j["patches_per_s"] / r["patches_per_s"]
-                    report["ratio_vs_reference"][f"{j['dtype']}_batch{b}"] = ratio
-                    print(f"ratio jax {j['dtype']} / torch float32 at batch {b}: {ratio:.2f}x", flush=True)
-    else:
-        report["reference"] = dict(error=f"no torch interpreter at {args.torch!r}")
+            report["reference"].append(dict(batch=b, error=ref["error"]))
+            continue
+        r = ref["rows"][0]
+        r.update(torch_version=ref["torch_version"], ddpm_version=ref["ddpm_version"], threads=ref["threads"])
+        if "float32" in dtypes:
+            s_ref = ref["scores"][str(b)]
+            r["max_rel_diff_vs_jax_f32"] = float(np.max(np.abs(scores_f32 - s_ref) / np.abs(s_ref)))
+        report["reference"].append(r)
+        for j in rows:
+            ratio = j["patches_per_s"] / r["patches_per_s"]
+            report["ratio_vs_reference"][f"{j['dtype']}_batch{b}"] = ratio
+            print(f"ratio jax {j['dtype']} / torch float32 at batch {b}: {ratio:.2f}x patches/s, "
+                  f"{r['cpu_s_per_patch'] / j['cpu_s_per_patch']:.2f}x less CPU time per patch", flush=True)
+    if not use_ref:
+        report["reference"] = [dict(error=f"no torch interpreter at {args.torch!r}")]
     report["load_end"] = _load()
     text = json.dumps(report, indent=2, default=float)
     if args.out:
