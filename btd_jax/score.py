@@ -7,8 +7,10 @@ Higher means more likely fake. ``d = 1`` at ``start_t = 0`` is deterministic; ot
 and the noise of image ``i`` is drawn from ``fold_in(key, i)``, so scores do not depend on batch size,
 padding or device count.
 
-Scoring streams the images through one jitted function of fixed chunk shape, sharded over a 1-D mesh
-of the local devices; ragged chunks are padded with a repeated real patch and the padding dropped::
+Scoring streams the images through one jitted function of fixed chunk shape (host memory holds one
+chunk in flight, device memory one chunk), sharded over a 1-D mesh of the local devices with
+``shard_map``; ragged chunks are padded with a repeated real patch and the padding dropped. In a
+multi-host run every process scores its own images on its own devices (scoring needs no collectives)::
 
     scores = btd_score(params, images, cfg, steps=1, center=32)   # (N,) numpy
     scorer = Scorer.load(workdir); scorer.score(images, center=32)
@@ -206,7 +208,7 @@ def resolve_micro_batch(micro_batch, rows_per_device: int) -> Optional[int]:
 
 # ----------------------------------------------------------------------------- validation
 
-def validate_images(images, cfg: Config, clip: bool = False, name: str = "images") -> np.ndarray:
+def validate_images(images, cfg: Config, name: str = "images") -> np.ndarray:
     """Checks shape (cheap, whole array) and returns images as (N, H, W, C) without copying values.
 
     Value checks (NaN/inf, range) run per chunk in :func:`_check_values` so that memory-mapped
@@ -289,7 +291,7 @@ def score_and_maps(params, sched, images, cfg: Config, *, mesh=None, steps: int 
     parse_reduction(reduction)
     if center is not None and not 1 <= center <= cfg.image_size:
         raise ValueError(f"center window {center} must be between 1 and the patch size {cfg.image_size}")
-    images = validate_images(images, cfg, clip=clip)
+    images = validate_images(images, cfg)
     mesh = parallel.make_mesh(jax.local_devices()) if mesh is None else mesh
     n = images.shape[0]
     chunk = _chunk_size(n, batch_size or cfg.score.batch_size, mesh.devices.size)
