@@ -40,7 +40,7 @@ from btd_jax.data import datasets, preprocess, tamper
 from btd_jax.data.errors import DataError
 
 __all__ = [
-    "SOURCES", "METHODS", "SourceImage", "DemoData", "source_path", "load_sources", "split_columns",
+    "SOURCES", "METHODS", "NOTES", "SourceImage", "DemoData", "source_path", "load_sources", "split_columns",
     "valid_centres", "sample_centres", "train_patches", "make_testset", "build",
 ]
 
@@ -51,8 +51,18 @@ SOURCES: Dict[str, Tuple[Tuple[str, str], ...]] = {
 }
 # Indicator-column method name -> tamper style, per attack.
 METHODS: Dict[str, Dict[str, str]] = {
-    "Inject": {"Smooth": "inject-smooth", "Latent": "inject-latent"},
-    "Remove": {"Inpaint": "remove-inpaint", "CTGAN": "remove-ctgan"},
+    "Inject": {"GAN": "inject-gan", "Latent": "inject-latent", "Smooth": "inject-smooth"},
+    "Remove": {"CTGAN": "remove-ctgan", "Latent": "remove-latent", "Inpaint": "remove-inpaint"},
+}
+# One line per indicator-column method, for reports.
+NOTES: Dict[str, str] = {
+    "GAN": "CT-GAN-like injection: noise-free nodule plus the generator's upsampling (checkerboard) texture "
+           "at the local noise level",
+    "Latent": "SD-like: the box around the centre goes through a 4x coarser latent (nodule drawn / structure "
+              "in-painted there) and a decoder with its own upsampling texture",
+    "Smooth": "ablation: noise-free nodule, the scanner's noise simply missing",
+    "CTGAN": "CT-GAN-like removal: in-painting plus smoothed noise matched to the local noise level",
+    "Inpaint": "ablation: harmonic in-painting, smooth and noise-free",
 }
 _CT_BODY_HU = -500.0
 
@@ -242,6 +252,8 @@ def _attacked_crop(src: SourceImage, y: int, x: int, size: int, style: str | Non
         kw = {"contrast": contrast} if style in tamper.INJECT_STYLES else {}
         if style == "inject-latent":  # the latent box must fit in the patch
             kw["box_scale"] = min(2.5, size / (2.0 * radius) - 0.01)
+        elif style == "remove-latent":
+            kw["box_scale"] = min(1.6, size / (2.0 * radius) - 0.01)
         img, mask = tamper.apply(style, img, ty, tx, radius, rng, **kw)
         if src.unit is src.image:  # MRI: tampered in [0, 1]
             img = np.clip(img, 0.0, 1.0)

@@ -1,28 +1,31 @@
 """Simulated medical deepfake attacks on real slices: tumour injection and structure removal.
 
 The paper evaluates BTD on CT-GAN and Stable-Diffusion (SD) tampering. Those generators are not
-shipped here, so these functions imitate the *forensic traces* each leaves, on real pixels:
+shipped here, so these functions imitate the *forensic traces* each leaves, on real pixels. Deep
+generators do not output noise-free images: they synthesise noise-like detail through their own
+upsampling layers, whose texture (energy near the Nyquist frequency, the "checkerboard") differs
+from a CT scanner's correlated noise (:func:`upsampling_texture`). The styles:
 
-================  ==============================================================================
-``inject-smooth``  a lobulated nodule rendered like generator output: smooth, without the scanner's
-                   noise, blended into a noise-free copy of the surroundings (GAN-style injection).
-``inject-latent``  a square region encoded to a low-resolution latent (area average by ``factor``),
-                   the nodule drawn there plus latent "decoder texture", decoded by bicubic
-                   upsampling: the whole box loses the scanner's noise and gets blocky, wrongly
-                   correlated texture instead (SD / latent-diffusion in-painting).
-``remove-inpaint`` the masked structure replaced by the harmonic (Laplace) in-painting of its border:
-                   smooth and noise-free.
-``remove-ctgan``   the same in-painting plus synthetic noise matched to the local noise level, as
-                   CT-GAN does to hide the removal: only the noise *texture* differs (the paper's
-                   hardest case, where every detector is near chance).
-================  ==============================================================================
+=================  =============================================================================
+``inject-smooth``  ablation: a lobulated nodule rendered noise-free, blended into a smoothed copy
+                   of its surroundings (the scanner's noise is simply missing).
+``inject-gan``     CT-GAN-like: the same, plus the generator's upsampling texture at the local
+                   noise level (same noise energy, wrong texture).
+``inject-latent``  SD-like: a square box encoded to a ``factor``-times coarser latent, the nodule
+                   drawn there, decoded by bicubic upsampling plus decoder texture: the scanner's
+                   noise is replaced over the *whole* box.
+``remove-inpaint`` ablation: harmonic (Laplace) in-painting of the structure: smooth, noise-free.
+``remove-ctgan``   CT-GAN-like: in-painting plus smoothed Gaussian noise matched to the local noise
+                   level, to hide the removal (the paper's hardest case, all detectors near chance).
+``remove-latent``  SD-like: the structure in-painted in the latent of a box, decoded as above.
+=================  =============================================================================
 
 Conventions: every function takes one 2-D slice ``img`` (H, W) in its physical units (HU for CT --
 tamper *before* windowing -- or raw intensity for MRI), the centre as ``y`` (row) and ``x``
 (column), a ``radius`` in pixels and a NumPy ``rng`` (``np.random.Generator``), and returns
 ``(tampered, mask)``: ``tampered`` (H, W) float32 in the same units, clipped to the input's
-[min, max] (widened by the nodule's contrast for injection) so it stays in the image's domain, and ``mask`` (H, W) bool, the pixels that changed
-(for localisation). The input is never modified. Pure NumPy/SciPy, deterministic for a given rng.
+[min, max] (widened by the nodule's contrast for injection) so it stays in the image's domain,
+and ``mask`` (H, W) bool, the pixels the attack rewrote (for localisation). The input is never modified. Pure NumPy/SciPy, deterministic for a given rng.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from btd_jax.data.errors import DataError
 
 __all__ = [
     "STYLES", "INJECT_STYLES", "REMOVE_STYLES", "apply", "nodule_alpha", "local_noise_std",
-    "harmonic_inpaint", "inject_smooth", "inject_latent", "remove_inpaint", "remove_ctgan",
+    "harmonic_inpaint", "upsampling_texture", "inject_smooth", "inject_gan", "inject_latent", "remove_inpaint",
+    "remove_ctgan", "remove_latent",
 ]
 
 Array = np.ndarray
@@ -116,6 +120,25 @@ def _ring(shape: Tuple[int, int], y: float, x: float, r_in: float, r_out: float)
     return (dist >= r_in) & (dist < r_out)
 
 
+def upsampling_texture(shape: Tuple[int, int], rng: np.random.Generator, stride: int = 2) -> Array:
+    """Zero-mean texture left by a generator's learned (transposed-convolution) upsampling.
+
+    White noise on a grid ``stride`` times coarser is zero-inserted and convolved with a random
+    (signed, like a learned one) (2 stride - 1)^2 kernel: output pixels receive different numbers
+    of kernel taps depending on their position modulo ``stride``, the "checkerboard" of GAN and VAE
+    decoders (Odena et al., 2016), and much of the energy sits near the Nyquist frequency where a
+    CT scanner's (correlated) noise has little. Scaled to unit :func:`local_noise_std`. Returns
+    (H, W) float64.
+    """
+    h, w = shape
+    z = rng.standard_normal((-(-h // stride) + 2, -(-w // stride) + 2))
+    up = np.zeros((z.shape[0] * stride, z.shape[1] * stride))
+    up[::stride, ::stride] = z
+    kernel = rng.standard_normal((2 * stride - 1, 2 * stride - 1))
+    tex = ndi.convolve(up, kernel, mode="wrap")[stride:stride + h, stride:stride + w]
+    return tex / (local_noise_std(tex, np.ones(tex.shape, bool)) + 1e-12)
+
+
 def harmonic_inpaint(img: Array, mask: Array) -> Array:
     """Fill ``mask`` with the solution of Laplace's equation whose boundary values are ``img``.
 
@@ -156,13 +179,15 @@ def harmonic_inpaint(img: Array, mask: Array) -> Array:
 # ----------------------------------------------------------------------------------- injection
 
 def inject_smooth(img: Array, y: int, x: int, radius: float, rng: np.random.Generator, *, contrast: float,
-                  margin: float = 1.5, texture: float = 0.1, lobulation: float = 0.15) -> Tuple[Array, Array]:
-    """Inject a smooth, noise-free nodule (GAN-style): the scanner's noise is missing where it lies.
+                  margin: float = 1.5, texture: float = 0.1, lobulation: float = 0.15,
+                  fingerprint: float = 0.0) -> Tuple[Array, Array]:
+    """Inject a nodule rendered by a generator: the scanner's noise is missing where it lies.
 
     Within a disc of ``margin * radius`` the slice is replaced by its Gaussian-smoothed self (the
     generator reproduces the anatomy, not the noise) plus ``contrast`` (image units, e.g. HU) times
     the nodule opacity with a smooth internal texture of relative amplitude ``texture``; the disc is
-    feathered into the real slice over ~2 pixels.
+    feathered into the real slice over ~2 pixels. ``fingerprint`` > 0 adds the generator's own
+    :func:`upsampling_texture` at that multiple of the local noise level (see :func:`inject_gan`).
 
     Returns (tampered (H, W) float32, mask (H, W) bool).
     """
@@ -172,27 +197,29 @@ def inject_smooth(img: Array, y: int, x: int, radius: float, rng: np.random.Gene
     background = ndi.gaussian_filter(img, 1.5 + radius / 8.0, mode="reflect")
     content = background + contrast * alpha * tex
     dist, _ = _polar(img.shape, y, x)
+    if fingerprint > 0:
+        sigma_n = local_noise_std(img, _ring(img.shape, y, x, margin * radius + 2.0, margin * radius + 10.0))
+        content = content + fingerprint * sigma_n * upsampling_texture(img.shape, rng, 2)
     region = np.clip((margin * radius + 1.0 - dist) / 2.0, 0.0, 1.0)
     out = img * (1.0 - region) + content * region
     return _finish(img, out, region > 0, contrast)
 
 
-def inject_latent(img: Array, y: int, x: int, radius: float, rng: np.random.Generator, *, contrast: float,
-                  factor: int = 4, box_scale: float = 2.5, latent_noise: float = 1.0,
-                  lobulation: float = 0.15) -> Tuple[Array, Array]:
-    """Inject a nodule through a low-resolution latent, as latent-diffusion (SD) in-painting does.
+def inject_gan(img: Array, y: int, x: int, radius: float, rng: np.random.Generator, *, contrast: float,
+               fingerprint: float = 1.0, **kwargs) -> Tuple[Array, Array]:
+    """CT-GAN-style injection: :func:`inject_smooth` whose generator output carries the checkerboard
+    texture of its upsampling layers at the local noise level (``fingerprint`` x), instead of the
+    scanner's noise: same noise energy, wrong texture."""
+    return inject_smooth(img, y, x, radius, rng, contrast=contrast, fingerprint=fingerprint, **kwargs)
 
-    A square box of side ~``box_scale * 2 * radius`` (a multiple of ``factor``) around (y, x) is
-    encoded by ``factor`` x ``factor`` area averaging, the nodule (``contrast`` image units) is
-    drawn into the latent together with decoder texture (white noise at latent resolution whose
-    std is ``latent_noise`` x the local noise level), decoded by bicubic upsampling and pasted back
-    with a ``factor``-pixel feather. The scanner's fine noise is lost over the *whole* box.
 
-    Returns (tampered (H, W) float32, mask (H, W) bool): the mask is the pasted box.
-    """
-    img = _check(img, y, x, radius, "inject_latent")
+def _latent_edit(img: Array, y: int, x: int, radius: float, rng: np.random.Generator, edit: Callable, factor: int,
+                 box_scale: float, latent_noise: float, fingerprint: float, what: str) -> Tuple[Array, Array]:
+    """Encode a box around (y, x) to a ``factor``-times coarser latent, ``edit(latent, box_shape,
+    y_in_box, x_in_box)``, decode (bicubic upsampling plus decoder texture) and paste back with a
+    ``factor``-pixel feather. Returns (out float64, box mask)."""
     if int(factor) < 2:
-        raise DataError(f"inject_latent: factor must be >= 2, got {factor}")
+        raise DataError(f"{what}: factor must be >= 2, got {factor}")
     f = int(factor)
     h, w = img.shape
     side = max(f * 2, int(np.ceil(box_scale * 2 * radius / f)) * f)
@@ -201,11 +228,11 @@ def inject_latent(img: Array, y: int, x: int, radius: float, rng: np.random.Gene
     x0 = int(np.clip(x - side // 2, 0, w - side))
     box = img[y0:y0 + side, x0:x0 + side]
     sigma_n = local_noise_std(img, _ring(img.shape, y, x, side / 2.0, side / 2.0 + 8))
-    latent = box.reshape(side // f, f, side // f, f).mean(axis=(1, 3))
-    alpha = nodule_alpha(box.shape, y - y0, x - x0, radius, rng, lobulation=lobulation)
-    latent = latent + contrast * alpha.reshape(side // f, f, side // f, f).mean(axis=(1, 3))
+    latent = edit(box.reshape(side // f, f, side // f, f).mean(axis=(1, 3)), box.shape, y - y0, x - x0)
     latent = latent + latent_noise * sigma_n * rng.standard_normal(latent.shape)
     decoded = ndi.zoom(latent, f, order=3, mode="nearest", grid_mode=True)
+    if fingerprint > 0:  # the decoder synthesises fine detail through its own upsampling layers
+        decoded = decoded + fingerprint * sigma_n * upsampling_texture(decoded.shape, rng, 2)
     # Feather the paste: 0 at the box border, 1 from `f` pixels inside (SD blends its mask edge).
     ramp = np.minimum(np.arange(side) + 0.5, side - np.arange(side) - 0.5) / f
     feather = np.clip(np.minimum(ramp[:, None], ramp[None, :]), 0.0, 1.0)
@@ -213,6 +240,32 @@ def inject_latent(img: Array, y: int, x: int, radius: float, rng: np.random.Gene
     out[y0:y0 + side, x0:x0 + side] = box * (1.0 - feather) + decoded * feather
     region = np.zeros(img.shape, bool)
     region[y0:y0 + side, x0:x0 + side] = True
+    return out, region
+
+
+def inject_latent(img: Array, y: int, x: int, radius: float, rng: np.random.Generator, *, contrast: float,
+                  factor: int = 4, box_scale: float = 2.5, latent_noise: float = 0.5, fingerprint: float = 1.0,
+                  lobulation: float = 0.15) -> Tuple[Array, Array]:
+    """Inject a nodule through a low-resolution latent, as latent-diffusion (SD) in-painting does.
+
+    A square box of side ~``box_scale * 2 * radius`` (a multiple of ``factor``) around (y, x) is
+    encoded by ``factor`` x ``factor`` area averaging, the nodule (``contrast`` image units) is
+    drawn into the latent with white latent noise (``latent_noise`` x the local noise level),
+    decoded by bicubic upsampling plus the decoder's :func:`upsampling_texture`
+    (``fingerprint`` x the local noise level) and pasted back with a ``factor``-pixel feather.
+    The scanner's own noise is replaced over the *whole* box.
+
+    Returns (tampered (H, W) float32, mask (H, W) bool): the mask is the pasted box.
+    """
+    img = _check(img, y, x, radius, "inject_latent")
+    f = int(factor)
+
+    def draw(latent, shape, yb, xb):
+        alpha = nodule_alpha(shape, yb, xb, radius, rng, lobulation=lobulation)
+        return latent + contrast * alpha.reshape(shape[0] // f, f, shape[1] // f, f).mean(axis=(1, 3))
+
+    out, region = _latent_edit(img, y, x, radius, rng, draw, factor, box_scale, latent_noise, fingerprint,
+                               "inject_latent")
     return _finish(img, out, region, contrast)
 
 
@@ -256,10 +309,34 @@ def remove_ctgan(img: Array, y: int, x: int, radius: float, rng: np.random.Gener
     return _finish(img, filled, mask)
 
 
+def remove_latent(img: Array, y: int, x: int, radius: float, rng: np.random.Generator, *, factor: int = 4,
+                  box_scale: float = 1.6, latent_noise: float = 0.5, fingerprint: float = 1.0,
+                  lobulation: float = 0.1) -> Tuple[Array, Array]:
+    """Remove a structure by latent in-painting (SD-style): the box around it is encoded as in
+    :func:`inject_latent`, the latent pixels under the structure are in-painted harmonically from
+    the rest of the latent, and the box is decoded with the decoder's texture and pasted back.
+
+    Returns (tampered (H, W) float32, mask (H, W) bool): the mask is the pasted box.
+    """
+    img = _check(img, y, x, radius, "remove_latent")
+    f = int(factor)
+
+    def erase(latent, shape, yb, xb):
+        hole = _removal_mask((shape[0] // f, shape[1] // f), (yb - f / 2 + 0.5) / f, (xb - f / 2 + 0.5) / f,
+                             radius / f + 0.5, rng, lobulation)
+        return harmonic_inpaint(latent, hole)
+
+    out, region = _latent_edit(img, y, x, radius, rng, erase, factor, box_scale, latent_noise, fingerprint,
+                               "remove_latent")
+    return _finish(img, out, region)
+
+
 # ----------------------------------------------------------------------------------- registry
 
-INJECT_STYLES: Dict[str, Callable] = {"inject-smooth": inject_smooth, "inject-latent": inject_latent}
-REMOVE_STYLES: Dict[str, Callable] = {"remove-inpaint": remove_inpaint, "remove-ctgan": remove_ctgan}
+INJECT_STYLES: Dict[str, Callable] = {"inject-smooth": inject_smooth, "inject-gan": inject_gan,
+                                      "inject-latent": inject_latent}
+REMOVE_STYLES: Dict[str, Callable] = {"remove-inpaint": remove_inpaint, "remove-ctgan": remove_ctgan,
+                                      "remove-latent": remove_latent}
 STYLES: Dict[str, Callable] = {**INJECT_STYLES, **REMOVE_STYLES}
 
 

@@ -22,6 +22,13 @@ def _hp_std(img, region):
     return tamper.local_noise_std(img, region)
 
 
+def _nyquist(img, region):
+    """Robust level of the 2x2 checkerboard response relative to the high-pass noise level."""
+    cb = ndi.convolve(np.asarray(img, np.float64), np.array([[1.0, -1.0], [-1.0, 1.0]]))
+    vals = cb[region]
+    return 1.4826 * np.median(np.abs(vals - np.median(vals))) / _hp_std(img, region)
+
+
 @pytest.mark.parametrize("style", sorted(tamper.STYLES))
 def test_contract(style):
     img = _slice()
@@ -63,7 +70,8 @@ def test_inject_smooth_raises_intensity_and_removes_noise():
 
 def test_inject_latent_box_loses_fine_noise():
     img = _slice()
-    out, mask = tamper.inject_latent(img, 48, 48, 5, np.random.default_rng(0), contrast=100.0, factor=4)
+    out, mask = tamper.inject_latent(img, 48, 48, 5, np.random.default_rng(0), contrast=100.0, factor=4,
+                                     fingerprint=0.0, latent_noise=0.0)
     rows, cols = np.nonzero(mask)
     side = rows.max() - rows.min() + 1
     assert side == cols.max() - cols.min() + 1 and side % 4 == 0 and mask.sum() == side * side  # a square box
@@ -74,6 +82,32 @@ def test_inject_latent_box_loses_fine_noise():
     assert ring.sum() > 50
     assert _hp_std(out, ring) < 0.6 * _hp_std(img, ring)
     assert out[48, 48] - img[46:51, 46:51].mean() > 40.0
+
+
+def test_upsampling_texture_is_a_periodic_checkerboard():
+    tex = tamper.upsampling_texture((64, 64), np.random.default_rng(0), stride=2)
+    assert tex.shape == (64, 64)
+    assert abs(tamper.local_noise_std(tex, np.ones((64, 64), bool)) - 1.0) < 1e-6
+    # the variance depends on the position modulo the stride (uneven kernel overlap)
+    var = [tex[a::2, b::2].var() for a in (0, 1) for b in (0, 1)]
+    assert max(var) > 1.5 * min(var)
+    np.testing.assert_array_equal(tex, tamper.upsampling_texture((64, 64), np.random.default_rng(0), stride=2))
+
+
+@pytest.mark.parametrize("style", ["inject-gan", "inject-latent", "remove-latent"])
+def test_generator_styles_replace_noise_with_checkerboard_texture(style):
+    """Same noise energy as the scanner (within a factor ~1.6), but more of it at Nyquist."""
+    img = _slice()
+    kw = {"contrast": 60.0} if style.startswith("inject") else {}
+    out, mask = tamper.apply(style, img, 48, 48, 8, np.random.default_rng(0), **kw)
+    yy, xx = np.mgrid[:96, :96]
+    region = ndi.binary_erosion(mask, iterations=3) & (np.hypot(yy - 48, xx - 48) > 10)  # off the nodule edge
+    if region.sum() < 50:
+        region = ndi.binary_erosion(mask, iterations=3)
+    real = _hp_std(img, region)
+    assert 0.6 * real < _hp_std(out, region) < 1.8 * real
+    # the scanner-like reference is measured over the whole (real) slice: small regions are noisy
+    assert _nyquist(out, region) > 1.25 * _nyquist(img, np.ones_like(mask))
 
 
 def test_harmonic_inpaint_is_exact_for_linear_images_and_smooth():
@@ -132,7 +166,7 @@ def test_bad_arguments():
         tamper.inject_smooth(img, 200, 5, 4, np.random.default_rng(0), contrast=1.0)
     with pytest.raises(DataError, match="radius"):
         tamper.remove_ctgan(img, 5, 5, 0, np.random.default_rng(0))
-    with pytest.raises(DataError, match="unknown attack style 'inject-gan'"):
-        tamper.apply("inject-gan", img, 5, 5, 3, np.random.default_rng(0))
+    with pytest.raises(DataError, match="unknown attack style 'inject-vae'"):
+        tamper.apply("inject-vae", img, 5, 5, 3, np.random.default_rng(0))
     with pytest.raises(DataError, match="factor"):
         tamper.inject_latent(img, 40, 40, 4, np.random.default_rng(0), contrast=1.0, factor=1)
