@@ -365,6 +365,7 @@ class Scorer:
 
     def __init__(self, params, cfg: Config, mesh=None):
         self.cfg = cfg
+        self.workdir = None  # set by load(); where decide() looks for calibration.json
         self.mesh = parallel.make_mesh(jax.local_devices()) if mesh is None else mesh
         self.params, self.sched = _replicate(params, cfg, self.mesh)
 
@@ -378,7 +379,9 @@ class Scorer:
         from btd_jax import train  # train imports optax/orbax; only needed here
 
         params, cfg = train.load_params(workdir, which=which)
-        return cls(params, cfg, mesh)
+        scorer = cls(params, cfg, mesh)
+        scorer.workdir = workdir
+        return scorer
 
     def _run(self, images, steps, center, batch_size, key, clip, want_maps, **kw):
         return score_and_maps(self.params, self.sched, images, self.cfg, mesh=self.mesh, steps=steps,
@@ -399,3 +402,17 @@ class Scorer:
                        key=None, clip: bool = False, **kw):
         """Both in one pass: ((N,) scores, (N, H, W) maps)."""
         return self._run(images, steps, center, batch_size, key, clip, True, **kw)
+
+    def decide(self, images, calibration=None, batch_size: int = 256, key=None):
+        """(scores (N,), is_fake (N,) bool, p_values (N,)) at a calibrated threshold.
+
+        ``calibration`` defaults to the ``calibration.json`` that ``btd-jax evaluate --calibrate`` saved
+        in the workdir; its steps/center are used so that the threshold stays valid.
+        """
+        from btd_jax import calibration as _cal
+
+        if calibration is None:
+            if self.workdir is None:
+                raise ValueError("decide() needs a Calibration, or a Scorer loaded from a calibrated workdir")
+            calibration = _cal.Calibration.load(self.workdir)
+        return _cal.score_and_decide(self, images, calibration, batch_size=batch_size, key=key)

@@ -106,3 +106,25 @@ def test_scorer_helpers():
     np.testing.assert_array_equal(fake, [True, False])
     np.testing.assert_allclose(p, [1 / 51, 1.0])
     assert sc.calls == [(2, 2), (2, 2)]  # decisions reuse the calibration's scoring settings
+
+
+def test_scorer_decide_uses_the_workdir_calibration(tmp_path):
+    import jax
+
+    from btd_jax import configs, score
+    from btd_jax.models import unet
+
+    cfg = configs.get("tiny")
+    params = unet.init_params(cfg.model, cfg.image_size, jax.random.PRNGKey(0))
+    scorer = score.Scorer.from_params(params, cfg)
+    rng = np.random.default_rng(0)
+    real = rng.uniform(0.2, 0.8, (20, 16, 16)).astype(np.float32)
+    cal = calibration.calibrate_scorer(scorer, real, target_fpr=0.1, steps=1, center=8)
+    cal.save(str(tmp_path))
+    scorer.workdir = str(tmp_path)
+    s, fake, p = scorer.decide(real[:5])
+    np.testing.assert_allclose(s, scorer.score(real[:5], steps=1, center=8), rtol=1e-6)
+    np.testing.assert_array_equal(fake, s >= cal.threshold)
+    assert p.shape == (5,) and np.all((p > 0) & (p <= 1))
+    with pytest.raises(ValueError, match="needs a Calibration"):
+        score.Scorer.from_params(params, cfg).decide(real[:1])
