@@ -22,9 +22,11 @@ def test_report_files_and_numbers(quick_report):
                  "scores_Remove.csv"):
         assert (report / name).is_file() and (report / name).stat().st_size > 0, name
     assert rep["report"] == str(report / "report.md")
-    datasets = [r["dataset"] for r in rep["results"]]
+    datasets = [r["dataset"] for r in rep["results"] if r["reduction"] == rep["reduction"]]
     want = [f"{m}-CT-{a}" for a in ("Inject", "Remove") for m in demo_data_methods(a)]
     assert sorted(datasets) == sorted(want)
+    assert rep["reduction"] == "center8"  # the quick preset: 16 px patches, central 8 x 8
+    assert sorted(r["dataset"] for r in rep["results"] if r["reduction"] == "full") == sorted(want)
     for r in rep["results"]:
         assert r["n_real"] == 6 and r["n_fake"] == 6
         for k in ("auc", "eer", "auc_mean", "eer_mean"):
@@ -36,7 +38,7 @@ def test_report_files_and_numbers(quick_report):
         assert d in md
     assert "roc.png" in md and "heatmaps.png" in md
     js = json.loads((report / "results.json").read_text())
-    assert len(js["rows"]) == len(datasets) and js["demo"]["train"]["steps"] == 3
+    assert len(js["rows"]) == 2 * len(datasets) and js["demo"]["train"]["steps"] == 3
     # per-sample scores: one row per test patch, finite, non-negative
     lines = (report / "scores_Inject.csv").read_text().splitlines()
     assert len(lines) == 1 + 6 * (1 + len(demo_data_methods("Inject")))

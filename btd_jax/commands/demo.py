@@ -40,8 +40,8 @@ def run(args) -> int:
     rep = demo.run_demo(args.out, config=args.config, minutes=args.minutes, seed=args.seed, quick=args.quick,
                         modality=args.modality, steps=args.steps, progress=not args.no_progress)
     print()
-    for r in rep["results"]:
-        print(f"  {r['dataset']:22s} AUC {r['auc']:.3f} (bootstrap {r['auc_mean']:.3f} "
+    for r in (r for r in rep["results"] if r["reduction"] == rep["reduction"]):
+        print(f"  {r['dataset']:22s} {r['reduction']} AUC {r['auc']:.3f} (bootstrap {r['auc_mean']:.3f} "
               f"[{r['auc_ci_low']:.3f}, {r['auc_ci_high']:.3f}])  EER {r['eer']:.3f}")
     t = rep["train"]
     print(f"trained {t['steps']} steps in {t['seconds']:.0f} s; demo took {rep['timings']['total']:.0f} s")
