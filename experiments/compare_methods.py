@@ -60,6 +60,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-boot", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--checkpoints", default=None, help="where fitted baselines go (default OUT/baselines)")
+    ap.add_argument("--reuse", action="store_true", help="load baselines already saved under --checkpoints")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
 
@@ -98,7 +100,8 @@ def main(argv=None) -> int:
         train_patches, patches, labels, meta, modality=args.modality, attack=args.attack, scorer=scorer,
         methods=tuple(args.methods) if args.methods else baselines.NAMES, tamper=args.tamper, preset=args.preset,
         baseline_steps=args.baseline_steps, center=args.center, n_boot=args.n_boot, seed=args.seed,
-        batch_size=args.batch_size, checkpoint_dir=os.path.join(args.out, "baselines"),
+        batch_size=args.batch_size, checkpoint_dir=args.checkpoints or os.path.join(args.out, "baselines"),
+        reuse=args.reuse,
         progress=lambda m: print(m, file=sys.stderr, flush=True))
     paths = comparison.write_outputs(result, args.out, dataset=os.path.abspath(args.dataset))
     with open(os.path.join(args.out, "run.json"), "w") as f:

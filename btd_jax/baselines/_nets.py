@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ConvEncoder", "ConvDecoder", "check_side"]
+__all__ = ["ConvEncoder", "ConvDecoder", "check_side", "squared_error"]
 
 
 def check_side(side: int, stages: int) -> None:
