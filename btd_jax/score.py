@@ -335,14 +335,22 @@ def _replicate(params, cfg: Config, mesh):
 
 def btd_score(params, images, cfg: Config, steps: int = 1, center: Optional[int] = None, key=None,
               start_t: int = 0, clip_denoised: bool = True, sampler: str = "ddpm",
-              batch_size: Optional[int] = None, reduction: str = "mean", mesh=None, micro_batch="auto") -> np.ndarray:
+              batch_size: Optional[int] = None, reduction: str = "mean", mesh=None, micro_batch="auto",
+              variant: str = "btd", start_ts=None, reference=None) -> np.ndarray:
     """BTD scores of ``images`` (N,H,W) or (N,H,W,C) in [0, 1] -> np.ndarray (N,) float32.
 
     ``steps`` = d reverse steps from t = start_t + d - 1 down to start_t; ``center`` = k of the
     central window (None: whole patch); ``sampler`` 'ddpm' (lucidrains p_sample, the paper) or 'ddim'
     (unit-stride DDIM, eta from ``cfg.diffusion``); ``key`` needed when any step adds noise.
+    ``variant`` 'multi_t' (maps averaged over ``start_ts``) or 'two_sided' (needs ``reference``): see
+    :mod:`btd_jax.score_variants`.
     """
     mesh = parallel.make_mesh(jax.local_devices()) if mesh is None else mesh
+    if variant != "btd":
+        return Scorer(params, cfg, mesh).score(images, steps, center, batch_size or cfg.score.batch_size, key,
+                                               variant=variant, start_ts=start_ts, reference=reference,
+                                               start_t=start_t, clip_denoised=clip_denoised, sampler=sampler,
+                                               reduction=reduction, micro_batch=micro_batch)
     p, sched = _replicate(params, cfg, mesh)
     return score_and_maps(p, sched, images, cfg, mesh=mesh, steps=steps, center=center, key=key, start_t=start_t,
                           clip_denoised=clip_denoised, sampler=sampler, batch_size=batch_size,
@@ -388,9 +396,14 @@ class Scorer:
                               center=center, key=key, batch_size=batch_size, clip=clip, want_maps=want_maps, **kw)
 
     def score(self, images, steps: int = 1, center: Optional[int] = None, batch_size: int = 256, key=None,
-              clip: bool = False, **kw) -> np.ndarray:
+              clip: bool = False, variant: str = "btd", **kw) -> np.ndarray:
         """(N,) BTD scores; extra keywords (start_t, sampler, clip_denoised, reduction, progress) as in
-        :func:`score_and_maps`. ``clip=True`` clips inputs to [0, 1] instead of refusing them."""
+        :func:`score_and_maps`. ``clip=True`` clips inputs to [0, 1] instead of refusing them.
+        ``variant`` 'multi_t' / 'two_sided' (keywords ``start_ts``, ``reference``): :mod:`btd_jax.score_variants`."""
+        if variant != "btd":
+            from btd_jax import score_variants
+
+            return score_variants.scorer_scores(self, images, variant, steps, center, batch_size, key, clip=clip, **kw)
         return self._run(images, steps, center, batch_size, key, clip, False, **kw)[0]
 
     def residual_map(self, images, steps: int = 1, batch_size: int = 256, key=None, clip: bool = False,

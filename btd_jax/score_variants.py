@@ -40,7 +40,7 @@ from btd_jax.data.errors import DataError
 
 __all__ = [
     "VARIANTS", "REFERENCE_FILE", "pool_maps", "average_maps", "multi_t_maps", "energy_maps",
-    "Reference", "fit_reference", "two_sided", "variant_scores",
+    "Reference", "fit_reference", "two_sided", "variant_scores", "scorer_scores", "fit_scorer_reference",
 ]
 
 VARIANTS = ("btd", "multi_t", "two_sided")
@@ -129,6 +129,9 @@ def multi_t_maps(model, images, cfg=None, start_ts: Sequence[int] = DEFAULT_STAR
     ts = _check_start_ts(start_ts, steps, scorer.cfg.diffusion.timesteps)
     if key is None and max(ts) + steps > 1:
         raise ValueError(f"start times {ts} with steps={steps} add noise: pass key=jax.random.key(seed)")
+    progress = kw.pop("progress", None)
+    if progress is not None:  # one pass per start time: report each patch once in total
+        kw["progress"] = lambda n: progress(n / len(ts))
     maps = [scorer.residual_map(images, steps=steps, start_t=t, batch_size=batch_size,
                                 key=None if key is None else jax.random.fold_in(key, t), **kw) for t in ts]
     return average_maps(maps, weights)
@@ -254,3 +257,45 @@ def variant_scores(model, images, cfg=None, variant: str = "btd", pool: str = "m
     maps = energy_maps(model, images, cfg, variant, start_ts or DEFAULT_START_TS, key, steps, start_t,
                        batch_size, **kw)
     return pool_maps(maps, center, pool)
+
+
+# ----------------------------------------------------------------------------- Scorer / CLI glue
+
+def _load_reference(reference, scorer) -> Reference:
+    if isinstance(reference, Reference):
+        return reference
+    if reference is None:
+        if getattr(scorer, "workdir", None) is None:
+            raise ValueError("variant 'two_sided' needs reference= (a Reference or its JSON path), or a Scorer "
+                             "loaded from a workdir holding " + REFERENCE_FILE)
+        reference = scorer.workdir
+    return Reference.load(str(reference))
+
+
+def scorer_scores(scorer, images, variant: str, steps: int = 1, center: Optional[int] = None,
+                  batch_size: int = 256, key=None, start_ts: Optional[Sequence[int]] = None, reference=None,
+                  reduction: str = "mean", start_t: int = 0, **kw) -> np.ndarray:
+    """``Scorer.score(..., variant=...)``: :func:`variant_scores` with the Scorer's keyword names.
+
+    ``reference`` may be a :class:`Reference`, a JSON path, or None (the Scorer's workdir).
+    """
+    ref = _load_reference(reference, scorer) if variant == "two_sided" else None
+    return variant_scores(scorer, images, variant=variant, pool=reduction, center=center, start_ts=start_ts,
+                          reference=ref, key=key, steps=steps, start_t=start_t, batch_size=batch_size,
+                          **kw).astype(np.float32)
+
+
+def fit_scorer_reference(scorer, real_images, base: str = "btd", center: Optional[int] = None,
+                         pool: str = "mean", start_ts: Optional[Sequence[int]] = None, key=None, steps: int = 1,
+                         start_t: int = 0, batch_size: int = 256, **kw) -> Reference:
+    """Fits the two-sided :class:`Reference` of ``scorer`` on real validation patches (N, H, W[, C]).
+
+    The energies are made with ``base`` ('btd' at ``start_t``, or 'multi_t' over ``start_ts``),
+    ``steps``, ``center`` and ``pool``; these settings are stored with the reference.
+    """
+    ts = tuple(start_ts or DEFAULT_START_TS)
+    maps = energy_maps(scorer, real_images, None, base, ts, key, steps, start_t, batch_size, **kw)
+    settings = {"base": base, "center": center, "pool": pool, "steps": int(steps), "start_t": int(start_t)}
+    if base == "multi_t":
+        settings["start_ts"] = list(ts)
+    return fit_reference(pool_maps(maps, center, pool), **settings)

@@ -178,3 +178,52 @@ def test_variant_errors(scorer):
         sv.multi_t_maps({"w": 1}, x)
     with pytest.raises(DataError, match="expects 16x16"):
         sv.variant_scores(scorer, np.zeros((2, 8, 8), np.float32))
+
+
+# ----------------------------------------------------------------------------- btd_score / Scorer / CLI
+
+def test_btd_score_and_scorer_variant_option(scorer):
+    params, x, key = scorer.params, _images(5, seed=6), jax.random.key(3)
+    expected = sv.pool_maps(sv.multi_t_maps(scorer, x, start_ts=(0, 2), key=key), 8, "max")
+    np.testing.assert_allclose(scorer.score(x, center=8, key=key, variant="multi_t", start_ts=(0, 2), reduction="max"),
+                               expected, rtol=1e-5)
+    np.testing.assert_allclose(score.btd_score(params, x, CFG, center=8, key=key, variant="multi_t", start_ts=(0, 2),
+                                               reduction="max"), expected, rtol=1e-5)
+    ref = sv.fit_scorer_reference(scorer, _images(6, seed=7), center=8)
+    assert ref.settings == {"base": "btd", "center": 8, "pool": "mean", "steps": 1, "start_t": 0}
+    two = score.btd_score(params, x, CFG, variant="two_sided", reference=ref)
+    np.testing.assert_allclose(two, sv.two_sided(scorer.score(x, center=8), ref), rtol=1e-5)
+    with pytest.raises(ValueError, match="needs reference="):
+        scorer.score(x, variant="two_sided")
+    with pytest.raises(ValueError, match="unknown score variant"):
+        score.btd_score(params, x, CFG, variant="nope")
+
+
+def test_cli_fit_reference_then_two_sided(tmp_path):
+    import csv
+
+    from btd_jax import cli, train
+
+    wd = str(tmp_path / "model")
+    train.save_params_checkpoint(wd, init_params(CFG.model, SIZE, jax.random.key(0)), CFG)
+    real, test = _images(6, seed=8), _images(4, seed=9)
+    np.save(tmp_path / "real.npy", real)
+    np.save(tmp_path / "test.npy", test)
+
+    def run(*argv):
+        return cli._main(cli.build_parser().parse_args(["score", "--workdir", wd, *map(str, argv)]))
+
+    ref_path = tmp_path / "model" / sv.REFERENCE_FILE
+    assert run("--input", tmp_path / "real.npy", "--out", tmp_path / "r.csv", "--variant", "multi_t",
+               "--start_ts", 0, 1, "--center", 8, "--fit_reference", ref_path) == 0
+    ref = sv.Reference.load(wd)  # saved beside the checkpoints, found by default
+    assert ref.settings["base"] == "multi_t" and ref.settings["start_ts"] == [0, 1] and ref.n == 6
+    assert run("--input", tmp_path / "test.npy", "--out", tmp_path / "t.csv", "--variant", "two_sided") == 0
+    with open(tmp_path / "t.csv", newline="") as f:
+        got = [float(r["score"]) for r in csv.DictReader(f)]
+    s = score.Scorer.load(wd)
+    e = sv.pool_maps(sv.multi_t_maps(s, test, start_ts=(0, 1), key=jax.random.key(0)), 8)
+    np.testing.assert_allclose(got, sv.two_sided(e, ref), rtol=1e-5)
+    # Bad option combinations fail with one message (exit code 2).
+    assert run("--input", tmp_path / "test.npy", "--out", tmp_path / "u.csv", "--variant", "multi_t",
+               "--maps", tmp_path / "m.npz") == 2

@@ -29,6 +29,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="backward steps d (default: the config's, paper 1)")
     p.add_argument("--center", type=int, default=None, help="score the central k x k window (paper: 32 for injection)")
     p.add_argument("--reduction", default="mean", help="mean | max | percentile:Q over the window")
+    p.add_argument("--variant", default="btd", choices=("btd", "multi_t", "two_sided"),
+                   help="btd (the paper); multi_t: residual averaged over --start_ts; two_sided: |log E - mu| / sd "
+                        "against real patches (--reference / --fit_reference)")
+    p.add_argument("--start_ts", type=int, nargs="+", default=None, help="multi_t start times (default 0 1 2 3)")
+    p.add_argument("--reference", default=None, help="two_sided reference JSON (default WORKDIR/score_reference.json)")
+    p.add_argument("--fit_reference", default=None, metavar="JSON",
+                   help="treat --input as REAL validation patches: fit the two_sided reference and save it here")
     p.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"))
     p.add_argument("--start_t", type=int, default=None, help="lowest timestep (default: the config's, paper 0)")
     p.add_argument("--maps", default=None, help="write residual maps (N, H, W) + ids + scores to this .npz")
@@ -155,6 +162,26 @@ def write_overlays(folder: str, patches, maps, scores, ids, limit: int) -> int:
     return len(order)
 
 
+def _variant_options(args, scorer, patches, kw, want_maps) -> None:
+    """Adds the score-variant keywords to ``kw``; with --fit_reference fits and saves the reference first."""
+    import jax
+
+    from btd_jax import score_variants as sv
+
+    if want_maps:
+        raise ValueError("--maps/--png are only available with --variant btd")
+    kw["key"] = kw["key"] if kw["key"] is not None else jax.random.key(args.seed)
+    kw.update(variant=args.variant, start_ts=args.start_ts, reference=args.reference)
+    if args.fit_reference:
+        ref = sv.fit_scorer_reference(
+            scorer, patches, base="multi_t" if args.variant == "multi_t" else "btd", center=kw["center"],
+            pool=args.reduction, start_ts=args.start_ts, key=kw["key"], steps=kw["steps"], start_t=kw["start_t"],
+            batch_size=kw["batch_size"], clip=args.clip, sampler=args.sampler, clip_denoised=kw["clip_denoised"])
+        print(f"two_sided reference (log energy mean {ref.mean:.4g}, sd {ref.std:.4g}, n {ref.n}) -> "
+              f"{ref.save(args.fit_reference)}")
+        kw["reference"] = ref
+
+
 def run(args) -> int:
     import numpy as np
     from tqdm import tqdm
@@ -178,6 +205,8 @@ def run(args) -> int:
     kw = dict(steps=steps, center=center, batch_size=args.batch_size or cfg.score.batch_size, key=key,
               clip=args.clip, start_t=start_t, sampler=args.sampler, reduction=args.reduction,
               clip_denoised=cfg.score.clip_denoised)
+    if args.variant != "btd" or args.fit_reference:
+        _variant_options(args, scorer, patches, kw, want_maps)
     with tqdm(total=len(patches), desc="scoring", unit="patch", file=sys.stderr, dynamic_ncols=True) as bar:
         kw["progress"] = bar.update
         if want_maps:
@@ -185,7 +214,7 @@ def run(args) -> int:
         else:
             scores, maps = scorer.score(patches, **kw), None
     write_scores_csv(args.out, scores, labels, columns)
-    print(f"scored {len(scores)} patches (d={steps}, center={center}, {args.reduction}) -> {args.out}")
+    print(f"scored {len(scores)} patches ({args.variant}, d={steps}, center={center}, {args.reduction}) -> {args.out}")
     ids = np.arange(len(scores))
     if args.maps:
         os.makedirs(os.path.dirname(os.path.abspath(args.maps)), exist_ok=True)
