@@ -6,10 +6,10 @@ On the authors' data (a trained BTD workdir and real training patches)::
         --modality CT --attack injection --out experiments/out/compare_ct_inject
 
 Offline, on the demo data built from the DICOM slices that pydicom ships (built if missing; a small
-BTD model is trained on it first unless ``--workdir`` is given)::
+BTD model -- the ``btd-jax demo`` preset -- is trained on it first unless ``--workdir`` is given)::
 
-    python experiments/compare_methods.py --demo /tmp/btd_demo_data --attack injection \
-        --btd-steps 1500 --baseline-steps 1000 --out experiments/out/compare_demo_inject
+    python experiments/compare_methods.py --demo /tmp/btd_demo_data --attack injection --center 16 \
+        --btd-steps 800 --preset tiny --baseline-steps 300 --out experiments/out/compare_demo_inject
 
 Writes results.md / results.csv / results.json (Table-1 layout plus per-row bootstrap mean, std,
 95% CI), scores.csv, comparison.png and a ``run.json`` with timings and settings; the same outputs
@@ -27,18 +27,11 @@ import time
 import numpy as np
 
 
-def _demo_btd_config(size: int, steps: int):
-    """A small BTD model for the demo patches (trained in minutes on a CPU)."""
-    from btd_jax import configs
+def _demo_btd_config(steps: int, modality: str):
+    """The ``btd-jax demo`` preset (32 px, dim 8, low-t training) with ``steps`` training steps."""
+    from btd_jax import demo
 
-    return configs.Config(
-        "compare-demo", "CT",
-        configs.ModelConfig(dim=16, dim_mults=(1, 2, 4), full_attn=(False, False, True), attn_heads=2, attn_dim_head=16),
-        configs.DiffusionConfig(image_size=size, timesteps=1000, sampling_timesteps=250),
-        configs.TrainConfig(learning_rate=2e-3, batch_size=32, grad_accum=1, num_steps=steps, ema_decay=0.995,
-                            ema_update_every=1, ema_update_after_step=0, log_every=100, eval_every=10 ** 9,
-                            checkpoint_every=10 ** 9, lr_schedule="cosine", warmup_steps=50),
-        configs.ScoreConfig(batch_size=256))
+    return demo.demo_config("demo", steps=steps, modality=modality)
 
 
 def main(argv=None) -> int:
@@ -46,9 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dataset", help="test-set root (authors' layout) or .npz with patches/labels")
     ap.add_argument("--train", help="real training patches (.npy/.npz)")
     ap.add_argument("--demo", help="demo-data folder (built with btd_jax.data.demo_data if missing)")
-    ap.add_argument("--demo-size", type=int, default=32)
     ap.add_argument("--workdir", help="trained BTD model (for the demo: where to train one if missing)")
-    ap.add_argument("--btd-steps", type=int, default=1500, help="demo only: training steps of the BTD model")
+    ap.add_argument("--btd-steps", type=int, default=800, help="demo only: training steps of the BTD model")
     ap.add_argument("--modality", default="CT", choices=("CT", "MRI"))
     ap.add_argument("--attack", default="injection", choices=("injection", "removal"))
     ap.add_argument("--tamper", default=None)
@@ -75,7 +67,7 @@ def main(argv=None) -> int:
         from btd_jax.data import demo_data
 
         if not os.path.isfile(os.path.join(args.demo, "train.npz")):
-            demo_data.build(args.demo, args.modality, size=args.demo_size)
+            demo_data.build(args.demo, args.modality, size=32)  # the demo preset's patch size
         args.train = os.path.join(args.demo, "train.npz")
         args.dataset = os.path.join(args.demo, "testset")
         if args.workdir is None:
@@ -84,7 +76,7 @@ def main(argv=None) -> int:
             from btd_jax import train
 
             print(f"training a demo BTD model for {args.btd_steps} steps in {args.workdir}", file=sys.stderr)
-            train.train_and_evaluate(_demo_btd_config(args.demo_size, args.btd_steps), args.workdir,
+            train.train_and_evaluate(_demo_btd_config(args.btd_steps, args.modality), args.workdir,
                                      datasets.load_patches(args.train), progress=False)
     if not args.dataset or not args.train:
         ap.error("need --dataset and --train, or --demo")
