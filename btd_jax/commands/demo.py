@@ -27,6 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny model, few steps and patches: a pipeline check")
     p.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="keep the libraries' INFO logs (checkpointing, ...)")
     return p
 
 
@@ -35,7 +36,12 @@ def run(args) -> int:
         raise ValueError(f"--minutes must be > 0, got {args.minutes}")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    from absl import logging
+
     from btd_jax import demo
+
+    if not args.verbose:  # orbax logs every checkpoint at INFO; the progress bar says enough
+        logging.set_verbosity(logging.WARNING)
 
     rep = demo.run_demo(args.out, config=args.config, minutes=args.minutes, seed=args.seed, quick=args.quick,
                         modality=args.modality, steps=args.steps, progress=not args.no_progress)
