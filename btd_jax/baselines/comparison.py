@@ -151,7 +151,7 @@ def plot_bars(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -> 
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cell = {(r["method"], r["dataset"]): r for r in rows}
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(methods) * len(datasets) + 4), 4.5))
+    fig, axes = plt.subplots(2, 1, figsize=(min(20, max(7, 0.3 * len(methods) * len(datasets) + 3)), 7.5))
     width = 0.8 / max(1, len(methods))
     x = np.arange(len(datasets))
     for ax, metric in zip(axes, ("auc", "eer")):
@@ -167,9 +167,10 @@ def plot_bars(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -> 
         ax.set_ylim(0, 1)
         ax.set_ylabel(f"{metric.upper()} (bootstrap mean, 95% CI)")
         ax.set_title(f"{metric.upper()} ({'higher' if metric == 'auc' else 'lower'} is better)")
-    axes[1].legend(fontsize=7, loc="upper right")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(5, len(methods)), fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend below the bars
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
