@@ -169,6 +169,27 @@ def summarise(runs: List[dict]) -> dict:
     return out
 
 
+def compare(summary: dict, baseline: str = "uniform", score: str = "paper") -> dict:
+    """Per schedule and style: final AUC vs the baseline's final AUC (equal steps), and the first
+    evaluated step whose mean AUC reaches the baseline's final mean AUC (None: never)."""
+    out: Dict[str, dict] = {}
+    if baseline not in summary:
+        return out
+    base_final = summary[baseline][str(max(int(s) for s in summary[baseline]))]
+    for sch, by_step in summary.items():
+        steps = sorted(int(s) for s in by_step)
+        final = by_step[str(steps[-1])]
+        out[sch] = {}
+        for key in (k for k in final if k.endswith("/" + score)):
+            target = base_final[key]["mean"]
+            reach = next((s for s in steps if by_step[str(s)][key]["mean"] >= target), None)
+            out[sch][key.rsplit("/", 1)[0]] = {
+                "final": final[key]["mean"], "baseline_final": target,
+                "delta_equal_steps": round(final[key]["mean"] - target, 4), "steps_to_baseline_final": reach,
+                "fraction_of_baseline_steps": None if reach is None else round(reach / steps[-1], 3)}
+    return out
+
+
 def plot(summary: dict, path: str, score: str = "paper") -> None:
     import matplotlib
 
@@ -217,17 +238,29 @@ def main(argv=None):
     ap.add_argument("--ema", type=float, default=0.99)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--library_step", action="store_true", help="use btd_jax.training.step.make_train_step")
+    ap.add_argument("--summarise_only", action="store_true", help="only redo summary, comparison and plot")
     args = ap.parse_args(argv)
 
     os.makedirs(args.out, exist_ok=True)
-    data = load_data(args)
     res_path = os.path.join(args.out, "results.json")
+    if args.summarise_only:  # recompute summary/comparison/plot of an existing results.json
+        with open(res_path) as f:
+            result = json.load(f)
+        result["summary"] = summarise(result["runs"])
+        result["vs_uniform"] = {sc: compare(result["summary"], score=sc) for sc in ("paper", "center_mean")}
+        with open(res_path, "w") as f:
+            json.dump(result, f, indent=1)
+        plot(result["summary"], os.path.join(args.out, "schedule.png"))
+        return
+    data = load_data(args)
     runs = []
     t0 = time.time()
     for seed in args.seeds:  # seed-major: a partial sweep still compares every schedule
         for schedule in args.schedules:
             runs.append(run_one(args, schedule, seed, data))
-            result = {"args": vars(args), "data": data[3], "runs": runs, "summary": summarise(runs),
+            summary = summarise(runs)
+            result = {"args": vars(args), "data": data[3], "runs": runs, "summary": summary,
+                      "vs_uniform": {sc: compare(summary, score=sc) for sc in ("paper", "center_mean")},
                       "wall_s": round(time.time() - t0, 1)}
             with open(res_path, "w") as f:
                 json.dump(result, f, indent=1)

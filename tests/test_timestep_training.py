@@ -111,3 +111,22 @@ def test_tiny_training_run_with_each_schedule(dist):
     assert all(np.isfinite(losses))
     moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), state.params, p0)
     assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_fast_presets_change_only_the_timestep_law():
+    from btd_jax import presets_fast
+
+    base = {n: configs.get(n) for n in ("ct", "mri", "ct8", "tiny")}
+    fast = presets_fast.fast_presets(base)
+    assert set(fast) == {"ct-fast", "mri-fast", "ct8-fast"}
+    for name, cfg in fast.items():
+        b = base[name[:-len("-fast")]]
+        assert cfg.name == name and b.train.t_sampling == "uniform"  # the paper's presets keep uniform
+        for field, value in presets_fast.FAST_TRAIN.items():
+            assert getattr(cfg.train, field) == value
+        assert dataclasses.replace(cfg, name=b.name, score=b.score, train=dataclasses.replace(
+            cfg.train, **{f: getattr(b.train, f) for f in presets_fast.FAST_TRAIN})) == b
+        fields = {f.name for f in dataclasses.fields(cfg.score)}
+        for field, value in presets_fast.FAST_SCORE.items():
+            assert getattr(cfg.score, field) == value if field in fields else cfg.score == b.score
+        assert configs.from_json(configs.to_json(cfg)) == cfg
