@@ -180,7 +180,15 @@ def _presets() -> dict:
     }
 
 
-_PRESETS = _presets()
+def _all_presets() -> dict:
+    from btd_jax import presets_fast  # derives '<base>-fast' configs; imports nothing of ours
+
+    table = _presets()
+    table.update(presets_fast.fast_presets(table))
+    return table
+
+
+_PRESETS = _all_presets()
 NAMES: Tuple[str, ...] = tuple(_PRESETS)
 
 

@@ -55,3 +55,11 @@ def test_invalid_values_are_refused():
         configs.ModelConfig(dtype="float16")
     with pytest.raises(ValueError, match="unknown keys"):
         configs.from_dict({"model": {"dimm": 3}})
+
+
+def test_fast_presets_change_only_the_training_timesteps():
+    fast, base = configs.get("ct-fast"), configs.get("ct")
+    assert fast.train.t_sampling == "truncated" and fast.train.t_max == 10
+    assert fast.model == base.model and fast.diffusion == base.diffusion and fast.score == base.score
+    assert dataclasses.replace(fast, name="ct", train=base.train) == base
+    assert {"mri-fast", "ct8-fast"} <= set(configs.NAMES)
