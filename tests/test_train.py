@@ -12,7 +12,7 @@ from flax import traverse_util
 from btd_jax import configs, parallel, train
 from btd_jax.data.errors import DataError
 from btd_jax.training import feed
-from btd_jax.training.step import accumulated_grads, step_noise
+from btd_jax.training.step import step_noise
 
 # One config for most tests, so the compiled step is shared (loop-only fields do not recompile).
 CFG = configs.override(configs.get("tiny"), {
@@ -131,20 +131,46 @@ def test_loss_falls():
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3]), losses
 
 
-def test_accumulation_equals_large_batch_gradient():
-    params = train.create_train_state(CFG, jax.random.PRNGKey(3)).params
-    t, noise, _ = step_noise(CFG, jax.random.PRNGKey(4), 1, 8)
-    x0 = jnp.asarray(_data(8)[None, ..., None]) * 2 - 1
-    g = jax.jit(lambda p, x, tt, n: accumulated_grads(CFG, p, x, tt, n))
-    loss1, grads1 = g(params, x0, t, noise)
-    loss2, grads2 = g(params, x0.reshape(2, 4, 16, 16, 1), t.reshape(2, 4), noise.reshape(2, 4, 16, 16, 1))
-    np.testing.assert_allclose(float(loss1), float(loss2), rtol=1e-6)
-    scale = max(float(jnp.max(jnp.abs(v))) for v in jax.tree.leaves(grads1))
-    assert _max_diff(grads1, grads2) < 1e-5 * scale
-    # and the random inputs of (accum 2, batch 4) are those of (accum 1, batch 8), reshaped
+def _flat(tree):
+    return traverse_util.flatten_dict(tree, sep="/")
+
+
+def _assert_same_training(a, b, lr, what):
+    """Params/EMA of two states agree to rounding wherever the gradient is real.
+
+    Conv biases in front of a one-channel-per-group GroupNorm have a zero gradient up to rounding
+    (~1e-10); Adam divides it by sqrt(v) + 1e-8, so there the last bits of a different summation
+    order show up at up to ~lr per step, as they would in PyTorch. Everything else must agree.
+    """
+    nu = _flat(a.opt_state[1][0].nu)
+    assert sum(int(np.sum(np.sqrt(v) > 1e-7)) for v in nu.values()) > 0.9 * sum(v.size for v in nu.values())
+    for field in ("params", "ema_params"):
+        pa, pb = _flat(getattr(a, field)), _flat(getattr(b, field))
+        for k in pa:
+            real = np.sqrt(nu[k]) > 1e-7
+            np.testing.assert_allclose(pa[k][real], pb[k][real], atol=2e-5, err_msg=f"{what} {field} {k}")
+            assert np.max(np.abs(pa[k] - pb[k]), initial=0) <= 3 * lr, f"{what} {field} {k}"
+
+
+def test_accumulation_equals_large_batch():
+    mesh = parallel.make_mesh()
+    x = _data(8)[..., None]
+    big = train.create_train_state(CFG, jax.random.PRNGKey(0), mesh)
+    big, m_big = train.train_step(big, jax.device_put(x[None], train.batch_sharding(mesh)), CFG, mesh)
+    # 2 micro-batches of 4 (on 4 devices, as 4 rows do not split over 8) against one batch of 8
+    cfg2 = configs.override(CFG, {"train.batch_size": 4, "train.grad_accum": 2})
+    mesh4 = parallel.make_mesh(jax.devices()[:4])
+    acc = train.create_train_state(cfg2, jax.random.PRNGKey(0), mesh4)
+    acc, m_acc = train.train_step(acc, jax.device_put(x.reshape(2, 4, 16, 16, 1), train.batch_sharding(mesh4)),
+                                  cfg2, mesh4)
+    np.testing.assert_allclose(float(m_acc["loss"]), float(m_big["loss"]), rtol=1e-6)
+    np.testing.assert_allclose(float(m_acc["grad_norm"]), float(m_big["grad_norm"]), rtol=1e-5)
+    _assert_same_training(jax.device_get(big), jax.device_get(acc), CFG.train.learning_rate, "accumulation")
+    # the random inputs of (accum 2, batch 4) are those of (accum 1, batch 8), reshaped
+    t1, n1, _ = step_noise(CFG, jax.random.PRNGKey(4), 1, 8)
     t2, n2, _ = step_noise(CFG, jax.random.PRNGKey(4), 2, 4)
-    np.testing.assert_array_equal(np.asarray(t2).reshape(-1), np.asarray(t).reshape(-1))
-    np.testing.assert_array_equal(np.asarray(n2).reshape(8, -1), np.asarray(noise).reshape(8, -1))
+    np.testing.assert_array_equal(np.asarray(t2).reshape(-1), np.asarray(t1).reshape(-1))
+    np.testing.assert_array_equal(np.asarray(n2).reshape(8, -1), np.asarray(n1).reshape(8, -1))
 
 
 def test_one_and_eight_devices_take_equal_steps():
@@ -157,20 +183,7 @@ def test_one_and_eight_devices_take_equal_steps():
             x = jax.device_put(_data(8, seed=s)[None, ..., None], train.batch_sharding(mesh))
             state, m = train.train_step(state, x, CFG, mesh)
         out.append(jax.device_get(state))
-    # Conv biases in front of a one-channel-per-group GroupNorm have a zero gradient up to rounding
-    # (~1e-10); Adam divides it by sqrt(v) + 1e-8, so there the last bits of the all-reduce order show
-    # up at up to ~lr per step, as they would in PyTorch. Everything with a real gradient agrees.
-    flat = lambda t: traverse_util.flatten_dict(t, sep="/")  # noqa: E731
-    nu = flat(out[0].opt_state[1][0].nu)
-    p1, p8 = flat(out[0].params), flat(out[1].params)
-    e1, e8 = flat(out[0].ema_params), flat(out[1].ema_params)
-    lr = CFG.train.learning_rate
-    for k in p1:
-        real = np.sqrt(nu[k]) > 1e-7
-        np.testing.assert_allclose(p1[k][real], p8[k][real], atol=2e-5, err_msg=k)
-        np.testing.assert_allclose(e1[k][real], e8[k][real], atol=2e-5, err_msg=k)
-        assert np.max(np.abs(p1[k] - p8[k]), initial=0) <= 3 * lr, k
-    assert sum(int(np.sum(np.sqrt(v) > 1e-7)) for v in nu.values()) > 0.9 * sum(v.size for v in nu.values())
+    _assert_same_training(out[0], out[1], CFG.train.learning_rate, "1 vs 8 devices")
 
 
 # --- data feed --------------------------------------------------------------------------------------

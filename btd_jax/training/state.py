@@ -125,11 +125,18 @@ def create_train_state(cfg: Config, key: jax.Array, mesh: Optional[Mesh] = None)
         across processes, every process passes the same key).
     """
     _check_trainable(cfg)
+    from btd_jax.training.step import _step_key  # the config fields that shape the state
+
+    return _init_fn(_step_key(cfg), mesh)(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _init_fn(cfg: Config, mesh: Optional[Mesh]):
     if mesh is None:
-        return jax.jit(_init_state, static_argnums=0)(cfg, key)
+        return jax.jit(functools.partial(_init_state, cfg))
     from btd_jax.parallel import replicated
 
-    return jax.jit(_init_state, static_argnums=0, out_shardings=replicated(mesh))(cfg, key)
+    return jax.jit(functools.partial(_init_state, cfg), out_shardings=replicated(mesh))
 
 
 def abstract_train_state(cfg: Config, mesh: Optional[Mesh] = None) -> TrainState:
