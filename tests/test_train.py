@@ -186,6 +186,19 @@ def test_one_and_eight_devices_take_equal_steps():
     _assert_same_training(out[0], out[1], CFG.train.learning_rate, "1 vs 8 devices")
 
 
+def test_bfloat16_compute_keeps_float32_params():
+    mesh = parallel.make_mesh()
+    cfg = configs.override(CFG, {"model.dtype": "bfloat16"})
+    x = jax.device_put(_data(8)[None, ..., None], train.batch_sharding(mesh))
+    losses = {}
+    for c in (CFG, cfg):
+        state = train.create_train_state(c, jax.random.PRNGKey(0), mesh)
+        state, m = train.train_step(state, x, c, mesh)
+        losses[c.model.dtype] = float(m["loss"])
+        assert all(p.dtype == jnp.float32 for p in jax.tree.leaves((state.params, state.ema_params)))
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=0.05)
+
+
 # --- data feed --------------------------------------------------------------------------------------
 
 
@@ -276,3 +289,57 @@ def test_resume_with_a_different_model_is_refused(runs):
     other = configs.override(CFG, {"model.dim": 16})
     with pytest.raises(ValueError, match=r"different model/diffusion config \(model.dim: 8 -> 16"):
         train.train_and_evaluate(other, str(root / "full"), _data(24), progress=False)
+
+
+# --- btd-jax train ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _restore_xla_flags(monkeypatch):
+    # `btd-jax train` adds a CPU flag to XLA_FLAGS for the processes it starts; keep it out of others.
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+
+
+def _cli(argv, capsys):
+    from btd_jax import cli
+
+    args = cli.build_parser().parse_args(["train"] + argv)
+    rc = cli._main(args)
+    return rc, capsys.readouterr()
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda d: str(d / "missing.npy"), "no such file"),
+    (lambda d: (np.save(d / "small.npy", np.zeros((4, 8, 8), np.float32)), str(d / "small.npy"))[1],
+     "patches are 8x8 but config 'tiny' expects 16x16"),
+    (lambda d: (np.save(d / "empty.npy", np.zeros((0, 16, 16), np.float32)), str(d / "empty.npy"))[1], "empty"),
+])
+def test_cli_bad_data(make, match, tmp_path, capsys):
+    rc, out = _cli(["--config", "tiny", "--data", make(tmp_path), "--workdir", str(tmp_path / "w")], capsys)
+    assert rc == 2 and match in out.err and out.err.count("\n") == 1
+
+
+def test_cli_bad_config_and_overrides(tmp_path, capsys):
+    np.save(tmp_path / "p.npy", _data(16))
+    data = ["--data", str(tmp_path / "p.npy"), "--workdir", str(tmp_path / "w")]
+    rc, out = _cli(["--config", "nope"] + data, capsys)
+    assert rc == 2 and "unknown config 'nope'" in out.err
+    rc, out = _cli(data, capsys)
+    assert rc == 2 and "--config is required" in out.err
+    rc, out = _cli(["--config", "tiny", "--set", "train.nope=1"] + data, capsys)
+    assert rc == 2 and "unknown config key 'train.nope'" in out.err
+    rc, out = _cli(["--config", "tiny", "--set", "train.batch_size"] + data, capsys)
+    assert rc == 2 and "KEY=VALUE" in out.err
+
+
+def test_cli_trains_and_resumes(tmp_path, capsys):
+    np.save(tmp_path / "p.npy", _data(40))
+    wd = str(tmp_path / "w")
+    base = ["--data", str(tmp_path / "p.npy"), "--workdir", wd, "--no_progress", "--set", "train.log_every=2"]
+    rc, out = _cli(["--config", "tiny", "--steps", "3"] + base, capsys)
+    assert rc == 0 and "trained to step 3" in out.out
+    assert "patches (+2 validation)" in out.err  # 5% of 40 rows held out
+    rc, out = _cli(["--steps", "4"] + base, capsys)  # no --config: the workdir's
+    assert rc == 0 and "resuming" in out.err and "trained to step 4" in out.out
+    cfg = configs.from_json(open(os.path.join(wd, "config.json")).read())
+    assert cfg.name == "tiny" and cfg.train.num_steps == 4 and cfg.train.log_every == 2
