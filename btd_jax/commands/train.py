@@ -108,15 +108,18 @@ def _hold_out(x, patients, scanners, fraction: float, seed: int):
     return x[part == 0], x[part == 1]
 
 
+_CHATTY = ("orbax", "xla_bridge")
+
+
 def _quiet_orbax() -> None:
-    """Keeps orbax's per-save INFO lines (absl logging, verbose under the CLI) off the terminal."""
+    """Keeps orbax's per-save and JAX's backend-probe INFO lines (absl logging) off the terminal."""
     import logging as pylogging
 
     from absl import logging
 
     class _Filter(pylogging.Filter):
         def filter(self, record):
-            return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
+            return record.levelno >= pylogging.WARNING or not any(n in record.pathname for n in _CHATTY)
 
     logging.get_absl_handler().addFilter(_Filter())
 
