@@ -167,11 +167,18 @@ def _key_kw(key: Any) -> Dict[str, Any]:
     return {} if key is None else {"key": key}  # d > 1 adds noise: the scorer then needs a key
 
 
+def _pool_kw(meta: Mapping[str, Any]) -> Dict[str, Any]:
+    return {"reduction": meta["reduction"]} if meta.get("reduction") else {}  # absent: the scorer's default
+
+
 def calibrate_scorer(scorer: Any, real_images: Any, target_fpr: float = 0.1, steps: int = 1,
                      center: Optional[int] = None, batch_size: int = 256, key: Any = None,
                      **meta: Any) -> Calibration:
-    """Scores real validation images (N,H,W) in [0,1] with ``scorer.score`` and fits a calibration."""
-    s = scorer.score(real_images, steps=steps, center=center, batch_size=batch_size, **_key_kw(key))
+    """Scores real validation images (N,H,W) in [0,1] with ``scorer.score`` and fits a calibration.
+
+    A ``reduction`` keyword (e.g. 'percentile:99') is passed to the scorer and kept in ``meta``."""
+    s = scorer.score(real_images, steps=steps, center=center, batch_size=batch_size, **_key_kw(key),
+                     **_pool_kw(meta))
     return fit(s, target_fpr=target_fpr, steps=steps, center=center, **meta)
 
 
@@ -182,5 +189,5 @@ def score_and_decide(scorer: Any, images: Any, cal: Calibration, batch_size: int
     :class:`btd_jax.score.Scorer`. Use the same ``key`` as for calibration when ``steps > 1``.
     """
     s = np.asarray(scorer.score(images, steps=cal.steps or 1, center=cal.center, batch_size=batch_size,
-                                **_key_kw(key)))
+                                **_key_kw(key), **_pool_kw(cal.meta)))
     return s, cal.decide(s), cal.p_values(s)

@@ -144,9 +144,24 @@ class ScoreConfig:
     clip_denoised: bool = True
     start_t: int = 0
     batch_size: int = 256
+    # Pooling of the residual map: 'mean' (the paper), 'max' or 'percentile:Q' (see btd_jax.score).
+    reduction: str = "mean"
 
     def __post_init__(self):
         _check(self.steps >= 1, "score.steps must be >= 1")
+        _check(_valid_reduction(self.reduction),
+               f"score.reduction must be 'mean', 'max' or 'percentile:Q' (0 <= Q <= 100), got {self.reduction!r}")
+
+
+def _valid_reduction(reduction: str) -> bool:
+    """Same grammar as ``btd_jax.score.parse_reduction`` (not imported: it pulls in jax)."""
+    kind, sep, arg = str(reduction).partition(":")
+    if kind in ("mean", "max"):
+        return not sep
+    try:
+        return kind == "percentile" and 0.0 <= float(arg) <= 100.0
+    except ValueError:
+        return False
 
 
 @dataclasses.dataclass(frozen=True)

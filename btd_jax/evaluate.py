@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -43,9 +43,29 @@ def dataset_name(tamper: str, modality: str, attack: str) -> str:
     return f"{tamper}-{modality}-{a}"
 
 
-def reduction_name(center: Optional[int]) -> str:
-    """None -> 'full' (mean over the patch); k -> 'center{k}' (mean over the central k x k window)."""
-    return "full" if center is None else f"center{int(center)}"
+def reduction_name(center: Optional[int], reduction: str = "mean") -> str:
+    """None -> 'full' (mean over the patch); k -> 'center{k}' (mean over the central k x k window).
+
+    Other poolings get a suffix: ('max' -> 'full_max', 'percentile:99' -> 'center32_p99')."""
+    name = "full" if center is None else f"center{int(center)}"
+    kind, q = _parse_pooling(reduction)
+    if kind == "mean":
+        return name
+    return f"{name}_max" if kind == "max" else f"{name}_p{q:g}"
+
+
+def _parse_pooling(reduction: str) -> Tuple[str, float]:
+    """'mean' | 'max' | 'percentile:Q' -> (kind, Q); the grammar of ``btd_jax.score.parse_reduction``."""
+    kind, sep, arg = str(reduction).partition(":")
+    if kind in ("mean", "max") and not sep:
+        return kind, 0.0
+    try:
+        q = float(arg) if kind == "percentile" else -1.0
+    except ValueError:
+        q = -1.0
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"unknown reduction {reduction!r}; use 'mean', 'max' or 'percentile:Q' with 0 <= Q <= 100")
+    return kind, q
 
 
 def parse_labels(values: Iterable[Any], source: str = "labels") -> np.ndarray:
@@ -194,27 +214,29 @@ def load_eval_set(path: str, modality: str, attack: str, size: Optional[int] = N
 
 # ----------------------------------------------------------------------------- scoring
 
-def reduce_maps(maps: np.ndarray, centers: Sequence[Optional[int]]) -> Dict[str, np.ndarray]:
-    """(N, H, W) squared residuals -> {reduction name: (N,) mean over the patch / central k x k}.
+def reduce_maps(maps: np.ndarray, centers: Sequence[Optional[int]], reduction: str = "mean") -> Dict[str, np.ndarray]:
+    """(N, H, W) squared residuals -> {reduction name: (N,) pooled over the patch / central k x k}.
 
-    The central window is rows/cols [(H-k)//2, (H-k)//2 + k), as ``btd_jax.score.center_window``.
+    The central window is rows/cols [(H-k)//2, (H-k)//2 + k), as ``btd_jax.score.center_window``;
+    ``reduction`` pools it ('mean', the paper; 'max'; 'percentile:Q'), as ``btd_jax.score.reduce_residual``.
     """
+    kind, q = _parse_pooling(reduction)
     h, w = maps.shape[-2:]
     out = {}
     for k in centers:
-        if k is None:
-            out[reduction_name(k)] = maps.reshape(maps.shape[0], -1).mean(axis=1)
-            continue
-        if not 1 <= k <= min(h, w):
+        if k is not None and not 1 <= k <= min(h, w):
             raise ValueError(f"center window {k} must be between 1 and the patch size {min(h, w)}")
-        r, c = (h - k) // 2, (w - k) // 2
-        out[reduction_name(k)] = maps[:, r:r + k, c:c + k].reshape(maps.shape[0], -1).mean(axis=1)
+        r, c = (0, 0) if k is None else ((h - k) // 2, (w - k) // 2)
+        flat = maps[:, r:r + (k or h), c:c + (k or w)].reshape(maps.shape[0], -1)
+        pooled = flat.mean(axis=1) if kind == "mean" else flat.max(axis=1) if kind == "max" else \
+            np.percentile(flat, q, axis=1)
+        out[reduction_name(k, reduction)] = pooled
     return out
 
 
 def score_reductions(scorer: Any, images: Any, centers: Sequence[Optional[int]] = (None, 32), steps: int = 1,
                      batch_size: int = 256, key: Any = None, block: int = 4096,
-                     progress: Optional[Any] = None) -> Dict[str, np.ndarray]:
+                     progress: Optional[Any] = None, reduction: str = "mean") -> Dict[str, np.ndarray]:
     """One network pass per patch, every reduction: {name: (N,) float64}.
 
     Streams ``images`` (N,H,W) in blocks of ``block`` through ``scorer.residual_map`` (device
@@ -231,7 +253,7 @@ def score_reductions(scorer: Any, images: Any, centers: Sequence[Optional[int]] 
             kw["key"] = jax.random.fold_in(key, j)
         maps = np.asarray(scorer.residual_map(images[start:start + block], steps=steps, batch_size=batch_size, **kw),
                           dtype=np.float64)
-        for name, v in reduce_maps(maps, centers).items():
+        for name, v in reduce_maps(maps, centers, reduction).items():
             parts.setdefault(name, []).append(v)
     return {name: np.concatenate(v) for name, v in parts.items()}
 
@@ -239,7 +261,7 @@ def score_reductions(scorer: Any, images: Any, centers: Sequence[Optional[int]] 
 def evaluate_testset(scorer: Any, patches: Any, labels: Any, metadata: Mapping[str, Any], modality: str, attack: str,
                      tamper: Optional[str] = None, centers: Sequence[Optional[int]] = (None, 32), steps: int = 1,
                      n_boot: int = 100, seed: int = 0, batch_size: int = 256, key: Any = None,
-                     method: str = "BTD", progress: Optional[Any] = None):
+                     method: str = "BTD", progress: Optional[Any] = None, reduction: str = "mean"):
     """Scores a test set once and evaluates every (tamper dataset, reduction).
 
     ``metadata`` columns used: 'scanner' (bootstrap strata) and 'method' (tamper method per sample).
@@ -247,7 +269,7 @@ def evaluate_testset(scorer: Any, patches: Any, labels: Any, metadata: Mapping[s
     """
     y = parse_labels(labels)
     scores = score_reductions(scorer, patches, centers=centers, steps=steps, batch_size=batch_size, key=key,
-                              progress=progress)
+                              progress=progress, reduction=reduction)
     return evaluate_scored(scores, y, metadata, modality, attack, tamper, n_boot, seed, method), scores
 
 

@@ -4,8 +4,8 @@ BTD scores with one reverse step at t = 0, yet the paper draws training t unifor
 so ~1% of its updates teach that regime. ``<base>-fast`` presets keep the base preset's model,
 diffusion, optimiser and score settings and change only the training timestep law to the one that
 won ``experiments/training_schedule.py`` (see ``experiments/results/training_schedule*.json``), and,
-where :class:`~btd_jax.configs.ScoreConfig` has a ``reduction`` field, the pooling that won
-``experiments/score_variants.py`` (99th percentile of the residual map instead of its mean):
+the residual pooling that won ``experiments/score_variants.py`` (``score.reduction``: the 99th
+percentile of the residual map instead of its mean):
 
     cfg = btd_jax.configs.get("ct-fast")    # == ct with train.t_sampling / t_max below
 
@@ -28,7 +28,6 @@ __all__ = ["FAST_TRAIN", "FAST_SCORE", "FAST_BASES", "fast_presets"]
 # The measured winner (experiments/results/training_schedule.json); see the README section
 # "Training for the score you use".
 FAST_TRAIN: Dict[str, Any] = {"t_sampling": "truncated", "t_max": 10}
-# Applied only to the ScoreConfig fields that exist (``reduction`` is not a config field yet).
 FAST_SCORE: Dict[str, Any] = {"reduction": "percentile:99"}
 FAST_BASES = ("ct", "mri", "ct8")
 
@@ -39,15 +38,14 @@ def fast_presets(base: Mapping[str, Any]) -> Dict[str, Any]:
     Args:
       base: preset name -> :class:`btd_jax.configs.Config` (the table being built in ``configs``).
     Returns:
-      new configs, equal to their base except ``name``, the ``train`` fields in :data:`FAST_TRAIN` and
-      the ``score`` fields of :data:`FAST_SCORE` that ``ScoreConfig`` has.
+      new configs, equal to their base except ``name`` and the fields in :data:`FAST_TRAIN` (``train``)
+      and :data:`FAST_SCORE` (``score``).
     """
     out = {}
     for name in FAST_BASES:
         if name in base:
             cfg = base[name]
-            fields = {f.name for f in dataclasses.fields(cfg.score)}
-            score = dataclasses.replace(cfg.score, **{k: v for k, v in FAST_SCORE.items() if k in fields})
+            score = dataclasses.replace(cfg.score, **FAST_SCORE)
             out[f"{name}-fast"] = dataclasses.replace(cfg, name=f"{name}-fast", score=score,
                                                       train=dataclasses.replace(cfg.train, **FAST_TRAIN))
     return out

@@ -274,15 +274,17 @@ def _chunk_size(n: int, batch_size: int, n_dev: int) -> int:
 
 def score_and_maps(params, sched, images, cfg: Config, *, mesh=None, steps: int = 1, center: Optional[int] = None,
                    key=None, start_t: int = 0, clip_denoised: bool = True, sampler: str = "ddpm",
-                   batch_size: Optional[int] = None, reduction: str = "mean", want_maps: bool = False,
+                   batch_size: Optional[int] = None, reduction: Optional[str] = None, want_maps: bool = False,
                    clip: bool = False, progress: Optional[Callable[[int], None]] = None, micro_batch="auto"):
     """The streaming driver behind :func:`btd_score`, :func:`residual_map` and :class:`Scorer`.
 
     ``params`` and ``sched`` should already be replicated on ``mesh`` (else they are transferred on
     every chunk). ``progress(n)`` is called with the number of patches finished after each chunk.
     ``micro_batch``: rows per U-Net pass on each device ('auto': 1 on CPU, all on accelerators).
+    ``reduction`` None means ``cfg.score.reduction``.
     Returns (scores (N,) float32, maps (N, H, W) float32 or None) as numpy arrays.
     """
+    reduction = cfg.score.reduction if reduction is None else reduction
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; use one of {SAMPLERS}")
     if steps < 1 or start_t < 0 or start_t + steps > cfg.diffusion.timesteps:
@@ -335,12 +337,13 @@ def _replicate(params, cfg: Config, mesh):
 
 def btd_score(params, images, cfg: Config, steps: int = 1, center: Optional[int] = None, key=None,
               start_t: int = 0, clip_denoised: bool = True, sampler: str = "ddpm",
-              batch_size: Optional[int] = None, reduction: str = "mean", mesh=None, micro_batch="auto",
+              batch_size: Optional[int] = None, reduction: Optional[str] = None, mesh=None, micro_batch="auto",
               variant: str = "btd", start_ts=None, reference=None) -> np.ndarray:
     """BTD scores of ``images`` (N,H,W) or (N,H,W,C) in [0, 1] -> np.ndarray (N,) float32.
 
     ``steps`` = d reverse steps from t = start_t + d - 1 down to start_t; ``center`` = k of the
-    central window (None: whole patch); ``sampler`` 'ddpm' (lucidrains p_sample, the paper) or 'ddim'
+    central window (None: whole patch); ``reduction`` pools the window ('mean', 'max', 'percentile:Q';
+    None: ``cfg.score.reduction``); ``sampler`` 'ddpm' (lucidrains p_sample, the paper) or 'ddim'
     (unit-stride DDIM, eta from ``cfg.diffusion``); ``key`` needed when any step adds noise.
     ``variant`` 'multi_t' (maps averaged over ``start_ts``) or 'two_sided' (needs ``reference``): see
     :mod:`btd_jax.score_variants`.

@@ -274,12 +274,14 @@ def _load_reference(reference, scorer) -> Reference:
 
 def scorer_scores(scorer, images, variant: str, steps: int = 1, center: Optional[int] = None,
                   batch_size: int = 256, key=None, start_ts: Optional[Sequence[int]] = None, reference=None,
-                  reduction: str = "mean", start_t: int = 0, **kw) -> np.ndarray:
-    """``Scorer.score(..., variant=...)``: :func:`variant_scores` with the Scorer's keyword names.
+                  reduction: Optional[str] = None, start_t: int = 0, **kw) -> np.ndarray:
+    """``Scorer.score(..., variant=...)``: :func:`variant_scores` with the Scorer's keyword names
+    (``reduction`` None: the Scorer config's ``score.reduction``).
 
     ``reference`` may be a :class:`Reference`, a JSON path, or None (the Scorer's workdir).
     """
     ref = _load_reference(reference, scorer) if variant == "two_sided" else None
+    reduction = scorer.cfg.score.reduction if reduction is None else reduction
     return variant_scores(scorer, images, variant=variant, pool=reduction, center=center, start_ts=start_ts,
                           reference=ref, key=key, steps=steps, start_t=start_t, batch_size=batch_size,
                           **kw).astype(np.float32)

@@ -57,9 +57,23 @@ def test_invalid_values_are_refused():
         configs.from_dict({"model": {"dimm": 3}})
 
 
-def test_fast_presets_change_only_the_training_timesteps():
+def test_fast_presets_change_only_the_training_timesteps_and_pooling():
     fast, base = configs.get("ct-fast"), configs.get("ct")
     assert fast.train.t_sampling == "truncated" and fast.train.t_max == 10
-    assert fast.model == base.model and fast.diffusion == base.diffusion and fast.score == base.score
-    assert dataclasses.replace(fast, name="ct", train=base.train) == base
+    assert fast.score.reduction == "percentile:99" and base.score.reduction == "mean"
+    assert fast.model == base.model and fast.diffusion == base.diffusion
+    assert dataclasses.replace(fast, name="ct", train=base.train, score=base.score) == base
+
+
+@pytest.mark.parametrize("bad", ["median", "percentile:101", "percentile:x", "max:3", ""])
+def test_score_reduction_is_validated(bad):
+    with pytest.raises(ValueError, match="score.reduction"):
+        configs.ScoreConfig(reduction=bad)
+    assert configs.ScoreConfig(reduction="percentile:99.5").reduction == "percentile:99.5"
+
+
+def test_config_json_without_reduction_still_loads():
+    d = configs.to_dict(configs.get("tiny"))
+    del d["score"]["reduction"]  # a config.json written before the field existed
+    assert configs.from_dict(d) == configs.get("tiny")
     assert {"mri-fast", "ct8-fast"} <= set(configs.NAMES)

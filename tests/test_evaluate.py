@@ -140,6 +140,13 @@ def test_reduce_maps_and_score_reductions_blocks():
     np.testing.assert_allclose(red["center1"], x[:, 3, 3] ** 2)  # (8 - 1) // 2 = 3, like score.center_window
     with pytest.raises(ValueError, match="center window 9"):
         evaluate.reduce_maps(x, [9])
+    pooled = evaluate.score_reductions(_MapScorer(), x, centers=(None, 4), block=4, reduction="percentile:99")
+    assert set(pooled) == {"full_p99", "center4_p99"}
+    np.testing.assert_allclose(pooled["center4_p99"], np.percentile((x[:, 2:6, 2:6] ** 2).reshape(10, -1), 99, axis=1))
+    np.testing.assert_allclose(evaluate.reduce_maps(x, [None], "max")["full_max"], x.reshape(10, -1).max(1))
+    assert evaluate.reduction_name(32, "percentile:99.5") == "center32_p99.5"
+    with pytest.raises(ValueError, match="reduction"):
+        evaluate.reduce_maps(x, [None], "median")
 
 
 def test_evaluate_testset_with_mock_scorer():

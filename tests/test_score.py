@@ -1,5 +1,7 @@
 """Tests for btd_jax.score on the 'tiny' preset (16 px) with random weights and 8 fake CPU devices."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,6 +91,10 @@ def test_reductions(params):
     np.testing.assert_allclose(score.btd_score(params, x, CFG, reduction="max"), flat.max(1), rtol=1e-5)
     np.testing.assert_allclose(score.btd_score(params, x, CFG, reduction="percentile:99"),
                                np.percentile(flat, 99, axis=1), rtol=1e-5)
+    p99_cfg = dataclasses.replace(CFG, score=dataclasses.replace(CFG.score, reduction="percentile:99"))
+    np.testing.assert_allclose(score.btd_score(params, x, p99_cfg), np.percentile(flat, 99, axis=1), rtol=1e-5)
+    np.testing.assert_allclose(score.Scorer.from_params(params, p99_cfg).score(x, reduction="mean"),
+                               flat.mean(1), rtol=1e-5)  # an explicit reduction beats the config's
     with pytest.raises(ValueError, match="reduction"):
         score.parse_reduction("median")
     with pytest.raises(ValueError, match="reduction"):

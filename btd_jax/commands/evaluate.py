@@ -31,6 +31,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1, help="backward diffusion steps d (paper: 1)")
     p.add_argument("--centers", type=int, nargs="*", default=[32],
                    help="central window sizes k reported besides the full patch (paper: 32)")
+    p.add_argument("--reduction", default=None,
+                   help="pooling of the residual over each window: mean | max | percentile:Q "
+                        "(default: the model config's score.reduction, paper mean)")
     p.add_argument("--n_boot", "--n-boot", type=int, default=100, help="bootstrap iterations (paper: 100)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed and, for d > 1, the noise key")
     p.add_argument("--group_column", "--group-column", default="scanner",
@@ -57,9 +60,11 @@ def _score_testset(args, centers):
         import jax
 
         key = jax.random.key(args.seed)
+    args.reduction = args.reduction or scorer.cfg.score.reduction
     with tqdm(total=len(patches), desc="scoring", unit="patch", file=sys.stderr) as bar:
         scores = evaluate.score_reductions(scorer, patches, centers=centers, steps=args.steps,
-                                           batch_size=args.batch_size, key=key, progress=bar.update)
+                                           batch_size=args.batch_size, key=key, progress=bar.update,
+                                           reduction=args.reduction)
     if args.calibrate:
         _fit_calibration(args, scorer, centers, key)
     return labels, scores, meta
@@ -74,7 +79,7 @@ def _fit_calibration(args, scorer, centers, key) -> None:
     center = next((c for c in centers if c is not None), None) if args.attack == "injection" else None
     cal = calibration.calibrate_scorer(scorer, real, target_fpr=args.target_fpr, steps=args.steps, center=center,
                                        batch_size=args.batch_size, key=key, source=os.path.abspath(args.calibrate),
-                                       modality=args.modality, attack=args.attack)
+                                       modality=args.modality, attack=args.attack, reduction=args.reduction)
     path = cal.save(args.workdir)
     print(f"calibration: threshold {cal.threshold:.6g} at FPR {cal.empirical_fpr:.3f} "
           f"(target {cal.target_fpr}, {cal.n} real patches) -> {path}")
@@ -87,7 +92,8 @@ def _threshold_for(workdir, reduction, steps):
     if not workdir or not os.path.exists(os.path.join(workdir, calibration.FILENAME)):
         return None
     cal = calibration.Calibration.load(workdir)
-    same = evaluate.reduction_name(cal.center) == reduction and (cal.steps or 1) == steps
+    name = evaluate.reduction_name(cal.center, cal.meta.get("reduction", "mean"))
+    same = name == reduction and (cal.steps or 1) == steps
     return cal.threshold if same else None
 
 

@@ -28,7 +28,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--locations", default=None, help="CSV of points (path, x, y[, frame]) to cut from DICOM files")
     p.add_argument("--steps", type=int, default=None, help="backward steps d (default: the config's, paper 1)")
     p.add_argument("--center", type=int, default=None, help="score the central k x k window (paper: 32 for injection)")
-    p.add_argument("--reduction", default="mean", help="mean | max | percentile:Q over the window")
+    p.add_argument("--reduction", default=None,
+                   help="mean | max | percentile:Q over the window (default: the config's, paper mean)")
     p.add_argument("--variant", default="btd", choices=("btd", "multi_t", "two_sided"),
                    help="btd (the paper); multi_t: residual averaged over --start_ts; two_sided: |log E - mu| / sd "
                         "against real patches (--reference / --fit_reference)")
@@ -196,6 +197,7 @@ def run(args) -> int:
     steps = args.steps if args.steps is not None else cfg.score.steps
     start_t = args.start_t if args.start_t is not None else cfg.score.start_t
     center = args.center if args.center is not None else cfg.score.center
+    args.reduction = args.reduction if args.reduction is not None else cfg.score.reduction
     key = None
     if steps > 1 or start_t > 0:
         import jax
