@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from btd_jax.configs import ModelConfig
+from btd_jax.models.norms import group_norm
 
 __all__ = ["Unet", "init_params", "abstract_params", "downsample_factor", "check_input_shape"]
 
@@ -60,14 +61,10 @@ class GroupNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        b, h, w, c = x.shape
+        c = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        xg = x.astype(jnp.float32).reshape(b, h, w, self.groups, c // self.groups)
-        mean = jnp.mean(xg, axis=(1, 2, 4), keepdims=True)
-        var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 4), keepdims=True)
-        y = ((xg - mean) * jax.lax.rsqrt(var + self.eps)).reshape(b, h, w, c)
-        return (y * scale + bias).astype(x.dtype)
+        return group_norm(x, scale, bias, self.groups, self.eps)  # custom VJP: fast on XLA:CPU
 
 
 class Block(nn.Module):
