@@ -192,6 +192,25 @@ def _presets() -> dict:
                        TrainConfig(batch_size=8, grad_accum=1, learning_rate=1e-3, ema_update_after_step=0,
                                    num_steps=20, log_every=5, eval_every=10, checkpoint_every=10),
                        ScoreConfig(batch_size=16)),
+        **_demo_presets(),
+    }
+
+
+def _demo_presets() -> dict:
+    """``demo`` (what ``btd-jax demo`` trains: 32 px, dim 8, low-t training for 800 steps on 2 CPU
+    cores) and ``demo-quick`` (its 16 px pipeline check); see :mod:`btd_jax.demo`."""
+    model = ModelConfig(dim=8, dim_mults=(1, 2, 4), full_attn=(False, False, True), attn_heads=2, attn_dim_head=16)
+    diffusion = DiffusionConfig(image_size=32, timesteps=1000, sampling_timesteps=250)
+    train = TrainConfig(learning_rate=2e-3, batch_size=16, grad_accum=1, num_steps=800, warmup_steps=50,
+                        lr_schedule="cosine", ema_decay=0.995, ema_update_every=1, ema_update_after_step=0,
+                        t_sampling="lowt", t_max=10, log_every=50, eval_every=10 ** 9, checkpoint_every=10 ** 9,
+                        keep_checkpoints=1)
+    quick_model = ModelConfig(dim=8, dim_mults=(1, 2), full_attn=(False, True), attn_heads=2, attn_dim_head=8)
+    return {
+        "demo": Config("demo", "CT", model, diffusion, train, ScoreConfig(steps=1, center=16)),
+        "demo-quick": Config("demo-quick", "CT", quick_model, dataclasses.replace(diffusion, image_size=16),
+                             dataclasses.replace(train, num_steps=4, batch_size=8, warmup_steps=0, log_every=2),
+                             ScoreConfig(steps=1, center=8)),
     }
 
 

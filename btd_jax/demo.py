@@ -13,7 +13,7 @@ scanner-balanced bootstrap per attack style (:mod:`btd_jax.evaluate`, :mod:`btd_
 write ``report/``: ``report.md`` (the table), ``results.json``, ``results.csv``, ``scores.csv``,
 ``roc.png`` and ``heatmaps.png`` (residual maps over tampered patches, true masks outlined).
 
-The ``demo`` preset (registered here) is a 32-pixel, 3-stage U-Net (dim 8, like the paper's
+The ``demo`` preset (defined in :mod:`btd_jax.configs`) is a 32-pixel, 3-stage U-Net (dim 8, like the paper's
 ``BTD - 8 dim``) on a 1000-step sigmoid schedule like the paper's, trained with a demo recipe (Adam
 2e-3 with cosine decay, batch 16, EMA 0.995 every step) and low-t training (``t_sampling='lowt'``: BTD with d = 1 only ever queries
 the network at t = 0, so training there is where the 10-minute budget pays off). Other presets
@@ -34,37 +34,11 @@ import numpy as np
 
 from btd_jax import configs
 
-__all__ = ["DEMO_CONFIG", "QUICK_CONFIG", "register", "demo_config", "run_demo"]
+__all__ = ["DEMO_CONFIG", "QUICK_CONFIG", "demo_config", "run_demo"]
 
 
-def _presets():
-    model = configs.ModelConfig(dim=8, dim_mults=(1, 2, 4), full_attn=(False, False, True), attn_heads=2,
-                                attn_dim_head=16)
-    diffusion = configs.DiffusionConfig(image_size=32, timesteps=1000, sampling_timesteps=250)
-    train = configs.TrainConfig(learning_rate=2e-3, batch_size=16, grad_accum=1, num_steps=800,
-                                warmup_steps=50, lr_schedule="cosine", ema_decay=0.995, ema_update_every=1,
-                                ema_update_after_step=0, t_sampling="lowt", t_max=10, log_every=50,
-                                eval_every=10 ** 9, checkpoint_every=10 ** 9, keep_checkpoints=1)
-    demo = configs.Config("demo", "CT", model, diffusion, train, configs.ScoreConfig(steps=1, center=16))
-    quick_model = configs.ModelConfig(dim=8, dim_mults=(1, 2), full_attn=(False, True), attn_heads=2,
-                                      attn_dim_head=8)
-    quick = configs.Config("demo-quick", "CT", quick_model, dataclasses.replace(diffusion, image_size=16),
-                           dataclasses.replace(train, num_steps=4, batch_size=8, warmup_steps=0, log_every=2),
-                           configs.ScoreConfig(steps=1, center=8))
-    return demo, quick
-
-
-DEMO_CONFIG, QUICK_CONFIG = _presets()
-
-
-def register() -> None:
-    """Adds the ``demo`` and ``demo-quick`` presets to :mod:`btd_jax.configs` (idempotent)."""
-    for cfg in (DEMO_CONFIG, QUICK_CONFIG):
-        if cfg.name not in configs.NAMES:
-            configs.register(cfg)
-
-
-register()
+# The presets live in btd_jax.configs (so `btd-jax train --config demo` works without this module).
+DEMO_CONFIG, QUICK_CONFIG = configs.get("demo"), configs.get("demo-quick")
 
 
 def demo_config(name: str = "demo", steps: Optional[int] = None, modality: str = "CT", seed: int = 0) -> configs.Config:

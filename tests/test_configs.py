@@ -77,3 +77,13 @@ def test_config_json_without_reduction_still_loads():
     del d["score"]["reduction"]  # a config.json written before the field existed
     assert configs.from_dict(d) == configs.get("tiny")
     assert {"mri-fast", "ct8-fast"} <= set(configs.NAMES)
+
+
+def test_demo_presets_need_no_demo_import():
+    import subprocess
+    import sys
+
+    code = ("import sys; from btd_jax import configs; c = configs.get('demo'); q = configs.get('demo-quick'); "
+            "assert 'btd_jax.demo' not in sys.modules; print(c.image_size, q.image_size, c.train.t_sampling)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["32", "16", "lowt"]

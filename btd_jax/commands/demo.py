@@ -26,7 +26,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--modality", choices=("CT", "MRI"), default="CT", help="CT (default) or MRI slices")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny model, few steps and patches: a pipeline check")
-    p.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no_progress", "--no-progress", action="store_true",
+                   help="plain log lines instead of progress bars (for log files)")
     p.add_argument("--verbose", action="store_true", help="keep the libraries' INFO logs (checkpointing, ...)")
     return p
 
