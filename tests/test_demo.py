@@ -45,6 +45,15 @@ def test_report_files_and_numbers(quick_report):
     assert all(float(line.split(",")[-1]) >= 0 for line in lines[1:])
 
 
+@pytest.mark.slow
+def test_mri_demo_runs_and_reports_its_command(tmp_path):
+    rep = demo.run_demo(tmp_path, quick=True, modality="MRI", steps=2, n_train=32, n_test=4, n_boot=5, progress=False)
+    assert {r["dataset"] for r in rep["results"]} >= {"GAN-MRI-Inject", "CTGAN-MRI-Remove"}
+    assert all(0.0 <= r["auc"] <= 1.0 for r in rep["results"])
+    js = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert "--modality MRI" in js["demo"]["command"] and "--steps 2" in js["demo"]["command"]
+
+
 def demo_data_methods(attack):
     from btd_jax.data import demo_data
 
