@@ -1,4 +1,4 @@
-"""Paper-style evaluation: Table-1 rows (AUC/EER with scanner-balanced bootstrap), writers and figures.
+"""Paper-style evaluation: Table-1 rows (AUC/EER with scanner-balanced bootstrap) and scoring glue.
 
 One *row* is one (dataset, method, reduction): e.g. ``CTGAN-CT-Inject`` / ``BTD`` / ``center32``
 with the point AUC/EER on all samples and the bootstrap mean, std and 95% interval (the paper
@@ -10,13 +10,11 @@ reports the bootstrap mean). Typical use::
             for ...]
     evaluate.write_all(rows, out_dir)                                     # results.md / .csv / .json
 
-``evaluate_testset`` does all of that for a loaded test set; figures use matplotlib's Agg backend.
+``evaluate_testset`` does all of that for a loaded test set; writers and figures: :mod:`btd_jax.eval_io`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -292,160 +290,6 @@ def evaluate_scored(scores: Mapping[str, np.ndarray], labels: np.ndarray, metada
     return rows
 
 
-# ----------------------------------------------------------------------------- writers
-
-_COLUMNS = ["dataset", "method", "reduction", "n_real", "n_fake", "auc", "eer", "eer_threshold",
-            "auc_mean", "auc_std", "auc_ci_low", "auc_ci_high", "eer_mean", "eer_std", "eer_ci_low", "eer_ci_high",
-            "n_boot", "seed", "samples_per_draw", "groups", "skipped_groups"]
-
-
-def table1_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The paper's Table 1 layout: one line per (method, reduction), AUC block then EER block, bootstrap means."""
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    lines_keys = list(dict.fromkeys((r["method"], r["reduction"]) for r in rows))
-    cell = {(r["method"], r["reduction"], r["dataset"]): r for r in rows}
-    head = ["method", "reduction"] + [f"AUC {d}" for d in datasets] + [f"EER {d}" for d in datasets]
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m, red in lines_keys:
-        vals = []
-        for metric in ("auc_mean", "eer_mean"):
-            for d in datasets:
-                r = cell.get((m, red, d))
-                vals.append("-" if r is None else f"{r[metric]:.2f}")
-        out.append("| " + " | ".join([m, red] + vals) + " |")
-    return "\n".join(out)
-
-
-def write_markdown(rows: Sequence[Mapping[str, Any]], path: str, title: str = "BTD evaluation") -> str:
-    n_boot = rows[0]["n_boot"] if rows else 0
-    parts = [f"# {title}", "",
-             f"Scanner-balanced bootstrap means over {n_boot} iterations (paper section 4), Table-1 layout:", "",
-             table1_markdown(rows), "", "Details (point estimate on all samples; bootstrap mean ± std [95% CI]):", "",
-             "| dataset | method | reduction | real | fake | AUC | AUC boot | EER | EER boot | EER threshold |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        parts.append(
-            f"| {r['dataset']} | {r['method']} | {r['reduction']} | {r['n_real']} | {r['n_fake']} | {r['auc']:.4f} | "
-            f"{r['auc_mean']:.4f} ± {r['auc_std']:.4f} [{r['auc_ci_low']:.4f}, {r['auc_ci_high']:.4f}] | "
-            f"{r['eer']:.4f} | {r['eer_mean']:.4f} ± {r['eer_std']:.4f} [{r['eer_ci_low']:.4f}, {r['eer_ci_high']:.4f}] | "
-            f"{r['eer_threshold']:.6g} |")
-    skipped = [f"{r['dataset']}/{r['reduction']}: {r['skipped_groups']}" for r in rows if r["skipped_groups"]]
-    if skipped:
-        parts += ["", "Scanners skipped by the bootstrap (only one class): " + "; ".join(skipped)]
-    with open(path, "w") as f:
-        f.write("\n".join(parts) + "\n")
-    return path
-
-
-def write_csv(rows: Sequence[Mapping[str, Any]], path: str) -> str:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    return path
-
-
-def write_json(rows: Sequence[Mapping[str, Any]], path: str, **extra: Any) -> str:
-    with open(path, "w") as f:
-        json.dump({"rows": [{k: r[k] for k in _COLUMNS if k in r} for r in rows], **extra}, f, indent=2)
-    return path
-
-
-def write_all(rows: Sequence[Mapping[str, Any]], out_dir: str, **extra: Any) -> Dict[str, str]:
-    """results.md, results.csv and results.json in ``out_dir`` (created)."""
-    os.makedirs(out_dir, exist_ok=True)
-    return {"markdown": write_markdown(rows, os.path.join(out_dir, "results.md")),
-            "csv": write_csv(rows, os.path.join(out_dir, "results.csv")),
-            "json": write_json(rows, os.path.join(out_dir, "results.json"), **extra)}
-
-
-def write_scores_csv(path: str, labels: np.ndarray, scores: Mapping[str, np.ndarray],
-                     metadata: Optional[Mapping[str, Any]] = None) -> str:
-    """Per-sample scores: ``index,label[,scanner][,method],score_<reduction>...`` (re-readable)."""
-    meta = {k: np.asarray(v) for k, v in (metadata or {}).items() if k in ("scanner", "method") and v is not None}
-    cols = ["index", "label", *meta, *[f"score_{r}" for r in scores]]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for i in range(len(labels)):
-            w.writerow([i, int(labels[i]), *[meta[k][i] for k in meta], *[repr(float(s[i])) for s in scores.values()]])
-    return path
-
-
-def read_scores_csv(path: str):
-    """Reads a scored CSV -> (labels (N,) int8, {reduction: (N,)}, metadata {'scanner', 'method'}).
-
-    Needs a ``label`` column and a ``score`` column or ``score_<reduction>`` columns (``score`` alone
-    is reduction 'score'); every other column (e.g. ``scanner``, ``method``, ``size``) comes back in
-    the metadata as strings.
-    """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such scores file")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        data = list(reader)
-    if "label" not in cols:
-        raise DataError(f"{path}: no 'label' column (columns: {', '.join(cols) or 'none'})")
-    score_cols = [c for c in cols if c == "score" or c.startswith("score_")]
-    if not score_cols:
-        raise DataError(f"{path}: no 'score' or 'score_<reduction>' column (columns: {', '.join(cols)})")
-    if not data:
-        raise DataError(f"{path}: no rows")
-    labels = parse_labels([r["label"] for r in data], source=path)
-    scores = {}
-    for c in score_cols:
-        try:
-            scores[c if c == "score" else c[len("score_"):]] = np.asarray([float(r[c]) for r in data])
-        except (TypeError, ValueError) as e:
-            raise DataError(f"{path}: column {c!r} has a non-numeric value ({e})") from None
-    meta = {k: np.asarray([r[k] for r in data]) for k in cols if k not in score_cols and k not in ("label", "index")}
-    return labels, scores, meta
-
-
-# ----------------------------------------------------------------------------- figures
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless; never opens a window
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_roc(curves: Mapping[str, tuple], path: str, title: str = "") -> str:
-    """ROC curves: ``curves`` = {legend label: (labels (N,), scores (N,))}; writes a PNG."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for name, (y, s) in curves.items():
-        fpr, tpr, _ = metrics.roc_curve(y, s)
-        ax.plot(fpr, tpr, label=f"{name} (AUC {metrics.auc(y, s):.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_histogram(scores: Any, labels: Any, path: str, title: str = "", threshold: Optional[float] = None) -> str:
-    """Real vs fake score histograms (log-spaced bins when all scores are positive); writes a PNG."""
-    plt = _pyplot()
-    y, s = np.asarray(labels), np.asarray(scores, dtype=np.float64)
-    positive = bool(np.all(s > 0)) and s.max() > s.min()
-    bins = np.geomspace(s.min(), s.max(), 40) if positive else 40
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.hist(s[y == 0], bins=bins, alpha=0.6, label=f"real ({int((y == 0).sum())})", density=True)
-    ax.hist(s[y == 1], bins=bins, alpha=0.6, label=f"fake ({int((y == 1).sum())})", density=True)
-    if threshold is not None:
-        ax.axvline(threshold, color="red", ls="--", lw=1, label="threshold")
-    if positive:
-        ax.set_xscale("log")
-    ax.set(xlabel="BTD score", ylabel="density", title=title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+# Writers and figures live in eval_io; re-exported so ``evaluate.write_all`` etc. keep working.
+from btd_jax.eval_io import (plot_histogram, plot_roc, read_scores_csv, table1_markdown, write_all,  # noqa: E402
+                             write_csv, write_json, write_markdown, write_scores_csv)

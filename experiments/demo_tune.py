@@ -10,12 +10,9 @@ every test patch for each (start_t, centre window) and prints/writes AUC per att
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
-
-import numpy as np
 
 
 def main():
@@ -69,8 +66,8 @@ def main():
     for attack in ("Inject", "Remove"):
         ts = datasets.load_testset(os.path.join(args.data, "testset"), "CT", attack, size=args.size)
         for st in args.start_t:
-            key = None
             import jax
+
             maps = scorer.residual_map(ts.patches, start_t=st, key=jax.random.key(0) if st > 0 else None)
             for c in args.center:
                 k = c or args.size

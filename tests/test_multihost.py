@@ -7,7 +7,6 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 
 from btd_jax import parallel, train
 from multihost_common import CFG, data

@@ -12,7 +12,6 @@ its config fails with a message that names the parameter, not deep inside orbax.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Any, Dict, Optional, Tuple
 

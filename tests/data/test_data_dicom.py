@@ -1,6 +1,5 @@
 """btd_jax.data.dicom on the real files shipped by pydicom and pydicom-data (incl. broken ones)."""
 
-import copy
 import shutil
 
 import numpy as np
