@@ -94,6 +94,26 @@ class _MeanScorer:
         return np.asarray(images).reshape(len(images), -1).mean(axis=1)
 
 
+class _PoolScorer(_MeanScorer):
+    """Also takes a pooling keyword, like Scorer.score."""
+
+    def score(self, images, steps=1, center=None, batch_size=256, reduction="mean"):
+        self.calls.append((steps, center, reduction))
+        flat = np.asarray(images).reshape(len(images), -1)
+        return flat.max(axis=1) if reduction == "max" else flat.mean(axis=1)
+
+
+def test_calibration_keeps_and_reuses_the_pooling(tmp_path):
+    real = np.random.default_rng(0).uniform(0, 0.5, size=(40, 4, 4))
+    sc = _PoolScorer()
+    cal = calibration.calibrate_scorer(sc, real, target_fpr=0.1, reduction="max")
+    assert cal.meta["reduction"] == "max" and cal.threshold >= real.reshape(40, -1).max(1).min()
+    cal = calibration.Calibration.load(cal.save(str(tmp_path)))  # the pooling survives the JSON round trip
+    calibration.score_and_decide(sc, real[:3], cal)
+    assert [c[2] for c in sc.calls] == ["max", "max"]
+    calibration.calibrate_scorer(_MeanScorer(), real)  # scorers without the keyword still work
+
+
 def test_scorer_helpers():
     rng = np.random.default_rng(0)
     real = rng.uniform(0, 0.5, size=(50, 4, 4))
