@@ -116,7 +116,7 @@ def _evaluate_attack(scorer, ts, cfg: configs.Config, attack: str, n_boot: int, 
 def _heatmaps(path: Path, sets: Dict[str, Any], per_style: int = 4) -> str:
     """Grid: for each tamper style, ``per_style`` tampered patches with their residual map overlaid
     (true tamper mask outlined) next to real patches of the same set."""
-    from btd_jax.evaluate import _pyplot
+    from btd_jax.eval_io import _pyplot
     from btd_jax.data import preprocess
 
     plt = _pyplot()
