@@ -1,6 +1,6 @@
 """``btd-jax demo``: the offline end-to-end demo on the CT slices that pydicom ships.
 
-    btd-jax demo                                # -> btd_demo/report/report.md (about 10 minutes on 2 CPU cores)
+    btd-jax demo                                # -> btd_demo/report/report.md (about 2 minutes on 2 CPU cores; budget 10)
     btd-jax demo --out DIR --minutes 5 --config demo --seed 0
     btd-jax demo --quick                        # a few training steps: checks the pipeline in about a minute
 
