@@ -14,6 +14,8 @@ import dataclasses
 import json
 from typing import Any, Mapping, Optional, Tuple
 
+from btd_jax.pooling import parse_reduction
+
 __all__ = [
     "ModelConfig", "DiffusionConfig", "TrainConfig", "ScoreConfig", "Config",
     "NAMES", "get", "override", "to_dict", "from_dict", "to_json", "from_json",
@@ -154,12 +156,9 @@ class ScoreConfig:
 
 
 def _valid_reduction(reduction: str) -> bool:
-    """Same grammar as ``btd_jax.score.parse_reduction`` (not imported: it pulls in jax)."""
-    kind, sep, arg = str(reduction).partition(":")
-    if kind in ("mean", "max"):
-        return not sep
     try:
-        return kind == "percentile" and 0.0 <= float(arg) <= 100.0
+        parse_reduction(reduction)
+        return True
     except ValueError:
         return False
 

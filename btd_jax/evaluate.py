@@ -16,12 +16,13 @@ reports the bootstrap mean). Typical use::
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from btd_jax import metrics
 from btd_jax.data.errors import DataError
+from btd_jax.pooling import parse_reduction, pool
 
 __all__ = ["ATTACKS", "dataset_name", "reduction_name", "parse_labels", "split_by_tamper", "dataset_indices", "evaluate_scores",
            "reduce_maps", "score_reductions", "evaluate_testset", "write_markdown", "write_csv", "write_json",
@@ -46,24 +47,10 @@ def reduction_name(center: Optional[int], reduction: str = "mean") -> str:
 
     Other poolings get a suffix: ('max' -> 'full_max', 'percentile:99' -> 'center32_p99')."""
     name = "full" if center is None else f"center{int(center)}"
-    kind, q = _parse_pooling(reduction)
+    kind, q = parse_reduction(reduction)
     if kind == "mean":
         return name
     return f"{name}_max" if kind == "max" else f"{name}_p{q:g}"
-
-
-def _parse_pooling(reduction: str) -> Tuple[str, float]:
-    """'mean' | 'max' | 'percentile:Q' -> (kind, Q); the grammar of ``btd_jax.score.parse_reduction``."""
-    kind, sep, arg = str(reduction).partition(":")
-    if kind in ("mean", "max") and not sep:
-        return kind, 0.0
-    try:
-        q = float(arg) if kind == "percentile" else -1.0
-    except ValueError:
-        q = -1.0
-    if not 0.0 <= q <= 100.0:
-        raise ValueError(f"unknown reduction {reduction!r}; use 'mean', 'max' or 'percentile:Q' with 0 <= Q <= 100")
-    return kind, q
 
 
 def parse_labels(values: Iterable[Any], source: str = "labels") -> np.ndarray:
@@ -218,7 +205,7 @@ def reduce_maps(maps: np.ndarray, centers: Sequence[Optional[int]], reduction: s
     The central window is rows/cols [(H-k)//2, (H-k)//2 + k), as ``btd_jax.score.center_window``;
     ``reduction`` pools it ('mean', the paper; 'max'; 'percentile:Q'), as ``btd_jax.score.reduce_residual``.
     """
-    kind, q = _parse_pooling(reduction)
+    parse_reduction(reduction)  # a bad name fails before any work
     h, w = maps.shape[-2:]
     out = {}
     for k in centers:
@@ -226,9 +213,7 @@ def reduce_maps(maps: np.ndarray, centers: Sequence[Optional[int]], reduction: s
             raise ValueError(f"center window {k} must be between 1 and the patch size {min(h, w)}")
         r, c = (0, 0) if k is None else ((h - k) // 2, (w - k) // 2)
         flat = maps[:, r:r + (k or h), c:c + (k or w)].reshape(maps.shape[0], -1)
-        pooled = flat.mean(axis=1) if kind == "mean" else flat.max(axis=1) if kind == "max" else \
-            np.percentile(flat, q, axis=1)
-        out[reduction_name(k, reduction)] = pooled
+        out[reduction_name(k, reduction)] = pool(flat, reduction)
     return out
 
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from btd_jax import diffusion, parallel
+from btd_jax.pooling import parse_reduction
 from btd_jax.configs import Config, ModelConfig
 from btd_jax.data.errors import DataError
 
@@ -46,21 +47,6 @@ def trace_count() -> int:
 
 
 # ----------------------------------------------------------------------------- reductions
-
-def parse_reduction(reduction: str) -> Tuple[str, float]:
-    """'mean' | 'max' | 'percentile:Q' (0 <= Q <= 100) -> (kind, q). Raises ValueError otherwise."""
-    kind, _, arg = reduction.partition(":")
-    if kind in ("mean", "max") and not arg:
-        return kind, 0.0
-    if kind == "percentile" and arg:
-        try:
-            q = float(arg)
-        except ValueError:
-            q = -1.0
-        if 0.0 <= q <= 100.0:
-            return kind, q
-    raise ValueError(f"unknown reduction {reduction!r}; use 'mean', 'max' or 'percentile:Q' with 0 <= Q <= 100")
-
 
 def center_window(maps: jax.Array, k: Optional[int]) -> jax.Array:
     """Central k x k window of (N, H, W) maps; rows/cols [(H-k)//2, (H-k)//2 + k). ``None`` = all."""

@@ -1,0 +1,36 @@
+"""Names of the residual-map poolings, shared by configs, scoring and evaluation (no JAX import).
+
+A pooling turns the squared residuals of a window into one score: ``'mean'`` (the paper), ``'max'``,
+or ``'percentile:Q'`` with 0 <= Q <= 100. :func:`btd_jax.score.reduce_residual` applies it on the
+device; :func:`pool` is the NumPy twin used on residual maps already on the host.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+__all__ = ["parse_reduction", "pool"]
+
+
+def parse_reduction(reduction: str) -> Tuple[str, float]:
+    """'mean' | 'max' | 'percentile:Q' (0 <= Q <= 100) -> (kind, Q). Raises ValueError otherwise."""
+    kind, sep, arg = str(reduction).partition(":")
+    if kind in ("mean", "max") and not sep:
+        return kind, 0.0
+    try:
+        q = float(arg) if kind == "percentile" else -1.0
+    except ValueError:
+        q = -1.0
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"unknown reduction {reduction!r}; use 'mean', 'max' or 'percentile:Q' with 0 <= Q <= 100")
+    return kind, q
+
+
+def pool(flat: np.ndarray, reduction: str = "mean") -> np.ndarray:
+    """(N, M) values -> (N,) pooled with ``reduction``."""
+    kind, q = parse_reduction(reduction)
+    if kind == "mean":
+        return flat.mean(axis=1)
+    return flat.max(axis=1) if kind == "max" else np.percentile(flat, q, axis=1)
