@@ -22,7 +22,7 @@ import numpy as np
 
 from btd_jax import metrics
 from btd_jax.data.errors import DataError
-from btd_jax.pooling import parse_reduction, pool
+from btd_jax.pooling import parse_reduction, pool_window
 
 __all__ = ["ATTACKS", "dataset_name", "reduction_name", "parse_labels", "split_by_tamper", "dataset_indices", "evaluate_scores",
            "reduce_maps", "score_reductions", "evaluate_testset", "write_markdown", "write_csv", "write_json",
@@ -205,16 +205,7 @@ def reduce_maps(maps: np.ndarray, centers: Sequence[Optional[int]], reduction: s
     The central window is rows/cols [(H-k)//2, (H-k)//2 + k), as ``btd_jax.score.center_window``;
     ``reduction`` pools it ('mean', the paper; 'max'; 'percentile:Q'), as ``btd_jax.score.reduce_residual``.
     """
-    parse_reduction(reduction)  # a bad name fails before any work
-    h, w = maps.shape[-2:]
-    out = {}
-    for k in centers:
-        if k is not None and not 1 <= k <= min(h, w):
-            raise ValueError(f"center window {k} must be between 1 and the patch size {min(h, w)}")
-        r, c = (0, 0) if k is None else ((h - k) // 2, (w - k) // 2)
-        flat = maps[:, r:r + (k or h), c:c + (k or w)].reshape(maps.shape[0], -1)
-        out[reduction_name(k, reduction)] = pool(flat, reduction)
-    return out
+    return {reduction_name(k, reduction): pool_window(maps, k, reduction) for k in centers}
 
 
 def score_reductions(scorer: Any, images: Any, centers: Sequence[Optional[int]] = (None, 32), steps: int = 1,

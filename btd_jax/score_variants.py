@@ -57,24 +57,9 @@ def pool_maps(maps: np.ndarray, center: Optional[int] = None, pool: str = "mean"
     the same grammar and window as :func:`btd_jax.score.reduce_residual`, on the host so that one set
     of maps can be pooled many ways.
     """
-    from btd_jax.score import parse_reduction
+    from btd_jax import pooling
 
-    kind, q = parse_reduction(pool)
-    maps = np.asarray(maps, np.float64)
-    if maps.ndim != 3:
-        raise ValueError(f"residual maps must be (N, H, W), got shape {maps.shape}")
-    if center is not None:
-        h, w = maps.shape[1:]
-        if not 1 <= center <= min(h, w):
-            raise ValueError(f"center window {center} must be between 1 and the patch size {min(h, w)}")
-        r, c = (h - center) // 2, (w - center) // 2
-        maps = maps[:, r:r + center, c:c + center]
-    flat = maps.reshape(maps.shape[0], -1)
-    if kind == "mean":
-        return flat.mean(axis=1)
-    if kind == "max":
-        return flat.max(axis=1)
-    return np.percentile(flat, q, axis=1)
+    return pooling.pool_window(np.asarray(maps, np.float64), center, pool)
 
 
 def average_maps(maps_by_t: Sequence[np.ndarray], weights: Optional[Sequence[float]] = None) -> np.ndarray:
