@@ -15,7 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["as_key", "fit_reconstruction", "batched_apply"]
+from btd_jax.baselines import base
+from btd_jax.baselines._nets import squared_error
+
+__all__ = ["as_key", "fit_reconstruction", "batched_apply", "reconstruction_scorer"]
 
 LossFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
@@ -90,3 +93,23 @@ def batched_apply(fn: Callable[[jax.Array, jax.Array], jax.Array], patches: np.n
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - m, axis=0)])
         out.append(np.asarray(jfn(jnp.asarray(chunk), jnp.asarray(idx)))[:m])
     return np.concatenate(out)
+
+
+def reconstruction_scorer(make_model: Callable[[Any, int], Any]) -> Callable[..., np.ndarray]:
+    """``score(state, patches, center=None, batch_size=256) -> (N,)`` for an autoencoder baseline.
+
+    The score is the mean squared reconstruction error over the patch or its central ``center``
+    window; ``state.arrays`` holds ``params`` and ``side``; ``make_model(config, side)`` builds the
+    Flax module.
+    """
+    def score(state: Any, patches: np.ndarray, center: Any = None, batch_size: int = 256) -> np.ndarray:
+        side = int(state.arrays["side"])
+        x = base.check_patches(patches, side=side)
+        model, params = make_model(state.config, side), state.arrays["params"]
+
+        def fn(batch, _index):
+            return base.window_mean(squared_error(model.apply({"params": params}, batch), batch), center)
+
+        return batched_apply(fn, x, batch_size).astype(np.float64)
+
+    return score

@@ -21,7 +21,7 @@ import numpy as np
 
 from btd_jax.baselines import base
 from btd_jax.baselines._nets import ConvDecoder, ConvEncoder, check_side, squared_error
-from btd_jax.baselines._training import as_key, batched_apply, fit_reconstruction
+from btd_jax.baselines._training import as_key, fit_reconstruction, reconstruction_scorer
 
 __all__ = ["Config", "TINY", "AutoEncoder", "fit", "score", "BASELINE"]
 
@@ -69,17 +69,8 @@ def fit(train_patches: np.ndarray, cfg: Optional[Config] = None, key=None) -> ba
     return base.State("ae", cfg, {"params": jax.device_get(params), "side": np.int32(x.shape[1])})
 
 
-def score(state: base.State, patches: np.ndarray, center: Optional[int] = None, batch_size: int = 256) -> np.ndarray:
-    """Mean squared reconstruction error over the patch or its central ``center`` window -> (N,)."""
-    side = int(state.arrays["side"])
-    x = base.check_patches(patches, side=side)
-    model = _model(state.config, side)
-    params = state.arrays["params"]
-
-    def fn(batch, _index):
-        return base.window_mean(squared_error(model.apply({"params": params}, batch), batch), center)
-
-    return batched_apply(fn, x, batch_size).astype(np.float64)
+# Mean squared reconstruction error over the patch or its central ``center`` window -> (N,).
+score = reconstruction_scorer(_model)
 
 
 BASELINE = base.Baseline("ae", Config, TINY, fit, score, "convolutional autoencoder, reconstruction MSE")
