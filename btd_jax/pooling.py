@@ -41,7 +41,6 @@ def pool_window(maps: np.ndarray, center: Optional[int] = None, reduction: str =
 
     The window is rows/cols [(H-k)//2, (H-k)//2 + k), as ``btd_jax.score.center_window``; None = all.
     """
-    parse_reduction(reduction)  # a bad name fails before any work
     if maps.ndim != 3:
         raise ValueError(f"residual maps must be (N, H, W), got shape {maps.shape}")
     h, w = maps.shape[1:]
