@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Mapping, Optional, Tuple
-
-from btd_jax.pooling import parse_reduction
+from typing import Any, Mapping, Optional, Tuple, Union
 
 __all__ = [
-    "ModelConfig", "DiffusionConfig", "TrainConfig", "ScoreConfig", "Config",
+    "ModelConfig", "DiffusionConfig", "TrainConfig", "ScoreConfig", "Config", "SAMPLERS", "parse_reduction",
     "NAMES", "get", "override", "to_dict", "from_dict", "to_json", "from_json",
 ]
 
@@ -26,6 +24,25 @@ OBJECTIVES = ("pred_noise", "pred_x0", "pred_v")
 BETA_SCHEDULES = ("linear", "cosine", "sigmoid")
 T_SAMPLINGS = ("uniform", "truncated", "mixture", "lowt")
 DTYPES = ("float32", "bfloat16")
+SAMPLERS = ("ddpm", "ddim")
+
+
+def parse_reduction(reduction: str) -> Tuple[str, float]:
+    """Residual pooling name -> (kind, Q): 'mean' | 'max' | 'percentile:Q' with 0 <= Q <= 100.
+
+    Raises ValueError otherwise. The one grammar of poolings: configs validate it, scoring and
+    evaluation apply it.
+    """
+    kind, sep, arg = str(reduction).partition(":")
+    if kind in ("mean", "max") and not sep:
+        return kind, 0.0
+    try:
+        q = float(arg) if kind == "percentile" else -1.0
+    except ValueError:
+        q = -1.0
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"unknown reduction {reduction!r}; use 'mean', 'max' or 'percentile:Q' with 0 <= Q <= 100")
+    return kind, q
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -139,18 +156,34 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ScoreConfig:
-    """BTD scoring defaults (the paper: d = 1; centre window 32 for injection, whole patch for removal)."""
+    """BTD scoring settings (the paper: d = 1 at t = 0; centre window 32 for injection, whole patch for removal).
+
+    ``steps``: reverse steps d. ``center``: k of the central window (None: whole patch). ``reduction``:
+    pooling of the residual map, 'mean' (the paper), 'max' or 'percentile:Q'. ``clip_denoised``: clip
+    the x0 prediction to [-1, 1] (lucidrains). ``clip_inputs``: clip inputs to [0, 1] instead of
+    refusing them. ``start_t``: lowest timestep. ``sampler``: 'ddpm' (lucidrains p_sample) or 'ddim'.
+    ``batch_size``: patches per device chunk. ``micro_batch``: rows per U-Net pass on each device
+    ('auto': 1 on CPU, all elsewhere; None: all). Neither of the last two changes a score.
+    """
 
     steps: int = 1
     center: Optional[int] = None
     clip_denoised: bool = True
     start_t: int = 0
     batch_size: int = 256
-    # Pooling of the residual map: 'mean' (the paper), 'max' or 'percentile:Q' (see btd_jax.score).
     reduction: str = "mean"
+    clip_inputs: bool = False
+    sampler: str = "ddpm"
+    micro_batch: Union[int, str, None] = "auto"
 
     def __post_init__(self):
         _check(self.steps >= 1, "score.steps must be >= 1")
+        _check(self.start_t >= 0, "score.start_t must be >= 0")
+        _check(self.center is None or self.center >= 1, f"score.center must be None or >= 1, got {self.center!r}")
+        _check(self.batch_size >= 1, f"score.batch_size must be >= 1, got {self.batch_size!r}")
+        _check(self.sampler in SAMPLERS, f"score.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        _check(self.micro_batch in (None, "auto") or (isinstance(self.micro_batch, int) and self.micro_batch >= 1),
+               f"score.micro_batch must be >= 1, 'auto' or None, got {self.micro_batch!r}")
         _check(_valid_reduction(self.reduction),
                f"score.reduction must be 'mean', 'max' or 'percentile:Q' (0 <= Q <= 100), got {self.reduction!r}")
 

@@ -7,25 +7,13 @@ device; :func:`pool` is the NumPy twin used on residual maps already on the host
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 
+from btd_jax.configs import parse_reduction
+
 __all__ = ["parse_reduction", "pool", "pool_window"]
-
-
-def parse_reduction(reduction: str) -> Tuple[str, float]:
-    """'mean' | 'max' | 'percentile:Q' (0 <= Q <= 100) -> (kind, Q). Raises ValueError otherwise."""
-    kind, sep, arg = str(reduction).partition(":")
-    if kind in ("mean", "max") and not sep:
-        return kind, 0.0
-    try:
-        q = float(arg) if kind == "percentile" else -1.0
-    except ValueError:
-        q = -1.0
-    if not 0.0 <= q <= 100.0:
-        raise ValueError(f"unknown reduction {reduction!r}; use 'mean', 'max' or 'percentile:Q' with 0 <= Q <= 100")
-    return kind, q
 
 
 def pool(flat: np.ndarray, reduction: str = "mean") -> np.ndarray:
