@@ -1,114 +1,30 @@
-"""Checkpoints of a workdir: orbax steps under ``workdir/checkpoints``, the config at ``workdir/config.json``.
+"""Saving and restoring a whole :class:`TrainState` (params, EMA, optimiser state, step and run key).
 
-Each step directory holds the items ``params``, ``ema_params`` and ``meta`` (JSON: kind and step);
-training checkpoints add ``opt_state`` and ``extra`` (step counter and run key). A *params-only*
-checkpoint (written by :func:`save_params_checkpoint`, e.g. for converted PyTorch weights) has no
-optimiser state: training from it starts a fresh Adam state at its step.
-
-Shapes are checked against the config before anything is restored, so a checkpoint that does not fit
-its config fails with a message that names the parameter, not deep inside orbax.
+Builds on :mod:`btd_jax.checkpoints` (config.json, the orbax manager, shape checks, params-only
+checkpoints), which is re-exported here so training code needs one import.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
-from flax import traverse_util
 from jax.sharding import Mesh
 
-from btd_jax import configs
+from btd_jax.checkpoints import (CHECKPOINT_DIR, CONFIG_FILE, check_compatible, check_shapes, expected_param_shapes,
+                                 latest_step, load_params, open_manager, read_config, read_meta,
+                                 save_params_checkpoint, saved_tree, write_config)
 from btd_jax.configs import Config
+from btd_jax.training.state import TrainState, abstract_train_state, create_train_state
 
 __all__ = ["CONFIG_FILE", "CHECKPOINT_DIR", "write_config", "read_config", "check_compatible", "open_manager",
            "save_state", "restore_state", "latest_step", "save_params_checkpoint", "load_params",
            "expected_param_shapes"]
 
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
-# Config fields that may change between runs of one workdir without changing what the params mean.
-_FREE_MODEL_FIELDS = ("dtype",)
-_ARRAY_ITEMS = ("params", "ema_params", "opt_state", "extra")
 
-
-def _ckpt_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-
-
-def write_config(workdir: str, cfg: Config) -> None:
-    """Writes ``workdir/config.json`` (process 0 only; atomically, so a crash never leaves half a file)."""
-    if jax.process_index() != 0:
-        return
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, CONFIG_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(configs.to_json(cfg))
-    os.replace(tmp, path)
-
-
-def read_config(workdir: str) -> Config:
-    """The config saved in ``workdir``; a clear error for a missing workdir or file."""
-    if not os.path.isdir(workdir):
-        raise FileNotFoundError(f"workdir {workdir!r} does not exist")
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: {workdir!r} is not a btd-jax workdir "
-                                "(make one with `btd-jax train` or `btd-jax convert`)")
-    with open(path) as f:
-        try:
-            return configs.from_json(f.read())
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"{path}: not a valid btd-jax config ({e})") from None
-
-
-def _differences(a: dict, b: dict, prefix: str) -> list:
-    da, db = traverse_util.flatten_dict(a, sep="."), traverse_util.flatten_dict(b, sep=".")
-    return [f"{prefix}{k}: {da.get(k)!r} -> {db.get(k)!r}" for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k)]
-
-
-def check_compatible(saved: Config, cfg: Config, workdir: str) -> None:
-    """Refuses to continue a run whose model or diffusion settings differ from the saved ones.
-
-    Training settings (steps, batch size, learning rate, ...) and the compute dtype may change.
-    """
-    sm, cm = configs.to_dict(saved)["model"], configs.to_dict(cfg)["model"]
-    for k in _FREE_MODEL_FIELDS:
-        sm.pop(k, None), cm.pop(k, None)
-    diffs = _differences(sm, cm, "model.") + _differences(
-        configs.to_dict(saved)["diffusion"], configs.to_dict(cfg)["diffusion"], "diffusion.")
-    if diffs:
-        raise ValueError(f"workdir {workdir!r} holds a run with a different model/diffusion config "
-                         f"({'; '.join(diffs)}); use a new --workdir or the saved config")
-
-
-def open_manager(workdir: str, keep: int = 3, async_save: bool = True, create: bool = True) -> ocp.CheckpointManager:
-    """An orbax ``CheckpointManager`` over ``workdir/checkpoints`` keeping the newest ``keep`` steps."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=max(1, int(keep)), create=create,
-                                           enable_async_checkpointing=async_save)
-    # Declaring the handlers lets a fresh manager read item metadata (shapes) before restoring.
-    handlers = {name: ocp.StandardCheckpointHandler() for name in _ARRAY_ITEMS}
-    handlers["meta"] = ocp.JsonCheckpointHandler()
-    return ocp.CheckpointManager(_ckpt_dir(workdir), options=options, item_handlers=handlers)
-
-
-def latest_step(workdir: str) -> Optional[int]:
-    """The newest finished checkpoint step in ``workdir``, or None.
-
-    Reads the directory listing only (orbax names a step's directory ``<step>`` once it is finished);
-    opening a manager here would run a cross-process barrier that not every process might reach.
-    """
-    root = _ckpt_dir(workdir)
-    steps = [int(n) for n in os.listdir(root) if n.isdigit()] if os.path.isdir(root) else []
-    return max(steps) if steps else None
-
-
-def save_state(mngr: ocp.CheckpointManager, state) -> None:
+def save_state(mngr: ocp.CheckpointManager, state: TrainState) -> None:
     """Saves a :class:`TrainState` at its step (asynchronously when the manager is async)."""
     step = int(jax.device_get(state.step))
     args = ocp.args.Composite(
@@ -119,56 +35,18 @@ def save_state(mngr: ocp.CheckpointManager, state) -> None:
     mngr.save(step, args=args)
 
 
-def expected_param_shapes(cfg: Config) -> Dict[str, Any]:
-    """Abstract float32 parameter tree (``jax.ShapeDtypeStruct`` leaves) of ``cfg``'s U-Net."""
-    from btd_jax.models.unet import init_params
-
-    return jax.eval_shape(functools.partial(init_params, cfg.model, cfg.image_size), jax.random.PRNGKey(0))
-
-
-def _shape_of(leaf) -> Tuple[int, ...]:
-    return tuple(getattr(leaf, "shape", np.shape(leaf)))
-
-
-def _check_shapes(found: Any, expected: Any, where: str) -> None:
-    f = traverse_util.flatten_dict(dict(found), sep="/")
-    e = traverse_util.flatten_dict(dict(expected), sep="/")
-    problems = [f"missing {k}" for k in sorted(set(e) - set(f))]
-    problems += [f"unexpected {k}" for k in sorted(set(f) - set(e))]
-    problems += [f"{k} has shape {_shape_of(f[k])}, config expects {_shape_of(e[k])}"
-                 for k in sorted(set(e) & set(f)) if _shape_of(f[k]) != _shape_of(e[k])]
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise ValueError(f"{where}: parameters do not match the config: {'; '.join(problems[:5])}{more}")
-
-
-def _item_tree(metadata, name: str):
-    item = metadata[name]
-    return item.tree if hasattr(item, "tree") else item
-
-
-def _meta(mngr: ocp.CheckpointManager, step: int) -> dict:
-    return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
-
-
-def _with_sharding(tree: Any, sharding) -> Any:
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree)
-
-
 def restore_state(mngr: ocp.CheckpointManager, cfg: Config, mesh: Optional[Mesh], step: Optional[int] = None,
-                  where: str = "checkpoint"):
+                  where: str = "checkpoint") -> TrainState:
     """Restores a :class:`TrainState` (replicated over ``mesh``) from ``step`` (default: the latest).
 
     Params-only checkpoints get a fresh optimiser state and the run key of ``cfg.train.seed``.
     """
-    from btd_jax.training.state import abstract_train_state, create_train_state
-
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{where}: no checkpoint to restore")
     abstract = abstract_train_state(cfg, mesh)
-    _check_shapes(_item_tree(mngr.item_metadata(step), "params"), abstract.params, f"{where} step {step}")
-    meta = _meta(mngr, step)
+    check_shapes(saved_tree(mngr.item_metadata(step), "params"), abstract.params, f"{where} step {step}")
+    meta = read_meta(mngr, step)
     if meta.get("kind") == "params":
         fresh = create_train_state(cfg, jax.random.PRNGKey(cfg.train.seed), mesh)
         got = mngr.restore(step, args=ocp.args.Composite(
@@ -181,52 +59,3 @@ def restore_state(mngr: ocp.CheckpointManager, cfg: Config, mesh: Optional[Mesh]
         opt_state=ocp.args.StandardRestore(abstract.opt_state), extra=ocp.args.StandardRestore(extra)))
     return abstract.replace(params=got["params"], ema_params=got["ema_params"], opt_state=got["opt_state"],
                             step=got["extra"]["step"], rng=got["extra"]["rng"])
-
-
-def save_params_checkpoint(workdir: str, params: Any, cfg: Config, step: int = 0) -> str:
-    """Writes ``params`` as a checkpoint (as both the online and the EMA weights) plus ``config.json``.
-
-    Used by ``btd-jax convert``; :func:`load_params` and ``Scorer.load`` read it back, and training
-    can start from it. Refuses a workdir that already holds checkpoints. Returns the workdir.
-    """
-    _check_shapes(params, expected_param_shapes(cfg), f"params for config {cfg.name!r}")
-    if latest_step(workdir) is not None:
-        raise ValueError(f"workdir {workdir!r} already holds checkpoints; choose an empty one")
-    write_config(workdir, cfg)
-    params = jax.tree.map(jnp.asarray, params)
-    with open_manager(workdir, keep=1, async_save=False) as mngr:
-        mngr.save(int(step), args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), ema_params=ocp.args.StandardSave(params),
-            meta=ocp.args.JsonSave({"kind": "params", "step": int(step)})))
-        mngr.wait_until_finished()
-    return workdir
-
-
-def load_params(workdir: str, which: str = "ema", step: Optional[int] = None) -> Tuple[Any, Config]:
-    """``(params, cfg)`` of the latest (or given) checkpoint in ``workdir``.
-
-    Args:
-      workdir: a directory made by ``btd-jax train`` / ``train_and_evaluate`` / ``btd-jax convert``.
-      which: ``"ema"`` (the averaged weights, what the paper scores with) or ``"params"`` (online).
-      step: a checkpoint step; default the newest.
-    Returns:
-      float32 parameter tree on the first local device, and the saved :class:`Config`.
-    """
-    if which not in ("ema", "params"):
-        raise ValueError(f"which must be 'ema' or 'params', got {which!r}")
-    cfg = read_config(workdir)
-    if not os.path.isdir(_ckpt_dir(workdir)):
-        raise FileNotFoundError(f"workdir {workdir!r} has no checkpoints/ directory")
-    item = "ema_params" if which == "ema" else "params"
-    with open_manager(workdir, create=False) as mngr:
-        steps = mngr.all_steps()
-        if not steps:
-            raise FileNotFoundError(f"workdir {workdir!r} has no finished checkpoint")
-        step = max(steps) if step is None else int(step)
-        if step not in steps:
-            raise FileNotFoundError(f"workdir {workdir!r} has no checkpoint at step {step}; it has {sorted(steps)}")
-        expected = expected_param_shapes(cfg)
-        _check_shapes(_item_tree(mngr.item_metadata(step), item), expected, f"{workdir} step {step}")
-        target = _with_sharding(expected, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-        params = mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}))[item]
-    return params, cfg
