@@ -3,9 +3,11 @@
 * CT: Hounsfield units clipped to [-700 (air), 2000 (bone)] and scaled to [0, 1]:
   ``(clip(hu, -700, 2000) + 700) / 2700``.
 * MRI: standardised per patient, then scaled to [0, 1] (exact formula in :func:`normalize_mri`).
-* Patches: a ``size x size`` window centred on ``(y, x)`` (x = column, y = row); where the window
-  leaves the image, the authors crop the part inside and zero-pad back to ``size`` (``mode="pad"``);
-  ``mode="shift"`` slides the window inside the image instead.
+* Patches: a ``size x size`` window around ``(y, x)`` (x = column, y = row). Where the window leaves
+  the image, the authors' test-time code crops the part inside and zero-pads at the bottom and right
+  (``mode="authors"``, the default), so near the top or left border the point is NOT at the patch
+  centre; ``mode="centered"`` pads on the side where the image ends and keeps the point centred;
+  ``mode="shift"`` slides the window inside the image.
 
 Every function takes explicit arguments and raises :class:`DataError` on bad input.
 """
@@ -22,9 +24,10 @@ CT_LO = -700.0
 CT_HI = 2000.0
 MRI_CLIP_SIGMA = 3.0
 PATCH_SIZE = {"CT": 96, "MR": 128}
+PATCH_MODES = ("authors", "centered", "shift")
 
 __all__ = [
-    "CT_LO", "CT_HI", "MRI_CLIP_SIGMA", "PATCH_SIZE", "canonical_modality", "window_ct",
+    "CT_LO", "CT_HI", "MRI_CLIP_SIGMA", "PATCH_SIZE", "PATCH_MODES", "canonical_modality", "window_ct",
     "normalize_mri", "to_unit_range", "extract_patch", "extract_patches", "random_locations",
     "resample",
 ]
@@ -120,53 +123,62 @@ def to_unit_range(volume: np.ndarray, modality: str) -> np.ndarray:
     return window_ct(volume) if canonical_modality(modality) == "CT" else normalize_mri(volume)
 
 
-def _coord(v, name: str) -> int:
+def _coord(v, name: str, truncate: bool = False) -> int:
     try:
         f = float(v)
     except (TypeError, ValueError):
         raise DataError(f"coordinate {name}={v!r} is not a number") from None
     if not np.isfinite(f):
         raise DataError(f"coordinate {name}={v!r} is not finite")
-    return int(round(f))
+    return int(f) if truncate else int(round(f))
 
 
 def _window(c: int, size: int, n: int, mode: str) -> tuple[int, int]:
-    """Start/stop (stop exclusive) of the window along one axis; may leave [0, n) in pad mode."""
+    """Start/stop (stop exclusive) of the window along one axis; may leave [0, n)."""
     start = c - size // 2
-    if mode == "shift" and n >= size:
-        start = min(max(start, 0), n - size)
-    elif mode == "shift":
-        start = 0
+    if mode == "shift":
+        start = min(max(start, 0), n - size) if n >= size else 0
     return start, start + size
 
 
-def extract_patch(img: np.ndarray, x, y, size: int, mode: str = "pad",
+def extract_patch(img: np.ndarray, x, y, size: int, mode: str = "authors",
                   fill: float = 0.0) -> np.ndarray:
-    """Cut a ``size x size`` patch centred on (row ``y``, column ``x``).
+    """Cut a ``size x size`` patch around (row ``y``, column ``x``).
 
-    The window covers rows ``y - size//2 .. y - size//2 + size - 1`` (same for columns with x).
-    ``mode="pad"`` (the authors' rule): crop the part of the window that lies inside the image and
-    pad with ``fill`` where it does not, keeping (y, x) at ``patch[size//2, size//2]``.
-    ``mode="shift"``: move the window to lie inside the image (only pads if the image is smaller
-    than ``size``).
+    The window covers rows ``y - size//2 .. y - size//2 + size - 1`` (columns likewise with x).
+    Where it leaves the image, ``mode`` decides:
+
+    * ``"authors"`` (default; the authors' test-time notebook): keep the part inside the image and
+      pad with ``fill`` at the bottom and right. With ``h = size // 2`` this is exactly their
+      ``img[max(0, y-h) : min(H, y+h), max(0, x-h) : min(W, x+h)]`` zero-padded to ``size`` for even
+      sizes (the paper's 96 and 128); near the top or left border the content moves up/left, so
+      (y, x) is then NOT at ``patch[h, h]``. Coordinates are truncated to int like their
+      ``astype(int)``.
+    * ``"centered"``: pad on the side where the image ends, keeping (y, x) at ``patch[h, h]``
+      (``"pad"`` is accepted as the former name of this rule).
+    * ``"shift"``: move the window to lie inside the image (pads only if the image is smaller than
+      ``size``).
 
     Args:
       img: (H, W) image.
       x, y: column and row; must lie inside the image.
       size: patch side.
+      mode: "authors", "centered" or "shift" (above).
+      fill: value of padded pixels.
     Returns:
       (size, size) array of ``img``'s dtype.
     """
     img = np.asarray(img)
     if img.ndim != 2:
         raise DataError(f"extract_patch: expected an (H, W) image, got shape {img.shape}")
-    if mode not in ("pad", "shift"):
-        raise DataError(f"extract_patch: mode must be 'pad' or 'shift', got {mode!r}")
+    mode = "centered" if mode == "pad" else mode
+    if mode not in PATCH_MODES:
+        raise DataError(f"extract_patch: mode must be one of {PATCH_MODES}, got {mode!r}")
     size = int(size)
     if size < 1:
         raise DataError(f"extract_patch: size must be >= 1, got {size}")
     h, w = img.shape
-    xi, yi = _coord(x, "x"), _coord(y, "y")
+    xi, yi = _coord(x, "x", mode == "authors"), _coord(y, "y", mode == "authors")
     if not (0 <= xi < w and 0 <= yi < h):
         raise DataError(f"coordinates (x={xi}, y={yi}) outside the image of shape "
                         f"(H={h}, W={w}); x is the column, y the row")
@@ -174,12 +186,14 @@ def extract_patch(img: np.ndarray, x, y, size: int, mode: str = "pad",
     c0, c1 = _window(xi, size, w, mode)
     out = np.full((size, size), fill, dtype=img.dtype)
     rr0, rr1, cc0, cc1 = max(r0, 0), min(r1, h), max(c0, 0), min(c1, w)
-    out[rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = img[rr0:rr1, cc0:cc1]
+    # "authors": what lies inside goes to the top-left corner; otherwise it keeps its offset.
+    dr, dc = (0, 0) if mode == "authors" else (rr0 - r0, cc0 - c0)
+    out[dr:dr + rr1 - rr0, dc:dc + cc1 - cc0] = img[rr0:rr1, cc0:cc1]
     return out
 
 
 def extract_patches(images: np.ndarray, xs: Sequence, ys: Sequence, size: int,
-                    mode: str = "pad", fill: float = 0.0) -> np.ndarray:
+                    mode: str = "authors", fill: float = 0.0) -> np.ndarray:
     """Batch :func:`extract_patch`: images (N, H, W) (or one (H, W) image for all points),
     xs, ys (N,) -> (N, size, size)."""
     images = np.asarray(images)

@@ -126,7 +126,7 @@ def _resolve(p: str, csv_path: Path, root: Path) -> Path:
 
 
 def load_testset(root: str | os.PathLike, modality: str, attack: str, tamper: str | None = None,
-                 size: int | None = None, mode: str = "pad", strict: bool = True,
+                 size: int | None = None, mode: str = "authors", strict: bool = True,
                  cache_images: int = 64) -> TestSet:
     """Load one of the authors' evaluation sets as patches.
 
@@ -134,7 +134,9 @@ def load_testset(root: str | os.PathLike, modality: str, attack: str, tamper: st
       root: folder holding ``CT/`` and/or ``MRI/``.
       modality: 'CT' or 'MRI'; attack: 'Inject'/'injection' or 'Remove'/'removal'.
       tamper: keep only rows whose ``<tamper>-<mod>-<attack>`` indicator is 1 (e.g. 'CTGAN', 'SD').
-      size: patch side (default 96 for CT, 128 for MRI, as in the paper); mode: border rule.
+      size: patch side (default 96 for CT, 128 for MRI, as in the paper).
+      mode: border rule of :func:`preprocess.extract_patch`: "authors" (default: crop, then zero-pad
+        at the bottom/right, exactly as the authors' notebook), "centered" or "shift".
       strict: raise on the first bad row; else skip it and record why in ``.skipped``.
     Returns:
       :class:`TestSet` with patches (N, size, size) float32 in [0, 1] and labels (N,).

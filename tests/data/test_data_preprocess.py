@@ -88,18 +88,55 @@ def test_extract_patch_inside_is_plain_slice():
     np.testing.assert_array_equal(p, img[4:7, 5:8])
 
 
-def test_extract_patch_pad_keeps_centre_and_zero_fills():
+def test_extract_patch_centered_keeps_centre_and_zero_fills():
     img = _img()
-    p = P.extract_patch(img, x=0, y=1, size=6)  # rows -2..3, cols -3..2
+    p = P.extract_patch(img, x=0, y=1, size=6, mode="centered")  # rows -2..3, cols -3..2
     assert p.shape == (6, 6)
     assert p[3, 3] == img[1, 0]                     # the point stays at [size//2, size//2]
     np.testing.assert_array_equal(p[2:, 3:], img[0:4, 0:3])
     assert (p[:2] == 0).all() and (p[:, :3] == 0).all()
     # bottom-right corner
-    p = P.extract_patch(img, x=11, y=9, size=4)   # rows 7..10, cols 9..12
+    p = P.extract_patch(img, x=11, y=9, size=4, mode="centered")   # rows 7..10, cols 9..12
     np.testing.assert_array_equal(p[:3, :3], img[7:10, 9:12])
     assert (p[3] == 0).all() and (p[:, 3] == 0).all()
-    assert P.extract_patch(img, 0, 0, 4, fill=-1.0)[0, 0] == -1.0
+    assert P.extract_patch(img, 0, 0, 4, mode="centered", fill=-1.0)[0, 0] == -1.0
+    np.testing.assert_array_equal(P.extract_patch(img, 0, 1, 6, mode="pad"), P.extract_patch(
+        img, 0, 1, 6, mode="centered"))  # the former name
+
+
+def _authors_notebook_patch(image, x, y, patch_size):
+    """The authors' test-time crop, transcribed from their notebook (crop, then pad bottom/right)."""
+    x, y = int(x), int(y)
+    half = patch_size // 2
+    patch = image[max(0, y - half):min(image.shape[0], y + half),
+                  max(0, x - half):min(image.shape[1], x + half)]
+    return np.pad(patch, ((0, patch_size - patch.shape[0]), (0, patch_size - patch.shape[1])),
+                  "constant")
+
+
+@pytest.mark.parametrize("x,y", [(0, 1), (2, 0), (1, 7), (6, 2), (11, 9), (6, 5), (0, 0), (11, 0)])
+def test_extract_patch_authors_rule_is_the_default_and_matches_their_notebook(x, y):
+    img = _img()
+    p = P.extract_patch(img, x, y, 6)
+    np.testing.assert_array_equal(p, _authors_notebook_patch(img, x, y, 6))
+    np.testing.assert_array_equal(p, P.extract_patch(img, x, y, 6, mode="authors"))
+
+
+def test_extract_patch_authors_rule_near_top_left_is_not_centred():
+    img = _img(20, 20)
+    p = P.extract_patch(img, x=1, y=2, size=8)      # rows -2..5 and cols -3..4 leave the image
+    np.testing.assert_array_equal(p[:6, :5], img[0:6, 0:5])  # content moved to the top-left
+    assert (p[6:] == 0).all() and (p[:, 5:] == 0).all()      # zeros at the bottom and right
+    assert p[4, 4] != img[2, 1] and p[2, 1] == img[2, 1]
+    c = P.extract_patch(img, x=1, y=2, size=8, mode="centered")
+    assert c[4, 4] == img[2, 1] and not np.array_equal(p, c)
+    # bottom/right borders: both rules agree
+    np.testing.assert_array_equal(P.extract_patch(img, 18, 17, 8),
+                                  P.extract_patch(img, 18, 17, 8, mode="centered"))
+    # the authors truncate float coordinates (astype(int)); the other rules round
+    np.testing.assert_array_equal(P.extract_patch(img, 5.7, 6.9, 4), img[4:8, 3:7])
+    np.testing.assert_array_equal(P.extract_patch(img, 5.7, 6.9, 4, mode="centered"),
+                                  img[5:9, 4:8])
 
 
 def test_extract_patch_shift_stays_inside():
