@@ -29,8 +29,8 @@ from btd_jax.data.dicom_io import (
 from btd_jax.data.errors import DataError
 from btd_jax.data.records import Skipped
 
-__all__ = ["Slice", "Series", "SeriesInfo", "read_slice", "load_series", "load_all_series",
-           "list_series", "decoder_hint", "NON_IMAGE_MODALITIES"]
+__all__ = ["Slice", "Series", "SeriesInfo", "read_slice", "load_series", "load_files",
+           "load_all_series", "list_series", "decoder_hint", "NON_IMAGE_MODALITIES"]
 
 # Sidecar files commonly found next to DICOM files; skipped silently when scanning a folder.
 _SIDECAR_SUFFIXES = frozenset({".txt", ".csv", ".json", ".md", ".xml", ".npy", ".npz", ".png",
@@ -73,6 +73,8 @@ class Series:
     frames: tuple[int, ...]
     locations: np.ndarray | None = None
     skipped: list[Skipped] = dataclasses.field(default_factory=list)
+    positions: np.ndarray | None = None    # (S, 3) ImagePositionPatient of every slice, mm
+    orientation: np.ndarray | None = None  # (6,) ImageOrientationPatient row + column cosines
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
@@ -252,7 +254,10 @@ def _stack(slices: list[Slice], series_uid: str, skipped: list[Skipped], strict:
         frames=tuple(int(f) for _, f in order),
         locations=None if normal is None else np.array([s.positions[f] @ normal
                                                         for s, f in order]),
-        skipped=skipped)
+        skipped=skipped,
+        positions=None if any(s.positions is None for s, _ in order) else np.stack(
+            [s.positions[f] for s, f in order]),
+        orientation=s0.orientation)
 
 
 def _usable(path: Path, series_uid: str | None, modality: str | None,
@@ -314,6 +319,29 @@ def load_series(path: str | os.PathLike, series_uid: str | None = None,
     path = Path(path)
     images, skipped = _usable(path, series_uid, modality, strict)
     return _load_members(_select(path, images, series_uid, modality), skipped, strict, path)
+
+
+def load_files(paths, strict: bool = True) -> Series:
+    """One series from an explicit list of its files (e.g. ``SeriesInfo.paths`` of
+    :func:`list_series`), without scanning their folder again."""
+    paths = [Path(p) for p in paths]
+    images, skipped = [], []
+    for p in paths:
+        try:
+            ds = read_header(p)
+            problem = image_problem(ds)
+            if problem:
+                raise DataError(f"{p}: {problem}")
+        except DataError as e:
+            if strict:
+                raise
+            skipped.append(Skipped(str(p), str(e).removeprefix(f"{p}: ")))
+            continue
+        images.append((p, ds))
+    if not images:
+        first = f": {skipped[0].item}: {skipped[0].reason}" if skipped else ""
+        raise DataError(f"no usable DICOM image among {len(paths)} file(s){first}")
+    return _load_members(images, skipped, strict, images[0][0].parent)
 
 
 def load_all_series(path: str | os.PathLike, modality: str | None = None,
