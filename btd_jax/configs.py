@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Mapping, Optional, Tuple, Union
+import numbers
+from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Union
 
 __all__ = [
     "ModelConfig", "DiffusionConfig", "TrainConfig", "ScoreConfig", "Config", "SAMPLERS", "parse_reduction",
@@ -175,6 +176,8 @@ class ScoreConfig:
     clip_inputs: bool = False
     sampler: str = "ddpm"
     micro_batch: Union[int, str, None] = "auto"
+    # These change only the speed; every other field can change a score.
+    SPEED_FIELDS: ClassVar[Tuple[str, ...]] = ("batch_size", "micro_batch")
 
     def __post_init__(self):
         _check(self.steps >= 1, "score.steps must be >= 1")
@@ -182,10 +185,15 @@ class ScoreConfig:
         _check(self.center is None or self.center >= 1, f"score.center must be None or >= 1, got {self.center!r}")
         _check(self.batch_size >= 1, f"score.batch_size must be >= 1, got {self.batch_size!r}")
         _check(self.sampler in SAMPLERS, f"score.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        _check(self.micro_batch in (None, "auto") or (isinstance(self.micro_batch, int) and self.micro_batch >= 1),
+        _check(self.micro_batch in (None, "auto") or (isinstance(self.micro_batch, numbers.Integral)
+                                                      and not isinstance(self.micro_batch, bool) and self.micro_batch >= 1),
                f"score.micro_batch must be >= 1, 'auto' or None, got {self.micro_batch!r}")
         _check(_valid_reduction(self.reduction),
                f"score.reduction must be 'mean', 'max' or 'percentile:Q' (0 <= Q <= 100), got {self.reduction!r}")
+
+    def scoring_dict(self) -> Dict[str, Any]:
+        """The fields that decide a score (all but :attr:`SPEED_FIELDS`): what calibrations store."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.SPEED_FIELDS}
 
 
 def _valid_reduction(reduction: str) -> bool:
