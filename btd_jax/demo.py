@@ -32,7 +32,10 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from btd_jax import configs
+from btd_jax import configs, eval_io, evaluate, metrics, plots
+from btd_jax import train as btd_train
+from btd_jax.data import datasets, demo_data, preprocess
+from btd_jax.score import Scorer
 
 __all__ = ["DEMO_CONFIG", "QUICK_CONFIG", "demo_config", "run_demo"]
 
@@ -73,8 +76,6 @@ def _train(cfg: configs.Config, workdir: Path, patches: np.ndarray, budget_s: fl
     the loop's own ``steps_per_s``; a second call resumes up to as many steps as the remaining
     budget allows. Returns steps done, seconds, first/final loss and whether it stopped early.
     """
-    from btd_jax import train as btd_train
-
     t0 = time.perf_counter()
     total = cfg.train.num_steps
     first = min(probe, total)
@@ -101,8 +102,6 @@ def _evaluate_attack(scorer, ts, cfg: configs.Config, attack: str, n_boot: int, 
     """Score one test set once; evaluate each tamper style against the real rows, over the central
     window (the demo's choice for both attacks: the edits are centred, as in the authors' sets) and,
     for comparison, over the whole patch. Returns (rows, central scores, maps, reduction name)."""
-    from btd_jax import evaluate
-
     maps = np.asarray(scorer.residual_map(ts.patches, steps=cfg.score.steps, batch_size=cfg.score.batch_size),
                       np.float64)
     center = cfg.score.center
@@ -116,49 +115,34 @@ def _evaluate_attack(scorer, ts, cfg: configs.Config, attack: str, n_boot: int, 
 def _heatmaps(path: Path, sets: Dict[str, Any], per_style: int = 4) -> str:
     """Grid: for each tamper style, ``per_style`` tampered patches with their residual map overlaid
     (true tamper mask outlined) next to real patches of the same set."""
-    from btd_jax.eval_io import _pyplot
-    from btd_jax.data import preprocess
-
-    plt = _pyplot()
-    rows = [(att, m) for att, s in sets.items() for m in [*sorted(set(s["ts"].columns["method"]) - {"real"}), "real"]]
-    fig, axes = plt.subplots(len(rows), 2 * per_style, figsize=(2 * per_style * 1.3, len(rows) * 1.45), squeeze=False)
-    for r, (att, method) in enumerate(rows):
-        s = sets[att]
+    rows = []
+    for att, s in sets.items():
         ts, maps, scores = s["ts"], s["maps"], s["scores"]
-        idx = np.flatnonzero(ts.columns["method"] == method)
-        idx = idx[np.argsort(-scores[idx])][np.linspace(0, idx.size - 1, per_style).round().astype(int)] \
-            if idx.size >= per_style else idx  # spread over the score range: best to worst
         vmax = float(np.percentile(maps, 99.5))
-        for j in range(per_style):
-            a_img, a_map = axes[r, 2 * j], axes[r, 2 * j + 1]
-            for a in (a_img, a_map):
-                a.set_xticks([]), a.set_yticks([])
-            if j >= idx.size:
-                continue
-            i = idx[j]
-            lo, hi = np.percentile(ts.patches[i], [1, 99])  # per-patch stretch: CT windows are wide
-            a_img.imshow(ts.patches[i], cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6))
-            a_map.imshow(ts.patches[i], cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6))
-            a_map.imshow(maps[i], cmap="inferno", alpha=0.6, vmin=0, vmax=vmax)
-            mpath = ts.columns.get("mask")
-            if method != "real" and mpath is not None:
-                mask_file = Path(ts.columns["path"][i]).parent / Path(str(mpath[i])).name
-                if mask_file.is_file():
-                    m = preprocess.extract_patch(np.load(mask_file).astype(np.float32), ts.columns["x"][i],
-                                                 ts.columns["y"][i], ts.patches.shape[-1])
-                    a_map.contour(m, levels=[0.5], colors="cyan", linewidths=0.6)
-            a_img.set_title(f"score {scores[i]:.2e}", fontsize=6)
-        axes[r, 0].set_ylabel(f"{att}\n{method}", fontsize=7)
-    fig.suptitle("BTD residual maps (right of each pair; cyan: true tamper mask)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+        for method in [*sorted(set(ts.columns["method"]) - {"real"}), "real"]:
+            idx = np.flatnonzero(ts.columns["method"] == method)
+            idx = idx[np.argsort(-scores[idx])][np.linspace(0, idx.size - 1, per_style).round().astype(int)] \
+                if idx.size >= per_style else idx  # spread over the score range: best to worst
+            cells = [{"image": ts.patches[i], "map": maps[i], "vmax": vmax, "title": f"score {scores[i]:.2e}",
+                      "mask": _true_mask(ts, i) if method != "real" else None} for i in idx[:per_style]]
+            rows.append((f"{att}\n{method}", cells))
+    return plots.residual_grid(rows, str(path), per_style,
+                               title="BTD residual maps (right of each pair; cyan: true tamper mask)")
+
+
+def _true_mask(ts: Any, i: int) -> Optional[np.ndarray]:
+    """The tamper mask of test row ``i`` cut like its patch, or None when the set has none."""
+    mpath = ts.columns.get("mask")
+    if mpath is None:
+        return None
+    mask_file = Path(ts.columns["path"][i]).parent / Path(str(mpath[i])).name
+    if not mask_file.is_file():
+        return None
+    return preprocess.extract_patch(np.load(mask_file).astype(np.float32), ts.columns["x"][i],
+                                    ts.columns["y"][i], ts.patches.shape[-1])
 
 
 def _roc(path: Path, sets: Dict[str, Any]) -> str:
-    from btd_jax import evaluate
-
     curves = {}
     for att, s in sets.items():
         ts, scores = s["ts"], s["scores"]
@@ -166,14 +150,12 @@ def _roc(path: Path, sets: Dict[str, Any]) -> str:
         for m in sorted(set(ts.columns["method"]) - {"real"}):
             sel = real | (ts.columns["method"] == m)
             curves[f"{m}-{ts.modality}-{att}"] = (ts.labels[sel], scores[sel])
-    return evaluate.plot_roc(curves, str(path), title="BTD on simulated attacks (demo)")
+    return plots.plot_roc(curves, str(path), title="BTD on simulated attacks (demo)")
 
 
 def _per_scanner(sets: Dict[str, Any]) -> Dict[str, Dict[str, float]]:
     """{dataset: {scanner: AUC}} of the main scores: pooled AUCs also reflect score offsets between
     scanners (a noisier scanner has larger residuals everywhere); these do not."""
-    from btd_jax import metrics
-
     out = {}
     for att, s in sets.items():
         ts, scores = s["ts"], s["scores"]
@@ -213,8 +195,6 @@ def _markdown(info: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
         lines.append(f"| {r['dataset']} | {r['reduction']} | {r['n_real']} | {r['n_fake']} | {r['auc']:.3f} | "
                      f"{_fmt_ci(r['auc_mean'], r['auc_ci_low'], r['auc_ci_high'])} | {r['eer']:.3f} | "
                      f"{_fmt_ci(r['eer_mean'], r['eer_ci_low'], r['eer_ci_high'])} |")
-    from btd_jax.data.demo_data import NOTES
-
     per = info.get("per_scanner") or {}
     scanners = sorted({sc for v in per.values() for sc in v})
     if per:
@@ -224,7 +204,7 @@ def _markdown(info: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
                   for d, v in per.items()]
 
     lines += ["", "Attack styles (simulated on the real slices, `btd_jax/data/tamper.py`):", ""]
-    lines += [f"- {m}: {note}" for m, note in NOTES.items()]
+    lines += [f"- {m}: {note}" for m, note in demo_data.NOTES.items()]
     lines += ["",
               "![ROC](roc.png)", "", "![Residual maps](heatmaps.png)", "",
               f"Timings (s): {json.dumps({k: round(v, 1) for k, v in info['timings'].items()})}", ""]
@@ -249,10 +229,6 @@ def run_demo(out_dir: str | os.PathLike = "btd_demo", config: str = "demo", minu
       eer, bootstrap means and intervals), ``reduction`` (the main window, e.g. 'center16'),
       ``train`` (steps, seconds, losses), ``timings`` and ``files``.
     """
-    from btd_jax.data import datasets, demo_data
-    from btd_jax.evaluate import write_csv, write_json, write_scores_csv
-    from btd_jax.score import Scorer
-
     t_start = time.perf_counter()
     out = Path(out_dir)
     configs.get(config)  # an unknown preset fails before any work, also in quick mode
@@ -291,9 +267,9 @@ def run_demo(out_dir: str | os.PathLike = "btd_demo", config: str = "demo", minu
     t = time.perf_counter()
     report_dir.mkdir(parents=True, exist_ok=True)
     files = {"roc": _roc(report_dir / "roc.png", sets), "heatmaps": _heatmaps(report_dir / "heatmaps.png", sets),
-             "csv": write_csv(all_rows, str(report_dir / "results.csv"))}
+             "csv": eval_io.write_csv(all_rows, str(report_dir / "results.csv"))}
     for attack, s in sets.items():
-        files[f"scores_{attack}"] = write_scores_csv(str(report_dir / f"scores_{attack}.csv"), s["ts"].labels,
+        files[f"scores_{attack}"] = eval_io.write_scores_csv(str(report_dir / f"scores_{attack}.csv"), s["ts"].labels,
                                                      {s["reduction"]: s["scores"]}, s["ts"].columns)
     timings["figures"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
@@ -309,7 +285,7 @@ def run_demo(out_dir: str | os.PathLike = "btd_demo", config: str = "demo", minu
     }
     files["markdown"] = str(report_dir / "report.md")
     Path(files["markdown"]).write_text(_markdown(info, all_rows))
-    files["json"] = write_json(all_rows, str(report_dir / "results.json"), demo=info)
+    files["json"] = eval_io.write_json(all_rows, str(report_dir / "results.json"), demo=info)
     return {"out_dir": str(out), "report": files["markdown"], "results": all_rows, "train": train_info,
             "timings": timings, "files": files, "config": cfg.name,
             "reduction": sets["Inject"]["reduction"]}

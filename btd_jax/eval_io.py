@@ -1,7 +1,7 @@
-"""Evaluation output: Table-1 markdown, CSV/JSON writers, per-sample score CSVs and figures.
+"""Evaluation files: Table-1 markdown, CSV/JSON writers, per-sample score CSVs (written and read back).
 
-Split from :mod:`btd_jax.evaluate` (which re-exports every name here), so that the evaluation maths
-and the file formats stay apart. Figures use matplotlib's Agg backend.
+:mod:`btd_jax.evaluate` re-exports every name here, so the evaluation maths and the file formats
+stay apart; figures are in :mod:`btd_jax.plots`.
 """
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from btd_jax import metrics
 from btd_jax.data.errors import DataError
+from btd_jax.metrics import parse_labels
 
 __all__ = ["table1_markdown", "write_markdown", "write_csv", "write_json", "write_all", "write_scores_csv",
-           "read_scores_csv", "plot_roc", "plot_histogram"]
+           "read_scores_csv"]
 
 
 # ----------------------------------------------------------------------------- writers
@@ -100,7 +100,7 @@ def write_scores_csv(path: str, labels: np.ndarray, scores: Mapping[str, np.ndar
     return path
 
 
-def read_scores_csv(path: str):
+def read_scores_csv(path: str) -> Tuple[np.ndarray, Dict[str, np.ndarray], Dict[str, np.ndarray]]:
     """Reads a scored CSV -> (labels (N,) int8, {reduction: (N,)}, metadata {'scanner', 'method'}).
 
     Needs a ``label`` column and a ``score`` column or ``score_<reduction>`` columns (``score`` alone
@@ -120,8 +120,6 @@ def read_scores_csv(path: str):
         raise DataError(f"{path}: no 'score' or 'score_<reduction>' column (columns: {', '.join(cols)})")
     if not data:
         raise DataError(f"{path}: no rows")
-    from btd_jax.evaluate import parse_labels  # evaluate imports this module
-
     labels = parse_labels([r["label"] for r in data], source=path)
     scores = {}
     for c in score_cols:
@@ -132,50 +130,3 @@ def read_scores_csv(path: str):
     meta = {k: np.asarray([r[k] for r in data]) for k in cols if k not in score_cols and k not in ("label", "index")}
     return labels, scores, meta
 
-
-# ----------------------------------------------------------------------------- figures
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless; never opens a window
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_roc(curves: Mapping[str, tuple], path: str, title: str = "") -> str:
-    """ROC curves: ``curves`` = {legend label: (labels (N,), scores (N,))}; writes a PNG."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for name, (y, s) in curves.items():
-        fpr, tpr, _ = metrics.roc_curve(y, s)
-        ax.plot(fpr, tpr, label=f"{name} (AUC {metrics.auc(y, s):.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_histogram(scores: Any, labels: Any, path: str, title: str = "", threshold: Optional[float] = None) -> str:
-    """Real vs fake score histograms (log-spaced bins when all scores are positive); writes a PNG."""
-    plt = _pyplot()
-    y, s = np.asarray(labels), np.asarray(scores, dtype=np.float64)
-    positive = bool(np.all(s > 0)) and s.max() > s.min()
-    bins = np.geomspace(s.min(), s.max(), 40) if positive else 40
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.hist(s[y == 0], bins=bins, alpha=0.6, label=f"real ({int((y == 0).sum())})", density=True)
-    ax.hist(s[y == 1], bins=bins, alpha=0.6, label=f"fake ({int((y == 1).sum())})", density=True)
-    if threshold is not None:
-        ax.axvline(threshold, color="red", ls="--", lw=1, label="threshold")
-    if positive:
-        ax.set_xscale("log")
-    ax.set(xlabel="BTD score", ylabel="density", title=title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

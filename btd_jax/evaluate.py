@@ -10,18 +10,24 @@ reports the bootstrap mean). Typical use::
             for ...]
     evaluate.write_all(rows, out_dir)                                     # results.md / .csv / .json
 
-``evaluate_testset`` does all of that for a loaded test set; writers and figures: :mod:`btd_jax.eval_io`.
+``evaluate_testset`` does all of that for a loaded test set. Writers (:mod:`btd_jax.eval_io`), figures
+(:mod:`btd_jax.plots`) and :func:`btd_jax.metrics.parse_labels` are re-exported here.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from btd_jax import metrics
+from btd_jax.data import datasets
 from btd_jax.data.errors import DataError
+from btd_jax.eval_io import (read_scores_csv, table1_markdown, write_all, write_csv, write_json, write_markdown,
+                             write_scores_csv)
+from btd_jax.metrics import parse_labels
+from btd_jax.plots import plot_histogram, plot_roc
 from btd_jax.pooling import parse_reduction, pool_window
 
 __all__ = ["ATTACKS", "dataset_name", "reduction_name", "parse_labels", "split_by_tamper", "dataset_indices", "evaluate_scores",
@@ -29,8 +35,6 @@ __all__ = ["ATTACKS", "dataset_name", "reduction_name", "parse_labels", "split_b
            "write_all", "load_eval_set", "plot_roc", "plot_histogram", "read_scores_csv", "write_scores_csv", "table1_markdown"]
 
 ATTACKS = {"injection": "Inject", "inject": "Inject", "removal": "Remove", "remove": "Remove"}
-_REAL = {"0", "real", "tm", "tb", "genuine", "authentic"}
-_FAKE = {"1", "fake", "fm", "fb", "tampered", "deepfake"}
 _NO_METHOD = {"", "real", "none", "nan", "na", "-"}
 
 
@@ -51,23 +55,6 @@ def reduction_name(center: Optional[int], reduction: str = "mean") -> str:
     if kind == "mean":
         return name
     return f"{name}_max" if kind == "max" else f"{name}_p{q:g}"
-
-
-def parse_labels(values: Iterable[Any], source: str = "labels") -> np.ndarray:
-    """0/1, bool or the paper's names (real/fake, TM/TB real, FM/FB fake) -> int8 (N,)."""
-    arr = np.asarray(values)
-    if arr.dtype == bool or np.issubdtype(arr.dtype, np.integer):
-        values = arr.astype(np.int64)
-    out = []
-    for i, v in enumerate(values):
-        t = str(v).strip().lower()
-        if t in ("1", "1.0", "true") or t in _FAKE:
-            out.append(1)
-        elif t in ("0", "0.0", "false") or t in _REAL:
-            out.append(0)
-        else:
-            raise DataError(f"{source}: item {i} has label {v!r}; use 0/1, real/fake or TM/TB/FM/FB")
-    return np.asarray(out, dtype=np.int8)
 
 
 def split_by_tamper(labels: np.ndarray, method: Optional[np.ndarray], tamper: Optional[str] = None
@@ -184,8 +171,6 @@ def load_eval_set(path: str, modality: str, attack: str, size: Optional[int] = N
             patches, labels = z["patches"].astype(np.float32), parse_labels(z["labels"], source=path)
             meta = {k: z[k] for k in z.files if k not in ("patches", "labels")}
     else:
-        from btd_jax.data import datasets  # data loading stays out of the metrics-only import path
-
         ts = datasets.load_testset(path, modality, attack, size=size)
         patches, labels = np.asarray(ts.patches, np.float32), parse_labels(ts.labels, source=path)
         meta = {k: np.asarray(v) for k, v in dict(getattr(ts, "columns", None) or ts.metadata).items()}
@@ -264,8 +249,3 @@ def evaluate_scored(scores: Mapping[str, np.ndarray], labels: np.ndarray, metada
             rows.append(evaluate_scores(np.asarray(s)[idx], y[idx], None if scanner is None else scanner[idx],
                                         dataset=name, method=method, reduction=red, n_boot=n_boot, seed=seed))
     return rows
-
-
-# Writers and figures live in eval_io; re-exported so ``evaluate.write_all`` etc. keep working.
-from btd_jax.eval_io import (plot_histogram, plot_roc, read_scores_csv, table1_markdown, write_all,  # noqa: E402
-                             write_csv, write_json, write_markdown, write_scores_csv)

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from btd_jax.data.errors import DataError
+from btd_jax.plots import save_overlay  # re-exported: localize.save_overlay(img01, res, path)
 
 __all__ = ["window_positions", "extract_windows", "aggregate_maps", "window_scores", "nms", "LocalizeResult",
            "localize_slice", "localize_volume", "save_overlay"]
@@ -191,28 +192,3 @@ def localize_volume(scorer: Any, vol01: Any, top_k: int = 5, key: Any = None, **
     flat.sort(key=lambda t: -t["score"])
     return results, flat[:top_k]
 
-
-def save_overlay(img01: np.ndarray, res: LocalizeResult, path: str, title: str = "") -> str:
-    """Slice in grey, suspicion map in 'hot' on top, top-k windows as numbered boxes; writes a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    fig, ax = plt.subplots(figsize=(6, 6))
-    ax.imshow(img01, cmap="gray", vmin=0, vmax=1)
-    s = res.suspicion
-    hi = np.percentile(s, 99.5) if s.size else 1.0
-    ax.imshow(s, cmap="hot", alpha=0.45, vmin=0, vmax=max(float(hi), 1e-12))
-    half = (res.center or res.patch) / 2
-    for i, t in enumerate(res.top):
-        ax.add_patch(Rectangle((t["col"] - half, t["row"] - half), 2 * half, 2 * half, fill=False,
-                               edgecolor="cyan" if i else "lime", lw=1.5))
-        ax.text(t["col"] - half, t["row"] - half - 2, f"{i + 1}: {t['score']:.3g}", color="cyan", fontsize=7)
-    ax.set_title(title or f"BTD suspicion (stride {res.stride}, window {res.patch})", fontsize=9)
-    ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -16,14 +16,34 @@ This module knows nothing of models; it only needs NumPy and scikit-learn.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 from sklearn import metrics as _skm
 
 from btd_jax.data.errors import DataError
 
-__all__ = ["check_inputs", "roc_curve", "auc", "eer", "bootstrap", "balanced_indices"]
+__all__ = ["parse_labels", "check_inputs", "roc_curve", "auc", "eer", "bootstrap", "balanced_indices"]
+
+_REAL = {"0", "real", "tm", "tb", "genuine", "authentic"}
+_FAKE = {"1", "fake", "fm", "fb", "tampered", "deepfake"}
+
+
+def parse_labels(values: Iterable[Any], source: str = "labels") -> np.ndarray:
+    """0/1, bool or the paper's names (real/fake, TM/TB real, FM/FB fake) -> int8 (N,)."""
+    arr = np.asarray(values)
+    if arr.dtype == bool or np.issubdtype(arr.dtype, np.integer):
+        values = arr.astype(np.int64)
+    out = []
+    for i, v in enumerate(values):
+        t = str(v).strip().lower()
+        if t in ("1", "1.0", "true") or t in _FAKE:
+            out.append(1)
+        elif t in ("0", "0.0", "false") or t in _REAL:
+            out.append(0)
+        else:
+            raise DataError(f"{source}: item {i} has label {v!r}; use 0/1, real/fake or TM/TB/FM/FB")
+    return np.asarray(out, dtype=np.int8)
 
 
 def check_inputs(labels: Any, scores: Any, name: str = "scores") -> Tuple[np.ndarray, np.ndarray]:

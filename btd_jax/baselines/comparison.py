@@ -27,6 +27,7 @@ import numpy as np
 
 from btd_jax import baselines, evaluate
 from btd_jax.baselines import base
+from btd_jax.plots import plot_bars  # re-exported: comparison.plot_bars(rows, path)
 
 __all__ = ["Result", "paper_center", "baseline_config", "compare", "write_outputs", "plot_bars"]
 
@@ -139,41 +140,6 @@ def compare(train: np.ndarray, patches: np.ndarray, labels: np.ndarray, metadata
             "baseline_steps": baseline_steps, "btd_steps": btd_steps, "n_train": int(len(train)),
             "n_test": int(len(patches)), "patch_size": int(side), "seconds": seconds}
     return Result(rows, scores, labels, {k: np.asarray(v) for k, v in metadata.items()}, seconds, info)
-
-
-def plot_bars(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -> str:
-    """Grouped bars per dataset: bootstrap-mean AUC (95% CI whiskers) and EER for every method -> PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    cell = {(r["method"], r["dataset"]): r for r in rows}
-    fig, axes = plt.subplots(2, 1, figsize=(min(20, max(7, 0.3 * len(methods) * len(datasets) + 3)), 7.5))
-    width = 0.8 / max(1, len(methods))
-    x = np.arange(len(datasets))
-    for ax, metric in zip(axes, ("auc", "eer")):
-        for j, m in enumerate(methods):
-            r = [cell.get((m, d)) for d in datasets]
-            mean = np.array([np.nan if c is None else c[f"{metric}_mean"] for c in r])
-            lo = np.array([np.nan if c is None else c[f"{metric}_ci_low"] for c in r])
-            hi = np.array([np.nan if c is None else c[f"{metric}_ci_high"] for c in r])
-            ax.bar(x + (j - (len(methods) - 1) / 2) * width, mean, width, label=m,
-                   yerr=np.stack([mean - lo, hi - mean]), capsize=2)
-        ax.axhline(0.5, color="gray", lw=0.8, ls="--")
-        ax.set_xticks(x, datasets)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel(f"{metric.upper()} (bootstrap mean, 95% CI)")
-        ax.set_title(f"{metric.upper()} ({'higher' if metric == 'auc' else 'lower'} is better)")
-    handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=min(5, len(methods)), fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend below the bars
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def write_outputs(result: Result, out_dir: str, **extra: Any) -> Dict[str, str]:

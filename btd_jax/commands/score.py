@@ -134,35 +134,6 @@ def write_scores_csv(path: str, scores, labels=None, columns=None) -> None:
             w.writerow(row + [columns[k][i] for k in columns])
 
 
-def write_overlays(folder: str, patches, maps, scores, ids, limit: int) -> int:
-    """PNG per patch (highest scores first): patch, residual map, and the map over the patch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    os.makedirs(folder, exist_ok=True)
-    order = np.argsort(-np.asarray(scores))[:max(limit, 0)]
-    vmax = float(np.percentile(maps[order], 99.5)) if len(order) else 1.0
-    for i in order:
-        fig, ax = plt.subplots(1, 3, figsize=(9, 3.2))
-        ax[0].imshow(patches[i], cmap="gray", vmin=0, vmax=1)
-        ax[0].set_title(f"patch {ids[i]}")
-        im = ax[1].imshow(maps[i], cmap="magma", vmin=0, vmax=vmax)
-        ax[1].set_title("(x - x_d)^2")
-        fig.colorbar(im, ax=ax[1], fraction=0.046)
-        ax[2].imshow(patches[i], cmap="gray", vmin=0, vmax=1)
-        ax[2].imshow(maps[i], cmap="magma", vmin=0, vmax=vmax, alpha=0.5)
-        ax[2].set_title(f"score {float(scores[i]):.4g}")
-        for a in ax:
-            a.axis("off")
-        fig.tight_layout()
-        fig.savefig(os.path.join(folder, f"{ids[i]}.png"), dpi=80)
-        plt.close(fig)
-    return len(order)
-
-
 def _variant_options(args, scorer, patches, kw, want_maps) -> None:
     """Adds the score-variant keywords to ``kw``; with --fit_reference fits and saves the reference first."""
     import jax
@@ -187,6 +158,7 @@ def run(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
+    from btd_jax import plots
     from btd_jax.score import Scorer
 
     if args.png_max < 0:
@@ -224,6 +196,6 @@ def run(args) -> int:
                             **({"labels": labels} if labels is not None else {}))
         print(f"residual maps {maps.shape} -> {args.maps}")
     if args.png:
-        n = write_overlays(args.png, np.asarray(patches), maps, scores, ids, args.png_max)
+        n = plots.write_overlays(args.png, np.asarray(patches), maps, scores, ids, args.png_max)
         print(f"{n} PNG overlays -> {args.png}")
     return 0
