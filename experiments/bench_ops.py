@@ -102,7 +102,7 @@ import statistics, time
 import jax
 from btd_jax import configs
 from btd_jax.models import unet
-from btd_jax.training.step import accumulated_grads
+from btd_jax.train.step import accumulated_grads
 if "{mode}" == "no_linear_attention":
     unet.LinearAttention.__call__ = lambda self, x: x
 if "{mode}" == "no_groupnorm":

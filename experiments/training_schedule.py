@@ -56,8 +56,8 @@ def fast_step(cfg):
 
     from btd_jax import diffusion
     from btd_jax.models.unet import Unet
-    from btd_jax.training.state import ema_update, make_optimizer
-    from btd_jax.training.step import step_noise
+    from btd_jax.train.state import ema_update, make_optimizer
+    from btd_jax.train.step import step_noise
 
     assert cfg.train.grad_accum == 1 and not cfg.train.hflip
     model, sched, tx = Unet.from_config(cfg.model), diffusion.make_schedule(cfg.diffusion), make_optimizer(cfg.train)
@@ -124,8 +124,8 @@ def run_one(args, schedule: str, seed: int, data) -> dict:
     import jax
     from flax import serialization
 
-    from btd_jax.training.state import create_train_state
-    from btd_jax.training.step import make_train_step
+    from btd_jax.train.state import create_train_state
+    from btd_jax.train.step import make_train_step
 
     train_x, _, tests, _ = data
     cfg = dataclasses.replace(make_config(args, schedule), train=dataclasses.replace(
@@ -237,7 +237,7 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--ema", type=float, default=0.99)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--library_step", action="store_true", help="use btd_jax.training.step.make_train_step")
+    ap.add_argument("--library_step", action="store_true", help="use btd_jax.train.step.make_train_step")
     ap.add_argument("--summarise_only", action="store_true", help="only redo summary, comparison and plot")
     args = ap.parse_args(argv)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from btd_jax import configs, parallel, train
-from btd_jax.training import checkpoints, feed
+from btd_jax.train import checkpoints, feed
 
 CFG = configs.override(configs.get("tiny"), {
     "train.batch_size": 8, "train.grad_accum": 1, "train.num_steps": 6, "train.log_every": 2,

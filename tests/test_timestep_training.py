@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from btd_jax import configs, diffusion
-from btd_jax.training.state import create_train_state
-from btd_jax.training.step import make_train_step, step_noise
+from btd_jax.train.state import create_train_state
+from btd_jax.train.step import make_train_step, step_noise
 
 DISTS = ("uniform", "truncated", "mixture", "lowt")
 

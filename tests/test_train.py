@@ -11,8 +11,8 @@ from flax import traverse_util
 
 from btd_jax import configs, parallel, train
 from btd_jax.data.errors import DataError
-from btd_jax.training import feed
-from btd_jax.training.step import step_noise
+from btd_jax.train import feed
+from btd_jax.train.step import step_noise
 
 # One config for most tests, so the compiled step is shared (loop-only fields do not recompile).
 CFG = configs.override(configs.get("tiny"), {

@@ -48,7 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _config(args):
     from btd_jax import configs
-    from btd_jax.training import checkpoints
+    from btd_jax.train import checkpoints
 
     saved = os.path.isfile(os.path.join(args.workdir, checkpoints.CONFIG_FILE))
     if args.config is not None:
@@ -73,7 +73,7 @@ def _config(args):
 def _real_patches(path: str, cfg, n_per_slice: int, seed: int):
     """(patches (N,H,W), patient ids or None) of real images from any --data format."""
     from btd_jax.data import datasets
-    from btd_jax.training.feed import check_patches
+    from btd_jax.train.feed import check_patches
 
     ps = datasets.load_data(path, modality=cfg.modality, size=cfg.image_size, n_per_slice=n_per_slice, seed=seed)
     x, cols = check_patches(ps.patches, cfg, path)[..., 0] if cfg.model.channels == 1 else ps.patches, ps.columns

@@ -17,7 +17,7 @@ from btd_jax.checkpoints import (CHECKPOINT_DIR, CONFIG_FILE, check_compatible, 
                                  latest_step, load_params, open_manager, read_config, read_meta,
                                  save_params_checkpoint, saved_tree, write_config)
 from btd_jax.configs import Config
-from btd_jax.training.state import TrainState, abstract_train_state, create_train_state
+from btd_jax.train.state import TrainState, abstract_train_state, create_train_state
 
 __all__ = ["CONFIG_FILE", "CHECKPOINT_DIR", "write_config", "read_config", "check_compatible", "open_manager",
            "save_state", "restore_state", "latest_step", "save_params_checkpoint", "load_params",

@@ -17,8 +17,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
+from btd_jax import diffusion
 from btd_jax.configs import Config
 from btd_jax.data.errors import DataError
+from btd_jax.parallel import data_sharding
+from btd_jax.train.step import batch_sharding
 
 __all__ = ["check_patches", "global_indices", "TrainFeed", "ValFeed", "prefetch"]
 
@@ -93,8 +96,6 @@ class TrainFeed:
     """Global ``(grad_accum, batch_size, H, W, C)`` training batches for step ``s`` over ``mesh``."""
 
     def __init__(self, patches: np.ndarray, cfg: Config, mesh: Mesh, seed: Optional[int] = None):
-        from btd_jax.training.step import batch_sharding
-
         tc = cfg.train
         self.data = patches
         self.accum, self.batch = tc.grad_accum, tc.batch_size
@@ -128,9 +129,6 @@ class ValFeed:
     """
 
     def __init__(self, patches: np.ndarray, cfg: Config, mesh: Mesh, chunk: int, max_images: int = 2048):
-        from btd_jax import diffusion
-        from btd_jax.parallel import data_sharding
-
         x = patches[:max_images]
         n = len(x)
         rng = np.random.default_rng((cfg.train.seed, 7919))

@@ -20,7 +20,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from btd_jax import diffusion
 from btd_jax.configs import Config, ScoreConfig, TrainConfig
-from btd_jax.training.state import TrainState, ema_update, learning_rate_schedule, make_optimizer
+from btd_jax.models.unet import Unet
+from btd_jax.parallel import data_sharding, make_mesh, replicated
+from btd_jax.train.state import TrainState, compile_key, ema_update, learning_rate_schedule, make_optimizer
 
 __all__ = ["batch_sharding", "make_train_step", "train_step", "make_eval_step", "step_noise", "accumulated_grads"]
 
@@ -30,12 +32,6 @@ StepFn = Callable[[TrainState, jax.Array], Tuple[TrainState, Dict[str, jax.Array
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Sharding of a stacked training batch ``(grad_accum, batch, H, W, C)``: axis 1 over the mesh."""
     return NamedSharding(mesh, PartitionSpec(None, mesh.axis_names[0]))
-
-
-def _default_mesh() -> Mesh:
-    from btd_jax.parallel import make_mesh
-
-    return make_mesh()
 
 
 def step_noise(cfg: Config, key: jax.Array, accum: int, batch: int) -> Tuple[jax.Array, jax.Array, jax.Array]:
@@ -83,8 +79,6 @@ def accumulated_grads(cfg: Config, params, x0: jax.Array, t: jax.Array, noise: j
     Returns:
       (loss, grads): the mean over micro-batches of the batch-mean loss, and its gradient.
     """
-    from btd_jax.models.unet import Unet
-
     grad_fn = jax.value_and_grad(functools.partial(_loss_fn, Unet.from_config(cfg.model),
                                                    diffusion.make_schedule(cfg.diffusion)))
     accum = x0.shape[0]
@@ -106,19 +100,6 @@ def accumulated_grads(cfg: Config, params, x0: jax.Array, t: jax.Array, noise: j
     return loss_sum / accum, jax.tree.map(lambda g: g / accum, grad_sum)
 
 
-# Train settings that do not change the compiled step; normalised away so that runs which differ only
-# in them (e.g. a resumed run with more steps) reuse one compilation.
-_LOOP_ONLY = {"seed": 0, "log_every": 1, "eval_every": 1, "checkpoint_every": 1, "keep_checkpoints": 1,
-              "batch_size": 1, "grad_accum": 1}
-
-
-def _step_key(cfg: Config) -> Config:
-    loop_only = dict(_LOOP_ONLY)
-    if cfg.train.lr_schedule == "constant":
-        loop_only["num_steps"] = 1
-    return dataclasses.replace(cfg, name="", score=ScoreConfig(), train=dataclasses.replace(cfg.train, **loop_only))
-
-
 def make_train_step(cfg: Config, mesh: Optional[Mesh] = None) -> StepFn:
     """A jitted ``step(state, images) -> (state, metrics)`` for ``cfg`` over ``mesh`` (default: all devices).
 
@@ -128,13 +109,11 @@ def make_train_step(cfg: Config, mesh: Optional[Mesh] = None) -> StepFn:
     ``grad_norm`` and the ``lr`` used, as replicated scalars (fetch them only when logging, to keep
     the device queue full). Compiled functions are cached per (model/diffusion/optimiser config, mesh).
     """
-    return _make_train_step(_step_key(cfg), mesh or _default_mesh())
+    return _make_train_step(compile_key(cfg), mesh or make_mesh())
 
 
 @functools.lru_cache(maxsize=16)
 def _make_train_step(cfg: Config, mesh: Mesh) -> StepFn:
-    from btd_jax.parallel import replicated
-
     tc = cfg.train
     tx = make_optimizer(tc)
     lr_fn = learning_rate_schedule(tc)
@@ -173,14 +152,11 @@ def make_eval_step(cfg: Config, mesh: Optional[Mesh] = None) -> Callable:
     process can read it.
     """
     return _make_eval_step(dataclasses.replace(cfg, name="", train=TrainConfig(), score=ScoreConfig()),
-                           mesh or _default_mesh())
+                           mesh or make_mesh())
 
 
 @functools.lru_cache(maxsize=16)
 def _make_eval_step(cfg: Config, mesh: Mesh) -> Callable:
-    from btd_jax.models.unet import Unet
-    from btd_jax.parallel import data_sharding, replicated
-
     model = Unet.from_config(cfg.model)
     sched = diffusion.make_schedule(cfg.diffusion)
 

@@ -21,10 +21,11 @@ from absl import logging
 from jax.sharding import Mesh
 
 from btd_jax.configs import Config
-from btd_jax.training import checkpoints as ckpt
-from btd_jax.training.feed import TrainFeed, ValFeed, check_patches, prefetch
-from btd_jax.training.state import TrainState, create_train_state
-from btd_jax.training.step import make_eval_step, make_train_step
+from btd_jax.parallel import make_mesh
+from btd_jax.train import checkpoints as ckpt
+from btd_jax.train.feed import TrainFeed, ValFeed, check_patches, prefetch
+from btd_jax.train.state import TrainState, create_train_state
+from btd_jax.train.step import make_eval_step, make_train_step
 
 __all__ = ["train_and_evaluate", "METRICS_FILE"]
 
@@ -111,8 +112,6 @@ def train_and_evaluate(cfg: Config, workdir: str, train_data, val_data=None, *, 
     Returns:
       the final :class:`TrainState` (replicated over the mesh).
     """
-    from btd_jax.parallel import make_mesh
-
     tc = cfg.train
     mesh = mesh or make_mesh()
     _check_batch(cfg, mesh)

@@ -5,15 +5,15 @@
     state = btd_jax.train.train_and_evaluate(cfg, "runs/ct", patches, val_patches)
     params, cfg = btd_jax.train.load_params("runs/ct")          # EMA weights of the newest checkpoint
 
-The pieces live in :mod:`btd_jax.training` (``state``: TrainState, optimiser, EMA; ``step``: the jitted
-steps; ``checkpoints``; ``loop``: the loop and the data feed); this module is the stable import path.
+Modules: ``state`` (TrainState, optimiser, EMA), ``step`` (the jitted steps), ``feed`` (batches of a
+step over the mesh), ``checkpoints`` (whole-state save/restore), ``loop`` (``train_and_evaluate``).
 """
 
-from btd_jax.training.checkpoints import load_params, save_params_checkpoint
-from btd_jax.training.loop import train_and_evaluate
-from btd_jax.training.state import (TrainState, create_train_state, ema_decay, ema_update, learning_rate_schedule,
-                                    make_optimizer)
-from btd_jax.training.step import batch_sharding, make_eval_step, make_train_step, train_step
+from btd_jax.checkpoints import load_params, save_params_checkpoint
+from btd_jax.train.loop import train_and_evaluate
+from btd_jax.train.state import (TrainState, create_train_state, ema_decay, ema_update, learning_rate_schedule,
+                                 make_optimizer)
+from btd_jax.train.step import batch_sharding, make_eval_step, make_train_step, train_step
 
 __all__ = [
     "TrainState", "create_train_state", "make_optimizer", "learning_rate_schedule", "ema_decay", "ema_update",

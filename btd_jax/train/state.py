@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Optional
 
@@ -17,10 +18,12 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from btd_jax.configs import Config, TrainConfig
+from btd_jax.configs import Config, ScoreConfig, TrainConfig
+from btd_jax.models.unet import init_params
+from btd_jax.parallel import replicated
 
 __all__ = ["TrainState", "create_train_state", "make_optimizer", "learning_rate_schedule",
-           "ema_decay", "ema_update", "abstract_train_state"]
+           "ema_decay", "ema_update", "abstract_train_state", "compile_key"]
 
 PyTree = Any
 
@@ -97,9 +100,21 @@ def ema_update(ema: PyTree, params: PyTree, step: jax.Array, tc: TrainConfig) ->
     return jax.lax.cond(copy | lerp, lambda: jax.tree.map(_update, ema, params), lambda: ema)
 
 
-def _init_state(cfg: Config, key: jax.Array) -> TrainState:
-    from btd_jax.models.unet import init_params
+# Train settings that change neither the state nor the compiled step; normalised away so that runs which
+# differ only in them (e.g. a resumed run with more steps) reuse one compilation.
+_LOOP_ONLY = {"seed": 0, "log_every": 1, "eval_every": 1, "checkpoint_every": 1, "keep_checkpoints": 1,
+              "batch_size": 1, "grad_accum": 1}
 
+
+def compile_key(cfg: Config) -> Config:
+    """``cfg`` reduced to the fields that shape the train state and step (a hashable cache key)."""
+    loop_only = dict(_LOOP_ONLY)
+    if cfg.train.lr_schedule == "constant":
+        loop_only["num_steps"] = 1
+    return dataclasses.replace(cfg, name="", score=ScoreConfig(), train=dataclasses.replace(cfg.train, **loop_only))
+
+
+def _init_state(cfg: Config, key: jax.Array) -> TrainState:
     init_key, run_key = jax.random.split(key)
     params = init_params(cfg.model, cfg.image_size, init_key)
     opt_state = make_optimizer(cfg.train).init(params)
@@ -125,17 +140,13 @@ def create_train_state(cfg: Config, key: jax.Array, mesh: Optional[Mesh] = None)
         across processes, every process passes the same key).
     """
     _check_trainable(cfg)
-    from btd_jax.training.step import _step_key  # the config fields that shape the state
-
-    return _init_fn(_step_key(cfg), mesh)(key)
+    return _init_fn(compile_key(cfg), mesh)(key)
 
 
 @functools.lru_cache(maxsize=16)
 def _init_fn(cfg: Config, mesh: Optional[Mesh]):
     if mesh is None:
         return jax.jit(functools.partial(_init_state, cfg))
-    from btd_jax.parallel import replicated
-
     return jax.jit(functools.partial(_init_state, cfg), out_shardings=replicated(mesh))
 
 
@@ -144,7 +155,5 @@ def abstract_train_state(cfg: Config, mesh: Optional[Mesh] = None) -> TrainState
     shapes = jax.eval_shape(functools.partial(_init_state, cfg), jax.random.PRNGKey(0))
     if mesh is None:
         return shapes
-    from btd_jax.parallel import replicated
-
     sharding = replicated(mesh)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)

@@ -1,1 +1,0 @@
-"""Training internals; the public entry point is :mod:`btd_jax.train`."""
