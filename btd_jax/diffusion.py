@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from btd_jax.configs import T_SAMPLINGS
 from btd_jax.schedules import _torch_linspace
 # Schedules live in btd_jax.schedules; re-exported here, the module users import.
 from btd_jax.schedules import (BETA_SCHEDULES, BUFFER_NAMES, OBJECTIVES, Schedule, beta_schedule,  # noqa: F401
@@ -39,7 +40,7 @@ __all__ = [
     "sample_timesteps", "timestep_probs",
 ]
 
-T_DISTRIBUTIONS = ("uniform", "truncated", "mixture", "lowt")
+T_DISTRIBUTIONS = T_SAMPLINGS  # the training timestep laws (configs: train.t_sampling)
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 

@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from btd_jax.configs import BETA_SCHEDULES, OBJECTIVES
+
 __all__ = ["OBJECTIVES", "BETA_SCHEDULES", "BUFFER_NAMES", "Schedule", "linear_beta_schedule",
            "cosine_beta_schedule", "sigmoid_beta_schedule", "beta_schedule", "schedule_buffers", "make_schedule"]
 
-OBJECTIVES = ("pred_noise", "pred_x0", "pred_v")
-BETA_SCHEDULES = ("linear", "cosine", "sigmoid")
 BUFFER_NAMES = (
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
     "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",

@@ -114,17 +114,14 @@ def test_tiny_training_run_with_each_schedule(dist):
 
 
 def test_fast_presets_change_only_the_timestep_law():
-    from btd_jax import presets_fast
-
-    base = {n: configs.get(n) for n in ("ct", "mri", "ct8", "tiny")}
-    fast = presets_fast.fast_presets(base)
+    fast = {n: configs.get(n) for n in configs.NAMES if n.endswith("-fast")}
     assert set(fast) == {"ct-fast", "mri-fast", "ct8-fast"}
     for name, cfg in fast.items():
-        b = base[name[:-len("-fast")]]
+        b = configs.get(name[:-len("-fast")])
         assert cfg.name == name and b.train.t_sampling == "uniform"  # the paper's presets keep uniform
-        for field, value in presets_fast.FAST_TRAIN.items():
+        for field, value in configs.FAST_TRAIN.items():
             assert getattr(cfg.train, field) == value
         assert dataclasses.replace(cfg, name=b.name, score=b.score, train=dataclasses.replace(
-            cfg.train, **{f: getattr(b.train, f) for f in presets_fast.FAST_TRAIN})) == b
-        assert cfg.score == dataclasses.replace(b.score, **presets_fast.FAST_SCORE)
+            cfg.train, **{f: getattr(b.train, f) for f in configs.FAST_TRAIN})) == b
+        assert cfg.score == dataclasses.replace(b.score, **configs.FAST_SCORE)
         assert configs.from_json(configs.to_json(cfg)) == cfg

@@ -1,11 +1,11 @@
-"""Frozen configuration dataclasses and the named presets.
+"""The configuration schema: frozen dataclasses, the lists of valid names, overrides and JSON.
 
-Configuration is read at the entry points (CLI, experiments, ``Scorer``) only; the maths below
-(`models`, `diffusion`, `score`) takes explicit arguments. Change a preset with
-``dataclasses.replace`` or :func:`override`::
+Configuration is read at the entry points (CLI, experiments, ``Scorer``) only; the maths
+(``models``, ``diffusion``, ``scoring``) takes explicit arguments. Change a config with
+``dataclasses.replace`` or :func:`override`, whose string values are parsed by each field's declared
+type (so command lines can pass them)::
 
-    cfg = configs.get("ct")
-    cfg = configs.override(cfg, {"train.batch_size": 32, "model.dtype": "bfloat16"})
+    cfg = override(cfg, {"train.batch_size": 32, "model.dtype": "bfloat16", "model.dim_mults": "1,2,4"})
 """
 
 from __future__ import annotations
@@ -13,19 +13,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import numbers
-from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Union
+import typing
+from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+from btd_jax.configs.values import TypeMismatch, convert, type_name
 
 __all__ = [
-    "ModelConfig", "DiffusionConfig", "TrainConfig", "ScoreConfig", "Config", "SAMPLERS", "parse_reduction",
-    "NAMES", "get", "override", "to_dict", "from_dict", "to_json", "from_json",
+    "ModelConfig", "DiffusionConfig", "TrainConfig", "ScoreConfig", "Config", "SECTIONS",
+    "ARCH_VERSIONS", "OBJECTIVES", "BETA_SCHEDULES", "T_SAMPLINGS", "LR_SCHEDULES", "DTYPES", "SAMPLERS",
+    "MODALITIES", "parse_reduction", "field_type", "parse_value", "parse_assignments", "override",
+    "to_dict", "from_dict", "to_json", "from_json",
 ]
 
+# The valid names, defined here once; schedules, diffusion, scoring and training import them.
 ARCH_VERSIONS = ("v1", "v2")
 OBJECTIVES = ("pred_noise", "pred_x0", "pred_v")
 BETA_SCHEDULES = ("linear", "cosine", "sigmoid")
 T_SAMPLINGS = ("uniform", "truncated", "mixture", "lowt")
+LR_SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16")
 SAMPLERS = ("ddpm", "ddim")
+MODALITIES = ("CT", "MRI")
 
 
 def parse_reduction(reduction: str) -> Tuple[str, float]:
@@ -139,7 +147,7 @@ class TrainConfig:
     warmup_steps: int = 0
     lr_schedule: str = "constant"  # or "cosine"
     hflip: bool = False
-    # Timestep distribution for training (issue 9); 'uniform' is the paper.
+    # Timestep distribution for training; 'uniform' is the paper.
     t_sampling: str = "uniform"
     t_max: int = 10
     mixture_uniform_frac: float = 0.25
@@ -152,7 +160,7 @@ class TrainConfig:
     def __post_init__(self):
         _check(self.batch_size >= 1 and self.grad_accum >= 1, "train.batch_size and train.grad_accum must be >= 1")
         _check(self.t_sampling in T_SAMPLINGS, f"train.t_sampling must be one of {T_SAMPLINGS}, got {self.t_sampling!r}")
-        _check(self.lr_schedule in ("constant", "cosine"), "train.lr_schedule must be 'constant' or 'cosine'")
+        _check(self.lr_schedule in LR_SCHEDULES, f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,124 +222,104 @@ class Config:
     score: ScoreConfig = dataclasses.field(default_factory=ScoreConfig)
 
     def __post_init__(self):
-        _check(self.modality in ("CT", "MRI"), f"modality must be 'CT' or 'MRI', got {self.modality!r}")
+        _check(self.modality in MODALITIES, f"modality must be 'CT' or 'MRI', got {self.modality!r}")
 
     @property
     def image_size(self) -> int:
         return self.diffusion.image_size
 
 
-def _presets() -> dict:
-    ct = Config("ct", "CT", ModelConfig(dim=32), DiffusionConfig(image_size=96))
-    tiny_model = ModelConfig(dim=8, dim_mults=(1, 2), attn_heads=2, attn_dim_head=8)
-    return {
-        "ct": ct,
-        "mri": Config("mri", "MRI", ModelConfig(dim=32), DiffusionConfig(image_size=128)),
-        "ct8": dataclasses.replace(ct, name="ct8", model=ModelConfig(dim=8)),
-        "tiny": Config("tiny", "CT", tiny_model, DiffusionConfig(image_size=16, timesteps=100, sampling_timesteps=10),
-                       TrainConfig(batch_size=8, grad_accum=1, learning_rate=1e-3, ema_update_after_step=0,
-                                   num_steps=20, log_every=5, eval_every=10, checkpoint_every=10),
-                       ScoreConfig(batch_size=16)),
-        **_demo_presets(),
-    }
+
+SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig, "score": ScoreConfig}
+_TOP_FIELDS = {"name": str, "modality": str}
+
+def field_type(key: str) -> Any:
+    """The declared type of a dotted config key (``"train.batch_size"`` -> ``int``).
+
+    Raises KeyError naming the valid sections or fields for an unknown key.
+    """
+    section, _, name = key.partition(".")
+    if not name:
+        if key not in _TOP_FIELDS:
+            raise KeyError(f"unknown config key {key!r}")
+        return _TOP_FIELDS[key]
+    if section not in SECTIONS:
+        raise KeyError(f"unknown config section {section!r} in {key!r}; sections are {', '.join(SECTIONS)}")
+    hints = typing.get_type_hints(SECTIONS[section])
+    fields = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    if name not in fields:
+        raise KeyError(f"unknown config key {key!r}; {section} has {', '.join(fields)}")
+    return hints[name]
 
 
-def _demo_presets() -> dict:
-    """``demo`` (what ``btd-jax demo`` trains: 32 px, dim 8, low-t training for 800 steps on 2 CPU
-    cores) and ``demo-quick`` (its 16 px pipeline check); see :mod:`btd_jax.demo`."""
-    model = ModelConfig(dim=8, dim_mults=(1, 2, 4), full_attn=(False, False, True), attn_heads=2, attn_dim_head=16)
-    diffusion = DiffusionConfig(image_size=32, timesteps=1000, sampling_timesteps=250)
-    train = TrainConfig(learning_rate=2e-3, batch_size=16, grad_accum=1, num_steps=800, warmup_steps=50,
-                        lr_schedule="cosine", ema_decay=0.995, ema_update_every=1, ema_update_after_step=0,
-                        t_sampling="lowt", t_max=10, log_every=50, eval_every=10 ** 9, checkpoint_every=10 ** 9,
-                        keep_checkpoints=1)
-    quick_model = ModelConfig(dim=8, dim_mults=(1, 2), full_attn=(False, True), attn_heads=2, attn_dim_head=8)
-    return {
-        "demo": Config("demo", "CT", model, diffusion, train, ScoreConfig(steps=1, center=16)),
-        "demo-quick": Config("demo-quick", "CT", quick_model, dataclasses.replace(diffusion, image_size=16),
-                             dataclasses.replace(train, num_steps=4, batch_size=8, warmup_steps=0, log_every=2),
-                             ScoreConfig(steps=1, center=8)),
-    }
+def parse_value(key: str, value: Any) -> Any:
+    """``value`` converted to the declared type of ``key``; ValueError ``"KEY=VALUE: expected TYPE"`` otherwise.
 
-
-def _all_presets() -> dict:
-    from btd_jax import presets_fast  # derives '<base>-fast' configs; imports nothing of ours
-
-    table = _presets()
-    table.update(presets_fast.fast_presets(table))
-    return table
-
-
-_PRESETS = _all_presets()
-NAMES: Tuple[str, ...] = tuple(_PRESETS)
-
-
-def register(cfg: Config) -> None:
-    """Adds a preset (used by modules that define extra presets, e.g. the fast-training ones)."""
-    global NAMES
-    _PRESETS[cfg.name] = cfg
-    NAMES = tuple(_PRESETS)
-
-
-def get(name: str) -> Config:
-    """Returns the preset called ``name``; raises ``KeyError`` naming the valid presets otherwise."""
+    Strings are parsed (``"8"`` -> 8, ``"true"`` -> True, ``"none"`` -> None where allowed,
+    ``"1,2,4"`` -> (1, 2, 4)); other values are checked (a float is refused for an int field) and
+    lists become tuples.
+    """
+    tp = field_type(key)
     try:
-        return _PRESETS[name]
-    except KeyError:
-        raise KeyError(f"unknown config {name!r}; valid names are {', '.join(NAMES)}") from None
+        return convert(value, tp)
+    except TypeMismatch:
+        raise ValueError(f"{key}={value}: expected {type_name(tp)}") from None
 
 
-_SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig, "score": ScoreConfig}
+def parse_assignments(items: Sequence[str], flag: str = "--set") -> Dict[str, Any]:
+    """Command-line ``KEY=VALUE`` strings -> ``{key: typed value}``, in order.
 
-
-def _coerce(field: dataclasses.Field, value: Any) -> Any:
-    if isinstance(value, list):
-        value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-    if isinstance(value, str) and field.type in ("int", "float", "bool", "Optional[int]", "Tuple[int, ...]",
-                                                  "Tuple[float, float]", "Optional[Tuple[bool, ...]]"):
-        value = json.loads(value.lower() if field.type == "bool" else value)
-        if isinstance(value, list):
-            value = tuple(value)
-    return value
+    Errors name the flag: ``"--set train.batch_size=abc: expected int"``.
+    """
+    out: Dict[str, Any] = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep:
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = parse_value(key.strip(), value.strip())
+        except ValueError as e:
+            raise ValueError(f"{flag} {e}") from None
+    return out
 
 
 def override(cfg: Config, updates: Mapping[str, Any]) -> Config:
     """Returns ``cfg`` with dotted-key updates applied, e.g. ``{"train.batch_size": 8}``.
 
-    String values are parsed as JSON where the field is numeric/boolean/tuple (for command lines).
+    Each value is parsed or checked by the field's declared type (:func:`parse_value`); unknown keys
+    raise KeyError, values of the wrong type ValueError.
     """
-    sections = {k: getattr(cfg, k) for k in _SECTIONS}
+    sections: Dict[str, Any] = {k: getattr(cfg, k) for k in SECTIONS}
     top = {}
     for key, value in updates.items():
-        section, _, field_name = key.partition(".")
-        if not field_name:
-            if key not in ("name", "modality"):
-                raise KeyError(f"unknown config key {key!r}")
+        value = parse_value(key, value)
+        section, _, name = key.partition(".")
+        if not name:
             top[key] = value
-            continue
-        if section not in _SECTIONS:
-            raise KeyError(f"unknown config section {section!r} in {key!r}; sections are {', '.join(_SECTIONS)}")
-        fields = {f.name: f for f in dataclasses.fields(_SECTIONS[section])}
-        if field_name not in fields:
-            raise KeyError(f"unknown config key {key!r}; {section} has {', '.join(fields)}")
-        sections[section] = dataclasses.replace(sections[section], **{field_name: _coerce(fields[field_name], value)})
+        else:
+            sections[section] = dataclasses.replace(sections[section], **{name: value})
     return dataclasses.replace(cfg, **top, **sections)
 
+
+# ----------------------------------------------------------------------------- dict / JSON
 
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
 def from_dict(d: Mapping[str, Any]) -> Config:
-    """Inverse of :func:`to_dict`; unknown keys are refused so that a config from a newer version is noticed."""
+    """Inverse of :func:`to_dict`; unknown keys are refused so that a config from a newer version is noticed.
+
+    Missing fields take their defaults (a config written before a field existed still loads).
+    """
     kwargs = {}
-    for section, cls in _SECTIONS.items():
+    for section, cls in SECTIONS.items():
         raw = dict(d.get(section, {}))
-        names = {f.name: f for f in dataclasses.fields(cls)}
+        names = [f.name for f in dataclasses.fields(cls)]
         unknown = set(raw) - set(names)
         if unknown:
             raise ValueError(f"config section {section!r} has unknown keys {sorted(unknown)}")
-        kwargs[section] = cls(**{k: _coerce(names[k], v) for k, v in raw.items()})
+        kwargs[section] = cls(**{k: parse_value(f"{section}.{k}", v) for k, v in raw.items()})
     return Config(name=d.get("name", "custom"), modality=d.get("modality", "CT"), **kwargs)
 
 
