@@ -1,0 +1,99 @@
+"""Whole-scan screening: the cascade finds a planted tamper, agrees with exhaustive search, reports mm."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from btd_jax import calibration, configs, localize, screen
+from btd_jax.data import volume as volume_io
+from btd_jax.data.errors import DataError
+from btd_jax.models import unet
+from btd_jax.score import Scorer
+
+from _volumes import StubScorer, planted_volume, write_series
+
+CFG = configs.get("tiny")  # 16 px patches
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return Scorer.from_params(unet.init_params(CFG.model, CFG.image_size, jax.random.key(0)), CFG)
+
+
+def test_cascade_finds_planted_tamper_and_matches_exhaustive_top1():
+    vol, box = planted_volume()
+    stub = StubScorer(CFG)
+    res = screen.screen_volume(stub, vol, top_k=3, center=8, stride=4)
+    top = res.findings[0]
+    assert top["slice"] == 1 and box[top["row"], top["col"]]
+    exhaustive = [localize.localize_slice(stub, v, stride=4, center=8, top_k=1).top[0] for v in vol]
+    best = max(range(3), key=lambda s: exhaustive[s]["score"])
+    assert (best, exhaustive[best]["row"], exhaustive[best]["col"]) == (top["slice"], top["row"], top["col"])
+    assert top["score"] == pytest.approx(exhaustive[best]["score"], rel=1e-6)
+    # far less exact work than the 3 x 9 x 9 exhaustive windows
+    assert res.work["proposal_windows"] == 3 * 9 and res.work["exact_windows"] <= 6 * 9
+    assert res.suspicion.shape == vol.shape and res.slice_scores.argmax() == 1
+    assert [f["rank"] for f in res.findings] == [1, 2, 3]
+
+
+def test_real_scorer_both_proposals(scorer):
+    """The real U-Net (random init, tiny): findings carry the exact BTD score of their window; the
+    whole-slice pass already points at the tampered slice."""
+    vol, box = planted_volume()
+    for proposal in ("fullconv", "grid"):
+        res = screen.screen_volume(scorer, vol, top_k=2, center=8, stride=4, proposal=proposal, proposal_stride=8)
+        assert res.suspicion.shape == vol.shape and np.isfinite(res.suspicion).all()
+        top = res.findings[0]
+        r0, c0, p = top["window"]
+        exact = scorer.score(vol[top["slice"]][None, r0:r0 + p, c0:c0 + p], center=8)
+        assert top["score"] == pytest.approx(float(exact[0]), rel=1e-5)
+        if proposal == "fullconv":
+            assert top["slice"] == 1 and box[r0:r0 + p, c0:c0 + p].any()
+
+
+def test_scan_level_calibration_decides():
+    stub = StubScorer(CFG)
+    reals = [planted_volume(seed=s)[0] * 0 + 0.5 + 0.01 * np.random.default_rng(s).standard_normal((3, 48, 48))
+             for s in range(5)]
+    reals = [np.clip(r, 0, 1).astype(np.float32) for r in reals]
+    cal = screen.calibrate(stub, reals, target_fpr=0.2, center=8, stride=4)
+    assert cal.meta["level"] == "scan" and cal.n == 5 and cal.center == 8
+    fake = screen.screen_volume(stub, planted_volume()[0], center=8, stride=4, calibration=cal)
+    assert fake.decision["flagged"] and fake.decision["p_value"] == pytest.approx(1 / 6)
+    assert fake.findings[0]["p_value"] == pytest.approx(1 / 6)
+    patch_level = calibration.fit([0.1, 0.2], target_fpr=0.5)
+    with pytest.raises(ValueError, match="scan-level"):
+        screen.screen_volume(stub, reals[0], calibration=patch_level)
+
+
+def test_findings_carry_mm_and_sop_uid(tmp_path):
+    paths, uids = write_series(tmp_path / "series", [10.0, 12.5, 15.0, 17.5])
+    vol = volume_io.read_volume(tmp_path / "series", "CT")
+    g = vol.geometry
+    assert vol.pixels.shape == (4, 128, 128) and g.sop_instance_uids == tuple(uids)
+    assert g.to_mm(2, 0, 0) == pytest.approx((-100.0, -80.0, 15.0))
+    assert g.to_mm(0, 10, 20) == pytest.approx((-100.0 + 20 * 0.6, -80.0 + 10 * 0.7, 10.0))
+    res = screen.screen_volume(StubScorer(CFG), vol.pixels, g, top_k=2, center=8, stride=8)
+    f = res.findings[0]
+    assert f["sop_instance_uid"] == uids[f["slice"]] and f["path"] == paths[f["slice"]]
+    assert (f["x_mm"], f["y_mm"], f["z_mm"]) == pytest.approx(g.to_mm(f["slice"], f["row"], f["col"]), abs=1e-3)
+    json.dumps(res.findings)  # plain JSON types
+
+
+@pytest.mark.parametrize("z, match", [([0, 2, 4, 8, 10], "missing slice"),
+                                      ([0, 2, 4, 6.6, 8.6], "inconsistent slice spacing")])
+def test_bad_series_geometry(tmp_path, z, match):
+    write_series(tmp_path / "s", z)
+    with pytest.raises(DataError, match=match):
+        volume_io.read_volume(tmp_path / "s", "CT")
+
+
+def test_volume_smaller_than_patch(tmp_path):
+    np.save(tmp_path / "small.npy", np.full((2, 12, 40), 0.5, np.float32))
+    vol = volume_io.read_volume(tmp_path / "small.npy", units="unit")
+    with pytest.raises(DataError, match="smaller than the model's 16x16 patch"):
+        screen.screen_volume(StubScorer(CFG), vol.pixels, name=str(tmp_path / "small.npy"))
+    with pytest.raises(DataError, match="outside \\[0, 1\\]"):
+        screen.screen_volume(StubScorer(CFG), np.full((1, 20, 20), 2.0, np.float32))
