@@ -161,6 +161,18 @@ class TrainConfig:
         _check(self.batch_size >= 1 and self.grad_accum >= 1, "train.batch_size and train.grad_accum must be >= 1")
         _check(self.t_sampling in T_SAMPLINGS, f"train.t_sampling must be one of {T_SAMPLINGS}, got {self.t_sampling!r}")
         _check(self.lr_schedule in LR_SCHEDULES, f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        _check(0 < self.learning_rate < float("inf"), f"train.learning_rate must be > 0, got {self.learning_rate!r}")
+        _check(all(0 <= b < 1 for b in self.adam_betas), f"train.adam_betas must be in [0, 1), got {self.adam_betas!r}")
+        _check(self.max_grad_norm >= 0, f"train.max_grad_norm must be >= 0 (0: off), got {self.max_grad_norm!r}")
+        _check(0 <= self.ema_decay <= 1, f"train.ema_decay must be in [0, 1], got {self.ema_decay!r}")
+        _check(self.ema_inv_gamma > 0 and self.ema_power > 0, "train.ema_inv_gamma and train.ema_power must be > 0")
+        _check(self.ema_update_after_step >= 0, "train.ema_update_after_step must be >= 0")
+        _check(self.num_steps >= 0 and self.warmup_steps >= 0, "train.num_steps and train.warmup_steps must be >= 0")
+        _check(self.t_max >= 1, f"train.t_max must be >= 1, got {self.t_max!r}")
+        _check(0 <= self.mixture_uniform_frac <= 1,
+               f"train.mixture_uniform_frac must be in [0, 1], got {self.mixture_uniform_frac!r}")
+        for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "ema_update_every"):
+            _check(getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,6 +324,10 @@ def from_dict(d: Mapping[str, Any]) -> Config:
 
     Missing fields take their defaults (a config written before a field existed still loads).
     """
+    if not isinstance(d, Mapping) or not set(d) & set(SECTIONS) or set(d) - set(SECTIONS) - set(_TOP_FIELDS):
+        found = sorted(d) if isinstance(d, Mapping) else type(d).__name__
+        raise ValueError(f"not a btd_jax config: expected the sections {', '.join(SECTIONS)} and "
+                         f"{', '.join(_TOP_FIELDS)}, found {found}")
     kwargs = {}
     for section, cls in SECTIONS.items():
         raw = dict(d.get(section, {}))
