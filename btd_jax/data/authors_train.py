@@ -1,0 +1,304 @@
+"""The authors' training inputs, read the way their trainers read them.
+
+* CT: a folder with ``train_csv.csv`` (columns ``unix_path``, ``x``, ``y``, ...; paths relative to
+  the folder, a ``new_dataset/`` prefix removed as their loader does) naming slices stored as
+  ``.npy`` in Hounsfield units. Their loader drops the file's last row. The crop centres are ONE list
+  shared by all slices: every distinct integer ``(y, x)`` of the CSV (rows whose x or y is not a
+  number give none, as in their ``try``/``except``). Slices are windowed with the paper's CT window.
+* MRI: a folder (searched recursively) of grey ``.png``/``.jpg``/``.jpeg``/``.tif``/``.tiff``
+  images. Their trainer resizes the shorter side to the crop size (bilinear), centre-crops and
+  scales to [0, 1] (8-bit / 255); ``resize='authors'`` does the same, ``resize='none'`` keeps the
+  whole image for random crops.
+
+:func:`ct_units` / :func:`image_units` give store units (:mod:`btd_jax.data.store`);
+:class:`CTFolder` reads the CT layout directly as a crop source, without a store.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import zlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from btd_jax.data import preprocess
+from btd_jax.data.errors import DataError
+from btd_jax.data.records import Skipped
+from btd_jax.data.store import SliceBatch, Unit
+
+__all__ = ["CT_CSV", "IMAGE_SUFFIXES", "CTLayout", "read_ct_layout", "ct_units", "CTFolder",
+           "image_files", "read_image", "image_units"]
+
+CT_CSV = "train_csv.csv"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+_PREFIX = "new_dataset/"
+_PATIENT_COLUMNS = ("patient", "patient_id", "PatientID")
+_SCANNER_COLUMNS = ("scanner", "Scanner", "ManufacturerModelName", "model")
+
+
+class CTLayout:
+    """The parsed ``train_csv.csv``: unique slice paths (first-seen order) with their CSV row
+    counts, one record per slice, and the shared crop-centre list."""
+
+    def __init__(self, folder: Path, paths: list[str], weights: list[int], records: list[dict],
+                 locations: np.ndarray, no_location: int):
+        self.folder, self.paths, self.weights = folder, paths, weights
+        self.records, self.locations, self.no_location = records, locations, no_location
+
+
+def _int_or_none(v) -> int | None:
+    try:
+        f = float(v)
+        return int(f) if np.isfinite(f) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def read_ct_layout(folder: str | os.PathLike) -> CTLayout:
+    """Parse ``folder/train_csv.csv`` as the authors' CT loader does (see the module doc)."""
+    folder = Path(folder)
+    csv_path = folder / CT_CSV if folder.is_dir() else folder
+    folder = csv_path.parent
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: the authors' CT training CSV is missing")
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in reader.fieldnames or []]
+        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    missing = [c for c in ("unix_path", "x", "y") if c not in header]
+    if missing:
+        raise DataError(f"{csv_path}: missing column(s) {missing}; found {header}")
+    rows = rows[:-1]  # the authors' loader drops the file's last row
+    if not rows:
+        raise DataError(f"{csv_path}: no rows (the last row is dropped, as the authors do)")
+    locs, no_loc, index = set(), 0, {}
+    paths, weights, records = [], [], []
+    for line, r in enumerate(rows, start=2):
+        y, x = _int_or_none(r["y"]), _int_or_none(r["x"])
+        if y is None or x is None:
+            no_loc += 1
+        else:
+            locs.add((y, x))
+        rel = r["unix_path"].replace(_PREFIX, "")
+        if not rel:
+            raise DataError(f"{csv_path} row {line}: empty unix_path")
+        if rel in index:
+            weights[index[rel]] += 1
+            continue
+        index[rel] = len(paths)
+        paths.append(rel)
+        weights.append(1)
+        patient = next((r[c] for c in _PATIENT_COLUMNS if r.get(c)), Path(rel).parts[0])
+        scanner = next((r[c] for c in _SCANNER_COLUMNS if r.get(c)), "")
+        extra = {k: v for k, v in r.items() if k not in ("unix_path", "x", "y")}
+        records.append(dict(extra, patient=patient, series="", scanner=scanner, modality="CT",
+                            slice=None, frame=0, path=rel, csv_row=line, pixel_spacing=None,
+                            affine=None))
+    if not locs:
+        raise DataError(f"{csv_path}: no row has integer x and y: no crop centres")
+    for rec, w in zip(records, weights):
+        rec["weight"] = w
+    return CTLayout(folder, paths, weights, records,
+                    np.array(sorted(locs), np.int32).reshape(-1, 2), no_loc)
+
+
+def _load_hu(path: Path, where: str) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{where}: slice file {path} does not exist")
+    try:
+        hu = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:  # truncated header, pickled object, not an .npy
+        raise DataError(f"{path}: cannot read the slice ({type(e).__name__}: {e})") from None
+    if hu.ndim == 3 and hu.shape[0] == 1:
+        hu = hu[0]
+    if hu.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D slice in HU, got shape {hu.shape}")
+    return hu
+
+
+def ct_units(layout: CTLayout, shard_rows: int = 256, strict: bool = True) -> list[Unit]:
+    """Store units of ``shard_rows`` slices each, in CSV order."""
+    units = []
+    for lo in range(0, len(layout.paths), shard_rows):
+        chunk = list(range(lo, min(lo + shard_rows, len(layout.paths))))
+        crc = zlib.crc32("\n".join(layout.paths[i] for i in chunk).encode())
+        units.append(Unit(f"authors_ct:{lo}-{chunk[-1]}:{crc:08x}", len(chunk),
+                          lambda chunk=chunk: _load_ct(layout, chunk, strict)))
+    return units
+
+
+def _load_ct(layout: CTLayout, chunk: Sequence[int], strict: bool) -> SliceBatch:
+    out = SliceBatch([], [])
+    for i in chunk:
+        rec = layout.records[i]
+        where = f"{layout.folder / CT_CSV} row {rec['csv_row']}"
+        try:
+            path = layout.folder / layout.paths[i]
+            hu = np.asarray(_load_hu(path, where))
+            try:
+                img = preprocess.window_ct(hu)
+            except DataError as e:
+                raise DataError(f"{path}: {e}") from None
+        except DataError as e:
+            if strict:
+                raise
+            out.skipped.append(Skipped(where, str(e)))
+            continue
+        out.slices.append(img)
+        out.records.append(rec)
+    return out
+
+
+class CTFolder:
+    """The authors' CT layout read directly as a crop source (no store): each crop maps the
+    ``.npy`` slice and windows only the rows it needs. Picklable; see :class:`crops.SliceSource`."""
+
+    def __init__(self, folder: str | os.PathLike, size: int = preprocess.PATCH_SIZE["CT"]):
+        self.layout = read_ct_layout(folder)
+        self.path, self.modality, self.size = self.layout.folder, "CT", int(size)
+        self.locations = self.layout.locations.astype(np.int64)
+        self._arr: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.layout.paths)
+
+    def __getstate__(self):
+        return {"folder": os.fspath(self.layout.folder), "size": self.size}
+
+    def __setstate__(self, state):
+        self.__init__(state["folder"], state["size"])
+
+    def _slice(self, row: int) -> np.ndarray:
+        if self._arr is None or self._arr[0] != row:
+            rec = self.layout.records[row]
+            self._arr = (row, _load_hu(self.layout.folder / self.layout.paths[row],
+                                       f"{self.layout.folder / CT_CSV} row {rec['csv_row']}"))
+        return self._arr[1]
+
+    dtype = np.dtype(np.float32)
+
+    def shape(self, row: int) -> tuple[int, int]:
+        return tuple(int(n) for n in self._slice(row).shape)
+
+    def shapes(self, rows: np.ndarray) -> np.ndarray:
+        return np.array([self.shape(int(r)) for r in rows], np.int64).reshape(-1, 2)
+
+    def centres(self, row: int) -> np.ndarray:
+        return self.locations
+
+    def pick_centres(self, rows: np.ndarray, u: np.ndarray) -> np.ndarray:
+        k = np.minimum((np.asarray(u) * len(self.locations)).astype(np.int64),
+                       len(self.locations) - 1)
+        return self.locations[k]
+
+    def default_jitter(self) -> int:
+        return 0
+
+    def window(self, row: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        block = np.asarray(self._slice(row)[y0:y0 + h, x0:x0 + w])
+        try:
+            return preprocess.window_ct(block)
+        except DataError as e:
+            raise DataError(f"{self.layout.folder / self.layout.paths[row]}: {e}") from None
+
+    def read(self, rows: np.ndarray, y0: np.ndarray, x0: np.ndarray, size: int,
+             flip: np.ndarray, out: np.ndarray) -> None:
+        for j, row in enumerate(rows):
+            block = self.window(int(row), int(y0[j]), int(x0[j]), size, size)
+            out[j] = block[:, ::-1] if flip[j] else block
+
+    def column(self, name: str, default=None) -> np.ndarray:
+        return np.asarray([r.get(name, default) if r.get(name) is not None else default
+                           for r in self.layout.records])
+
+
+# ----------------------------------------------------------------------------------------------
+# MRI image folders
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """Grey image files under ``folder`` (recursive, sorted, hidden entries skipped)."""
+    folder = Path(folder)
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / n for n in sorted(filenames)
+                if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    return out
+
+
+def read_image(path: Path, size: int | None = None) -> np.ndarray:
+    """A grey image -> (H, W) float32 in [0, 1]; with ``size``, the authors' MRI transform
+    (shorter side resized to ``size``, bilinear, then a centre crop to ``size x size``)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("1", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr", "La", "PA"):
+                im = im.convert("L")  # grey expected; colour is averaged to grey (ITU-R 601)
+            scale = 255.0
+            if im.mode != "L":  # 16-bit or float: resample in float
+                arr = np.asarray(im)
+                scale = 1.0
+                if np.issubdtype(arr.dtype, np.integer):
+                    scale = 65535.0 if arr.max() <= 65535 else float(np.iinfo(arr.dtype).max)
+                im = Image.fromarray(arr.astype(np.float32))
+            if size is not None:
+                w, h = im.size
+                short, long = (w, h) if w <= h else (h, w)
+                new = (size, int(size * long / short))
+                im = im.resize((new[0], new[1]) if w <= h else (new[1], new[0]),
+                               Image.Resampling.BILINEAR)
+            arr = np.asarray(im, np.float32) / np.float32(scale)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from None
+    if size is not None:
+        h, w = arr.shape
+        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+        arr = arr[top:top + size, left:left + size]
+    if not np.isfinite(arr).all():
+        raise DataError(f"{path}: NaN or inf pixel values")
+    if arr.min() < 0 or arr.max() > 1:
+        raise DataError(f"{path}: float image values outside [0, 1] "
+                        f"([{arr.min():.4g}, {arr.max():.4g}])")
+    return arr
+
+
+def image_units(folder: str | os.PathLike, size: int, resize: str = "authors",
+                shard_rows: int = 256, strict: bool = True) -> list[Unit]:
+    """Store units over an image folder; the patient is the first folder below ``folder``."""
+    if resize not in ("authors", "none"):
+        raise DataError(f"resize must be 'authors' or 'none', got {resize!r}")
+    folder = Path(folder)
+    files = image_files(folder)
+    if not files:
+        raise DataError(f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} images found")
+    units = []
+    for lo in range(0, len(files), shard_rows):
+        chunk = files[lo:lo + shard_rows]
+        crc = zlib.crc32("\n".join(map(str, chunk)).encode())
+        units.append(Unit(f"images:{lo}-{lo + len(chunk) - 1}:{crc:08x}", len(chunk),
+                          lambda chunk=chunk: _load_images(folder, chunk, size, resize, strict)))
+    return units
+
+
+def _load_images(folder: Path, files: Sequence[Path], size: int, resize: str,
+                 strict: bool) -> SliceBatch:
+    out = SliceBatch([], [])
+    for p in files:
+        try:
+            img = read_image(p, size if resize == "authors" else None)
+        except DataError as e:
+            if strict:
+                raise
+            out.skipped.append(Skipped(str(p), str(e).removeprefix(f"{p}: ")))
+            continue
+        rel = p.relative_to(folder)
+        out.slices.append(img)
+        out.records.append(dict(patient=rel.parts[0] if len(rel.parts) > 1 else rel.stem,
+                                series=str(rel.parent), scanner="", modality="MR", slice=None,
+                                frame=0, path=str(rel), pixel_spacing=None, affine=None, weight=1))
+    return out

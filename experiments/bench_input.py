@@ -1,0 +1,309 @@
+"""Input pipeline at scale: prepare slices/s, crops/s per host, memory while training, H200 headroom.
+
+    python -m experiments.bench_input --out experiments/results/bench_input_cpu.json \
+        [--tmp /tmp --gb 4 --parts prepare,crops,flops,memory]
+
+Parts (JSON keys):
+
+* ``prepare``: ``btd-jax prepare`` throughput (slices/s) on synthetic inputs written to ``--tmp``:
+  the authors' CT layout (512 x 512 HU ``.npy`` slices) and a DICOM folder (copies of pydicom's
+  ``CT_small.dcm``, 128 x 128).
+* ``crops``: training crops/s of one host from a store of 512 x 512 slices, for 0 (background
+  thread), 1 and 2 grain worker processes, with the ``ct`` preset's step (2 x 64 crops of 96 px,
+  flips on); worker start-up is reported apart.
+* ``flops``: FLOPs of one ``ct`` optimiser step from XLA's ``cost_analysis`` of the compiled step;
+  the crops/s one H200 would consume at an ASSUMED 30% of its dense bf16 peak (989 TFLOP/s), and
+  the loader's headroom = measured crops/s / that rate.
+* ``memory``: peak anonymous memory (RssAnon sampled every 20 ms, and VmHWM) of a child process
+  that trains the ``tiny`` preset for a few steps from a ``--gb`` GB store and from a ``--gb`` GB
+  ``.npy`` of patches, next to the same run on a small file: the data path should add nothing
+  that grows with the file.
+
+Files are generated under ``--tmp`` and deleted afterwards. Numbers from a shared CPU move with its
+load; the load average is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+H200_BF16_DENSE_FLOPS = 989e12  # NVIDIA H200 SXM spec sheet, dense (no sparsity) BF16 tensor core
+ASSUMED_MFU = 0.30
+
+
+def _loadavg():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _write_authors_ct(root: str, n: int, side: int = 512, seed: int = 0) -> None:
+    """``n`` HU slices ``root/P<p>/s<k>.npy`` and ``train_csv.csv`` (authors' layout)."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0, 400, (side, side)).astype(np.int16)
+    rows = []
+    for i in range(n):
+        p, k = divmod(i, 100)
+        os.makedirs(os.path.join(root, f"P{p}"), exist_ok=True)
+        np.save(os.path.join(root, f"P{p}", f"s{k}.npy"), np.roll(base, i, axis=0))
+        rows.append(f"P{p}/s{k}.npy,{100 + i % 300},{120 + (7 * i) % 280},0")
+    rows.append("dropped.npy,1,1,0")
+    with open(os.path.join(root, "train_csv.csv"), "w") as f:
+        f.write("unix_path,x,y,istumor\n" + "\n".join(rows) + "\n")
+
+
+def _write_dicom(root: str, n: int) -> None:
+    import copy
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    os.makedirs(root, exist_ok=True)
+    for k in range(n):
+        e = copy.deepcopy(ds)
+        e.ImagePositionPatient = [0.0, 0.0, 2.5 * k]
+        e.InstanceNumber = k + 1
+        e.SOPInstanceUID = f"{ds.SOPInstanceUID}.{k}"
+        e.save_as(os.path.join(root, f"s{k:04d}.dcm"))
+
+
+def bench_prepare(tmp: str, n: int) -> dict:
+    from btd_jax.data import sources
+
+    out = {}
+    for name, write, count in (("authors_ct_512px", _write_authors_ct, n),
+                               ("dicom_ct_small_128px", _write_dicom, n)):
+        src, dst = os.path.join(tmp, f"in_{name}"), os.path.join(tmp, f"store_{name}")
+        write(src, count)
+        t0 = time.perf_counter()
+        s = sources.prepare(src, dst, progress=False)
+        dt = time.perf_counter() - t0
+        out[name] = {"slices": s["n_slices"], "seconds": round(dt, 2),
+                     "slices_per_s": round(s["n_slices"] / dt, 1), "dtype": s["dtype"]}
+        shutil.rmtree(src)
+        if name != "authors_ct_512px":
+            shutil.rmtree(dst)
+    return out
+
+
+def _host_batches(store_path: str, accum: int, batch: int, size: int):
+    from btd_jax.data import crops, store
+
+    st = store.SliceStore(store_path)
+    return crops.HostBatches(st, np.arange(len(st)), seed=0, accum=accum, batch=batch,
+                             cols=slice(0, batch), spec=crops.CropSpec(size, hflip=True))
+
+
+def bench_crops(store_path: str, steps: int, workers=(0, 1, 2)) -> dict:
+    from btd_jax.data import loader
+
+    accum, batch, size = 2, 64, 96  # the ct preset's optimiser step
+    make = _host_batches(store_path, accum, batch, size)
+    out = {"crop": size, "crops_per_step": accum * batch, "steps": steps}
+    for w in workers:
+        t0 = time.perf_counter()
+        it = loader.host_batches(make, range(0, steps + 2), workers=w, depth=4)
+        next(it)
+        t1 = time.perf_counter()
+        next(it)
+        t2 = time.perf_counter()
+        for _ in range(steps):
+            next(it)
+        t3 = time.perf_counter()
+        it.close()
+        out[f"workers_{w}"] = {"startup_s": round(t1 - t0, 2),
+                               "crops_per_s": round(steps * accum * batch / (t3 - t2), 1)}
+    return out
+
+
+def bench_flops(crops_per_s: float | None) -> dict:
+    import jax
+
+    from btd_jax import configs, parallel, train
+
+    cfg = configs.get("ct")
+    tc = cfg.train
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    state = train.create_train_state(cfg, jax.random.PRNGKey(0), mesh)
+    step = train.make_train_step(cfg, mesh)
+    x = jax.ShapeDtypeStruct((tc.grad_accum, tc.batch_size, cfg.image_size, cfg.image_size, 1),
+                             np.float32)
+    compiled = step.lower(state, x).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost["flops"])
+    crops = tc.grad_accum * tc.batch_size
+    rate = ASSUMED_MFU * H200_BF16_DENSE_FLOPS / flops * crops
+    out = {"config": "ct", "crops_per_step": crops, "flops_per_step": flops,
+           "assumption": f"{ASSUMED_MFU:.0%} of H200 dense bf16 peak "
+                         f"({H200_BF16_DENSE_FLOPS / 1e12:.0f} TFLOP/s); XLA:CPU cost_analysis "
+                         f"of the float32 step",
+           "h200_steps_per_s": round(ASSUMED_MFU * H200_BF16_DENSE_FLOPS / flops, 2),
+           "h200_crops_per_s": round(rate, 1)}
+    if crops_per_s:
+        out["loader_crops_per_s"] = crops_per_s
+        out["headroom"] = round(crops_per_s / rate, 2)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# memory: a child process trains from the data and reports its peak anonymous memory
+
+def _rss_anon_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    return -1
+
+
+def _vm_hwm_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return -1
+
+
+def _child_memory(data: str, steps: int) -> dict:
+    """Runs in the child: train ``tiny`` for ``steps`` steps from ``data``; peak RssAnon."""
+    peak = {"anon": 0}
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak["anon"] = max(peak["anon"], _rss_anon_kb())
+            time.sleep(0.02)
+
+    threading.Thread(target=sample, daemon=True).start()
+    from btd_jax import configs
+    from btd_jax.commands import train as train_cmd
+
+    base = _rss_anon_kb()
+    work = tempfile.mkdtemp(prefix="bench_input_run_")
+    try:
+        cfg = configs.override(configs.get("tiny"), {
+            "train.num_steps": steps, "train.batch_size": 8, "train.grad_accum": 1,
+            "train.log_every": steps, "train.eval_every": steps, "train.checkpoint_every": steps})
+        t0 = time.perf_counter()
+        train_cmd.train_from(data, cfg, work, val_fraction=0.05, progress=False)
+        dt = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        stop.set()
+    return {"peak_rss_anon_mb": round(peak["anon"] / 1024, 1),
+            "rss_anon_after_imports_mb": round(base / 1024, 1),
+            "vm_hwm_mb": round(_vm_hwm_kb() / 1024, 1), "seconds": round(dt, 1)}
+
+
+def _run_child(data: str, steps: int) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-m", "experiments.bench_input", "--child", data,
+                        "--child_steps", str(steps)], capture_output=True, text=True, env=env)
+    if r.returncode:
+        raise RuntimeError(f"memory child failed on {data}:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _big_store(path: str, gb: float) -> int:
+    """A float16 store of 512 x 512 slices totalling ``gb`` GB, written shard by shard."""
+    from btd_jax.data import store
+
+    side, per = 512, 256
+    n = max(1, int(gb * 1e9 / (side * side * 2)))
+    rng = np.random.default_rng(0)
+    base = rng.random((side, side)).astype(np.float32)
+    units = []
+    for lo in range(0, n, per):
+        k = min(per, n - lo)
+        units.append(store.Unit(f"u{lo}", k, lambda lo=lo, k=k: store.SliceBatch(
+            [np.roll(base, lo + j, axis=1) for j in range(k)],
+            [dict(patient=f"P{(lo + j) // 50}", path=f"s{lo + j}") for j in range(k)])))
+    store.write_store(path, units, modality="CT", size=16, progress=False)
+    return n
+
+
+def _big_npy(path: str, gb: float, side: int = 16) -> int:
+    """A float32 ``.npy`` of (N, side, side) patches totalling ``gb`` GB, written in blocks."""
+    n = max(1, int(gb * 1e9 / (side * side * 4)))
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, side, side))
+    block = np.random.default_rng(0).random((65536, side, side), dtype=np.float32)
+    for lo in range(0, n, len(block)):
+        arr[lo:lo + len(block)] = block[:n - lo]
+    arr.flush()
+    del arr
+    return n
+
+
+def bench_memory(tmp: str, gb: float, steps: int) -> dict:
+    out = {"preset": "tiny (16 px crops, batch 8)", "steps": steps, "gb": gb}
+    for kind, make in (("store", _big_store), ("npy", _big_npy)):
+        for size in (0.05, gb):
+            path = os.path.join(tmp, f"mem_{kind}_{size}" + (".npy" if kind == "npy" else ""))
+            n = make(path, size)
+            res = _run_child(path, steps)
+            res["rows"] = n
+            out[f"{kind}_{size}gb"] = res
+            (shutil.rmtree if kind == "store" else os.remove)(path)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=None, help="write the JSON here too")
+    p.add_argument("--tmp", default=tempfile.gettempdir(), help="scratch folder (deleted after)")
+    p.add_argument("--parts", default="prepare,crops,flops,memory")
+    p.add_argument("--slices", type=int, default=300, help="slices per prepare input")
+    p.add_argument("--crop_steps", type=int, default=20)
+    p.add_argument("--gb", type=float, default=4.0)
+    p.add_argument("--mem_steps", type=int, default=20)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child_steps", type=int, default=20, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        print(json.dumps(_child_memory(a.child, a.child_steps)))
+        return 0
+    parts = set(a.parts.split(","))
+    tmp = tempfile.mkdtemp(prefix="bench_input_", dir=a.tmp)
+    res = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+           "loadavg_start": _loadavg(), "command": "python -m experiments.bench_input " +
+           " ".join(argv if argv is not None else sys.argv[1:])}
+    try:
+        store_path = os.path.join(tmp, "store_authors_ct_512px")
+        if "prepare" in parts or "crops" in parts:
+            res["prepare"] = bench_prepare(tmp, a.slices)
+        if "crops" in parts:
+            res["crops"] = bench_crops(store_path, a.crop_steps)
+        if "flops" in parts:
+            best = max((v["crops_per_s"] for k, v in res.get("crops", {}).items()
+                        if k.startswith("workers_")), default=None)
+            res["flops"] = bench_flops(best)
+        if "memory" in parts:
+            res["memory"] = bench_memory(tmp, a.gb, a.mem_steps)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    res["loadavg_end"] = _loadavg()
+    text = json.dumps(res, indent=1)
+    print(text)
+    if a.out:
+        os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
