@@ -13,7 +13,7 @@ from absl import app, flags
 from absl.flags import argparse_flags
 
 # Order is the order shown in --help.
-COMMANDS = ("demo", "train", "score", "evaluate", "localize", "compare", "convert", "bench")
+COMMANDS = ("demo", "prepare", "train", "score", "evaluate", "localize", "compare", "convert", "bench")
 
 
 def _load_commands():
