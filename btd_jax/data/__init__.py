@@ -5,6 +5,8 @@
     img01 = data.window_ct(series.pixels)                 # CT: clip [-700, 2000] HU -> [0, 1]
     patch = data.extract_patch(img01[0], x=200, y=180, size=96)
     ts = data.load_testset("testsets/", "CT", "Inject")   # authors' layout -> patches + labels
+    data.prepare("LIDC-IDRI/", "stores/lidc")              # slice store for training at scale
+    st = data.SliceStore("stores/lidc")                    # memory-mapped .npy shards + manifest
 """
 
 import importlib
@@ -20,7 +22,9 @@ from btd_jax.data.datasets import (
 )
 
 _LAZY = {"Series": "dicom", "load_series": "dicom", "load_all_series": "dicom",
-         "list_series": "dicom", "read_slice": "dicom"}
+         "list_series": "dicom", "read_slice": "dicom", "SliceStore": "store",
+         "prepare": "sources", "open_slices": "sources", "SliceSet": "crops",
+         "split_slices": "crops"}
 
 __all__ = [
     "DataError", "window_ct", "normalize_mri", "to_unit_range", "extract_patch", "extract_patches",

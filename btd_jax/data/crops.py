@@ -17,10 +17,12 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from btd_jax.data.datasets import split_patients
 from btd_jax.data.errors import DataError
 
 __all__ = ["CropSpec", "SliceSource", "tissue_centres", "clamp_centre", "epoch_permutation",
-           "batch_rows", "step_uniforms", "make_crops", "HostBatches"]
+           "batch_rows", "step_uniforms", "make_crops", "HostBatches", "SliceSet", "split_slices",
+           "fixed_crops"]
 
 # The authors clamp a 96 px crop's centre to [50, 512 - 50]: two pixels more than half the side.
 AUTHORS_MARGIN = 2
@@ -46,7 +48,10 @@ class SliceSource(Protocol):
     :class:`btd_jax.data.authors_train.CTFolder`). ``dtype``: the crops' value type."""
 
     dtype: np.dtype
+    path: object  # where the slices are (named in errors)
 
+    def __len__(self) -> int: ...
+    def column(self, name: str, default=None) -> np.ndarray: ...
     def shapes(self, rows: np.ndarray) -> np.ndarray: ...
     def pick_centres(self, rows: np.ndarray, u: np.ndarray) -> np.ndarray: ...
     def read(self, rows: np.ndarray, y0: np.ndarray, x0: np.ndarray, size: int,
@@ -184,6 +189,11 @@ def make_crops(src: SliceSource, rows: Sequence[int], uniforms: np.ndarray,
     if jitter:
         centre += (u[:, 1:3] * (2 * jitter + 1)).astype(np.int64) - jitter
     hw = src.shapes(rows)
+    small = hw.min(axis=1) < size
+    if small.any():
+        j = int(np.argmax(small))
+        raise DataError(f"{src.path}: row {int(rows[j])} is a {hw[j, 0]}x{hw[j, 1]} slice, smaller "
+                        f"than the {size} px crop")
     y0 = clamp_centre(centre[:, 0], hw[:, 0], size) - size // 2
     x0 = clamp_centre(centre[:, 1], hw[:, 1], size) - size // 2
     flip = (u[:, 3] < 0.5) if spec.hflip else np.zeros(len(rows), bool)
@@ -227,3 +237,53 @@ class HostBatches:
         state = dict(self.__dict__)
         state["_cache"] = {}
         return state
+
+
+@dataclasses.dataclass
+class SliceSet:
+    """Rows of a slice source to train or validate on; a row repeats as often as it is weighted
+    (the authors' CSV may list a slice more than once)."""
+    src: SliceSource
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def split_slices(src, val_fraction: float, seed: int = 0) -> tuple[SliceSet, SliceSet | None]:
+    """(train, validation) by patient, stratified by scanner (:func:`datasets.split_patients`),
+    from the source's ``patient``/``scanner``/``weight`` manifest columns; by rows when the source
+    has fewer than two patients."""
+    n = len(src)
+    weights = np.asarray(src.column("weight", 1), np.int64)
+    if val_fraction <= 0:
+        return SliceSet(src, np.repeat(np.arange(n), weights)), None
+    if not 0 < val_fraction < 1:
+        raise DataError(f"validation fraction must be in [0, 1), got {val_fraction}")
+    patients = np.asarray(src.column("patient", ""), str)
+    part = None
+    if len(set(patients.tolist())) >= 2:
+        part = split_patients(patients, np.asarray(src.column("scanner", ""), str),
+                              fractions=(1 - val_fraction, val_fraction), seed=seed)
+        if part.min() == part.max():
+            part = None  # too few patients for this fraction
+    if part is None:
+        part = np.zeros(n, np.int64)
+        k = max(1, int(round(val_fraction * n)))
+        part[np.random.default_rng((seed, 1)).permutation(n)[:k]] = 1
+    rows = np.arange(n)
+    train = SliceSet(src, np.repeat(rows[part == 0], weights[part == 0]))
+    val = SliceSet(src, rows[part == 1])
+    if len(train) == 0:
+        raise DataError("no training slices left after the validation split")
+    return train, val
+
+
+def fixed_crops(sset: SliceSet, spec: CropSpec, seed: int, max_images: int) -> np.ndarray:
+    """One crop per row (at most ``max_images`` rows, a seeded choice), the same in every run:
+    the validation set of a slice source. Returns (n, size, size) float32."""
+    rows = sset.rows
+    if len(rows) > max_images:
+        rows = np.sort(np.random.default_rng((seed, 2)).choice(rows, max_images, replace=False))
+    u = np.random.default_rng((seed, 3)).random((len(rows), 4))
+    return make_crops(sset.src, rows, u, dataclasses.replace(spec, hflip=False)).astype(np.float32)

@@ -26,10 +26,10 @@ import numpy as np
 from btd_jax.data import authors_train, dicom, preprocess, volume
 from btd_jax.data.errors import DataError
 from btd_jax.data.records import Skipped
-from btd_jax.data.store import SliceBatch, Unit, write_store
+from btd_jax.data.store import SliceBatch, SliceStore, Unit, is_store, write_store
 
 __all__ = ["FORMATS", "detect_format", "dicom_units", "nifti_units", "fastmri_units", "prepare",
-           "slice_affine"]
+           "slice_affine", "open_slices"]
 
 FORMATS = ("auto", "authors_ct", "images", "dicom", "nifti", "fastmri")
 _NIFTI = (".nii", ".nii.gz")
@@ -254,3 +254,13 @@ def prepare(inp: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto",
     size = int(size or preprocess.PATCH_SIZE[mod])
     return write_store(out, units, modality=mod, size=size, dtype=dtype, locations=locations,
                        options=options, skipped=skipped, strict=strict, progress=progress)
+
+
+def open_slices(path: str | os.PathLike, size: int | None = None):
+    """A crop source for training when ``path`` is a slice store (local or remote) or the
+    authors' CT training folder (read directly, no store); None for anything else."""
+    if is_store(path):
+        return SliceStore(path)
+    if "://" not in os.fspath(path) and (Path(path) / authors_train.CT_CSV).is_file():
+        return authors_train.CTFolder(path, size or preprocess.PATCH_SIZE["CT"])
+    return None
