@@ -40,6 +40,17 @@ class StubScorer:
         return m[:, o:o + k, o:o + k].reshape(len(m), -1).mean(axis=1)
 
 
+def quick_params(cfg, seed=0):
+    """Random float32 parameters of the right shapes without compiling the model's init."""
+    import jax
+
+    from btd_jax.models.unet import abstract_params
+
+    rng = np.random.default_rng(seed)
+    shapes = abstract_params(cfg.model)
+    return jax.tree.map(lambda a: (0.2 * rng.standard_normal(a.shape)).astype(np.float32), shapes)
+
+
 def _shipped_ct():
     from pydicom.data import get_testdata_file
 

@@ -1,0 +1,166 @@
+"""``btd-jax screen``: whole-scan screening -> findings, suspicion volume (NIfTI/DICOM) and overlays.
+
+    btd-jax screen --workdir DIR --input DICOM_FOLDER --out DIR
+    btd-jax screen --workdir DIR --input scan.nii.gz --out DIR --proposal fullconv
+    btd-jax screen --workdir DIR --input real1/ --input real2/ ... --calibrate --target_fpr 0.05
+
+``--input``: a DICOM series (file or folder), a NIfTI volume or a ``.npy`` (S, H, W); values are raw
+(HU for CT, scanner values for MRI) unless ``--units unit`` says they are already in [0, 1]. Writes
+``findings.json``/``findings.csv`` (best first: slice, row, col, score, x/y/z mm in DICOM patient
+coordinates, SOPInstanceUID, file), ``suspicion.npy`` and ``suspicion.nii.gz`` (with nibabel),
+for DICOM input ``dicom/suspicion_pm.dcm`` (Parametric Map, with highdicom) and ``dicom/sc/``
+(Secondary Capture overlays of the slices with findings), and ``overlays/*.png``.
+The scan decision uses ``screen_calibration.json`` from the workdir (or ``--calibration``): fit one
+with ``--calibrate`` on real scans, screened with the same settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+import numpy as np
+
+from btd_jax import calibration, clinical_io, configs, screen
+from btd_jax.data import volume as volume_io
+from btd_jax.data.errors import DataError
+from btd_jax.score import Scorer
+
+CALIBRATION_FILE = "screen_calibration.json"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("screen", help="whole-scan screening: findings, suspicion volume (NIfTI/DICOM)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True, help="trained model directory")
+    p.add_argument("--input", required=True, action="append", help="DICOM series, NIfTI or .npy (repeatable)")
+    p.add_argument("--out", default=None, help="output directory (created); one subfolder per input if several")
+    p.add_argument("--units", choices=("raw", "unit"), default="raw")
+    p.add_argument("--series_uid", default=None, help="which series when a folder holds several")
+    p.add_argument("--top_k", type=int, default=10)
+    p.add_argument("--center", type=int, default=None, help="central window k (0: whole window; default: config)")
+    p.add_argument("--reverse_steps", type=int, default=None, help="backward diffusion steps d (default: config)")
+    p.add_argument("--steps", type=int, default=None, dest="steps_deprecated", help=argparse.SUPPRESS)
+    p.add_argument("--reduction", default=None, help="'mean', 'max' or 'percentile:Q' (default: config)")
+    p.add_argument("--proposal", choices=screen.PROPOSALS, default="grid", help="first, cheap pass")
+    p.add_argument("--stride", type=int, default=16, help="grid of the exact windows (as btd-jax localize)")
+    p.add_argument("--proposal_stride", type=int, default=None, help="grid proposal step (default: the patch)")
+    p.add_argument("--per_slice", type=int, default=2, help="candidates kept per slice")
+    p.add_argument("--max_candidates", type=int, default=64, help="candidates scored exactly per volume")
+    p.add_argument("--refine", type=int, default=1, help="exact neighbours of a candidate, in grid steps")
+    p.add_argument("--tissue_min", type=float, default=0.0, help="skip windows with less body tissue (0-1)")
+    p.add_argument("--dtype", choices=configs.DTYPES, default=None, help="compute dtype (default: config)")
+    p.add_argument("--batch_size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="noise key for d > 1")
+    p.add_argument("--calibration", default=None, help=f"scan-level calibration (default: workdir/{CALIBRATION_FILE})")
+    p.add_argument("--calibrate", action="store_true", help="the inputs are real scans: fit and save the calibration")
+    p.add_argument("--target_fpr", type=float, default=0.1, help="with --calibrate: false positives per real scan")
+    p.add_argument("--no_dicom", action="store_true", help="skip the DICOM outputs")
+    return p
+
+
+def _scorer(args) -> Scorer:
+    scorer = Scorer.load(args.workdir)
+    if args.dtype and args.dtype != scorer.cfg.model.dtype:
+        scorer = Scorer.from_params(scorer.params, configs.override(scorer.cfg, {"model.dtype": args.dtype}))
+    return scorer
+
+
+def _screen_kw(args) -> dict:
+    if args.steps_deprecated is not None:
+        warnings.warn("--steps is deprecated for screen; use --reverse_steps", DeprecationWarning)
+        print("btd-jax screen: --steps is deprecated, use --reverse_steps", file=sys.stderr)
+        args.reverse_steps = args.reverse_steps or args.steps_deprecated
+    kw = dict(center=args.center, steps=args.reverse_steps, reduction=args.reduction, batch_size=args.batch_size,
+              proposal=args.proposal, stride=args.stride, proposal_stride=args.proposal_stride,
+              per_slice=args.per_slice, max_candidates=args.max_candidates, refine=args.refine,
+              tissue_min=args.tissue_min)
+    if (args.reverse_steps or 1) > 1:
+        import jax
+
+        kw["key"] = jax.random.key(args.seed)
+    return kw
+
+
+def _calibration(args):
+    path = args.calibration or os.path.join(args.workdir, CALIBRATION_FILE)
+    if args.calibration is None and not os.path.exists(path):
+        return None
+    return calibration.Calibration.load(path)
+
+
+def write_outputs(out: str, vol: volume_io.Volume, res: screen.ScreenResult, report: dict, dicom: bool = True) -> dict:
+    """Everything :mod:`btd_jax.clinical_io` can write for one screened volume; returns the paths."""
+    os.makedirs(out, exist_ok=True)
+    paths = {"suspicion_npy": os.path.join(out, "suspicion.npy")}
+    np.save(paths["suspicion_npy"], res.suspicion)
+    notes = []
+    try:
+        paths["nifti"] = clinical_io.write_nifti(os.path.join(out, "suspicion.nii.gz"), res.suspicion, vol.geometry)
+    except DataError as e:
+        notes.append(str(e))
+    vmax = float(np.percentile(res.suspicion, 99.5)) if res.suspicion.size else 1.0
+    slices = list(dict.fromkeys(f["slice"] for f in res.findings))
+    rgbs = []
+    for s in slices:
+        boxes = [f["window"] for f in res.findings if f["slice"] == s]
+        rgbs.append(clinical_io.overlay_rgb(vol.pixels[s], res.suspicion[s], vmax, boxes))
+    os.makedirs(os.path.join(out, "overlays"), exist_ok=True)
+    paths["overlays"] = [clinical_io.write_png(os.path.join(out, "overlays", f"slice_{s:04d}.png"), r)
+                         for s, r in zip(slices, rgbs)]
+    g = vol.geometry
+    if dicom and g is not None and g.sop_instance_uids is not None:
+        try:
+            paths["parametric_map"] = clinical_io.write_parametric_map(
+                os.path.join(out, "dicom", "suspicion_pm.dcm"), res.suspicion, g)
+        except DataError as e:
+            notes.append(str(e))
+        if slices:
+            paths["secondary_captures"] = clinical_io.write_secondary_captures(
+                os.path.join(out, "dicom", "sc"), np.stack(rgbs), slices, g)
+    paths.update(clinical_io.write_findings(out, res.findings, {**report, "outputs": paths, "notes": notes}))
+    return paths
+
+
+def _report(args, vol, res: screen.ScreenResult, scorer) -> dict:
+    g = vol.geometry
+    return {"input": os.path.abspath(vol.source), "workdir": os.path.abspath(args.workdir),
+            "config": scorer.cfg.name, "dtype": scorer.cfg.model.dtype, "shape": list(vol.pixels.shape),
+            "coordinates": "DICOM patient (LPS), mm" if g is not None else None,
+            "series_uid": g.series_uid if g is not None else None,
+            "decision": res.decision, "settings": res.settings, "work": res.work}
+
+
+def run(args) -> int:
+    if args.top_k < 1:
+        raise ValueError("--top_k must be >= 1")
+    scorer = _scorer(args)
+    kw = _screen_kw(args)
+    vols = [volume_io.read_volume(p, scorer.cfg.modality, args.units, args.series_uid) for p in args.input]
+    if args.calibrate:
+        cal = screen.calibrate(scorer, [v.pixels for v in vols], target_fpr=args.target_fpr, top_k=1, **kw)
+        path = cal.save(args.calibration or os.path.join(args.workdir, CALIBRATION_FILE))
+        print(f"scan-level calibration on {cal.n} real scan(s): threshold {cal.threshold:.6g} "
+              f"(empirical FPR {cal.empirical_fpr:.3g}, target {cal.target_fpr}) -> {path}")
+        return 0
+    if args.out is None:
+        raise ValueError("--out is required (except with --calibrate)")
+    cal = _calibration(args)
+    for i, vol in enumerate(vols):
+        res = screen.screen_volume(scorer, vol.pixels, vol.geometry, top_k=args.top_k, calibration=cal,
+                                   name=vol.source, **kw)
+        out = args.out if len(vols) == 1 else os.path.join(args.out, f"{i:03d}")
+        paths = write_outputs(out, vol, res, _report(args, vol, res, scorer), dicom=not args.no_dicom)
+        d = res.decision
+        verdict = ("FLAGGED" if d["flagged"] else "not flagged") + f" (p={d['p_value']:.3g})" if d["calibrated"] \
+            else "uncalibrated (fit one with --calibrate on real scans)"
+        print(f"{vol.source}: {len(vol.pixels)} slices, {res.work['seconds']:.1f} s, "
+              f"{res.work['exact_windows']} exact windows; scan {verdict}")
+        for f in res.findings[:5]:
+            mm = f" ({f['x_mm']:.1f}, {f['y_mm']:.1f}, {f['z_mm']:.1f}) mm" if "x_mm" in f else ""
+            print(f"  {f['rank']}. slice {f['slice']} row {f['row']} col {f['col']} score {f['score']:.6g}{mm}")
+        print(f"  -> {paths['json']}")
+    return 0
+
