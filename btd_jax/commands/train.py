@@ -1,13 +1,15 @@
 """``btd-jax train``: train the BTD diffusion model on real patches, resuming the workdir if it has a run.
 
-    btd-jax train --config ct --data patches.npy --workdir runs/ct [--steps N --batch_size B --set key=value ...]
+    btd-jax train --config ct --data patches.npy --workdir runs/ct [--num_steps N --batch_size B --set key=value ...]
 
 ``--data`` takes a ``.npy``/``.npz`` array of patches in [0, 1], a folder of DICOM files (random
 patch centres, ``--n_per_slice`` per slice) or a folder in the authors' test-set layout (its real
 rows only). Validation patches come from ``--val_data`` or are held out by patient
-(``--val_fraction``). A workdir with a run continues from its newest checkpoint; ``--config`` may
-then be left out. Multi-host: start one process per host with ``--coordinator_address``,
-``--num_processes`` and ``--process_id`` (or ``--distributed`` on TPU pods / SLURM).
+(``--val_fraction``). ``--config`` is a preset name or a JSON config file; ``--set KEY=VALUE``
+changes one field (parsed by its type). A workdir with a run continues from its newest checkpoint;
+``--config`` may then be left out. Multi-host: start one process per host with
+``--coordinator_address``, ``--num_processes`` and ``--process_id`` (or ``--distributed`` on TPU
+pods / SLURM).
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import sys
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="train the diffusion model (resumes a workdir)", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, help="preset name (ct, mri, ct8, tiny, ...); default: the workdir's")
+    p.add_argument("--config", default=None,
+                   help="preset name (ct, mri, ct8, tiny, ...) or JSON config file; default: the workdir's")
     p.add_argument("--data", required=True, help=".npy/.npz patches in [0,1], a DICOM folder or a test-set folder")
     p.add_argument("--workdir", required=True, help="output directory: config.json, checkpoints/, metrics.jsonl")
-    p.add_argument("--steps", type=int, default=None, help="total optimiser steps (train.num_steps)")
+    p.add_argument("--num_steps", "--num-steps", type=int, default=None, help="total optimiser steps (train.num_steps)")
+    p.add_argument("--steps", dest="steps_alias", type=int, default=None, help="deprecated alias of --num_steps")
     p.add_argument("--batch_size", "--batch-size", type=int, default=None, help="global batch per micro-step")
     p.add_argument("--grad_accum", "--grad-accum", type=int, default=None, help="micro-batches per optimiser step")
     p.add_argument("--lr", type=float, default=None, help="learning rate (train.learning_rate)")
@@ -31,7 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--hflip", action="store_true", help="random horizontal flips")
     p.add_argument("--seed", type=int, default=None, help="run seed (init, data order, noise)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. --set train.eval_every=500 (repeatable)")
+                   help="config override parsed by the field's type, e.g. --set train.eval_every=500 (repeatable)")
     p.add_argument("--val_data", "--val-data", default=None, help="held-out real patches (same formats as --data)")
     p.add_argument("--val_fraction", "--val-fraction", type=float, default=0.05,
                    help="fraction of patients held out for validation when --val_data is absent (0: none)")
@@ -48,26 +52,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _config(args):
     from btd_jax import configs
-    from btd_jax.train import checkpoints
+    from btd_jax import checkpoints
 
     saved = os.path.isfile(os.path.join(args.workdir, checkpoints.CONFIG_FILE))
     if args.config is not None:
-        cfg = configs.get(args.config)
+        cfg = configs.load(args.config)
     elif saved:
         cfg = checkpoints.read_config(args.workdir)
     else:
         raise ValueError(f"--config is required: {args.workdir!r} holds no run to continue")
-    updates = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        updates[key.strip()] = value.strip()
-    flags = {"train.num_steps": args.steps, "train.batch_size": args.batch_size, "train.grad_accum": args.grad_accum,
+    updates = configs.parse_assignments(args.overrides, "--set")
+    flags = {"train.num_steps": _num_steps(args), "train.batch_size": args.batch_size, "train.grad_accum": args.grad_accum,
              "train.learning_rate": args.lr, "model.dtype": args.dtype, "train.seed": args.seed,
              "train.hflip": True if args.hflip else None}
     updates.update({k: v for k, v in flags.items() if v is not None})
     return configs.override(cfg, updates)
+
+
+def _num_steps(args):
+    """``--num_steps``, or the deprecated ``--steps`` with a one-line warning."""
+    if args.steps_alias is None:
+        return args.num_steps
+    if args.num_steps is not None:
+        raise ValueError("--steps is a deprecated alias of --num_steps; give only --num_steps")
+    print("btd-jax train: --steps is deprecated, use --num_steps (optimiser steps)", file=sys.stderr)
+    return args.steps_alias
 
 
 def _real_patches(path: str, cfg, n_per_slice: int, seed: int):
