@@ -45,14 +45,14 @@ DEMO_CONFIG, QUICK_CONFIG = configs.get("demo"), configs.get("demo-quick")
 
 
 def demo_config(name: str = "demo", steps: Optional[int] = None, modality: str = "CT", seed: int = 0) -> configs.Config:
-    """The preset ``name`` with the demo's training recipe (and ``steps`` if given).
+    """The preset (or JSON config file) ``name`` with the demo's training recipe (and ``steps`` if given).
 
-    ``demo``/``demo-quick`` are used as they are; any other preset keeps its model and diffusion and
-    takes the demo preset's train and score sections (the paper's 700k-step recipe does not fit a
-    10-minute CPU budget), with the score centre window at half its patch size.
+    ``demo``/``demo-quick`` and JSON files are used as they are; any other preset keeps its model and
+    diffusion and takes the demo preset's train and score sections (the paper's 700k-step recipe does
+    not fit a 10-minute CPU budget), with the score centre window at half its patch size.
     """
-    cfg = configs.get(name)
-    if name not in (DEMO_CONFIG.name, QUICK_CONFIG.name):
+    cfg = configs.load(name)
+    if name in configs.NAMES and name not in (DEMO_CONFIG.name, QUICK_CONFIG.name):
         cfg = dataclasses.replace(cfg, train=DEMO_CONFIG.train,
                                   score=dataclasses.replace(DEMO_CONFIG.score, center=cfg.image_size // 2))
     train = dataclasses.replace(cfg.train, seed=int(seed), **({"num_steps": int(steps)} if steps else {}))
@@ -231,7 +231,7 @@ def run_demo(out_dir: str | os.PathLike = "btd_demo", config: str = "demo", minu
     """
     t_start = time.perf_counter()
     out = Path(out_dir)
-    configs.get(config)  # an unknown preset fails before any work, also in quick mode
+    configs.load(config)  # an unknown preset or bad file fails before any work, also in quick mode
     name = QUICK_CONFIG.name if quick else config
     cfg = demo_config(name, steps, modality, seed)
     size = cfg.image_size

@@ -68,6 +68,13 @@ def test_presets_registered():
     assert demo.demo_config("demo").score.center == 16
 
 
+def test_json_config_is_used_as_it_is(tmp_path):
+    mine = configs.override(configs.get("tiny"), {"name": "mine", "train.learning_rate": 5e-4, "score.center": 4})
+    (tmp_path / "mine.json").write_text(configs.to_json(mine))
+    cfg = demo.demo_config(str(tmp_path / "mine.json"), steps=5, seed=2)
+    assert cfg == configs.override(mine, {"train.num_steps": 5, "train.seed": 2})
+
+
 def test_cli_rejects_bad_arguments(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         cli.main(["btd-jax", "demo", "--minutes", "0"])

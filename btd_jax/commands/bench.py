@@ -136,7 +136,7 @@ def measure(args: argparse.Namespace, after_batch: Optional[AfterBatch] = None) 
 
     from btd_jax import configs
 
-    cfg = configs.get(args.config)
+    cfg = configs.load(args.config)
     batches = [args.batch_size] if args.batch_size else _ints(args.batches)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     if not batches or min(batches) < 1:

@@ -17,7 +17,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("convert", help="PyTorch (lucidrains) checkpoint -> btd_jax workdir",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--torch", required=True, help="checkpoint: Trainer .pt ({'model', 'ema'}), a state-dict .pt, or .npz")
-    p.add_argument("--config", default="ct", help="preset for the settings the weights don't fix (default: ct)")
+    p.add_argument("--config", default="ct",
+                   help="preset or JSON config file for the settings the weights don't fix (default: ct)")
     p.add_argument("--workdir", required=True, help="output directory (must not hold checkpoints yet)")
     p.add_argument("--which", default="model", choices=("model", "ema"),
                    help="which weights of a Trainer checkpoint (default: model, what the authors' README loads)")
@@ -30,7 +31,7 @@ def run(args) -> int:
 
     from btd_jax import configs, convert, train
 
-    base = configs.get(args.config)
+    base = configs.load(args.config)
     if args.image_size is not None:
         base = dataclasses.replace(base, diffusion=dataclasses.replace(base.diffusion, image_size=args.image_size))
     if args.torch.endswith(".npz"):

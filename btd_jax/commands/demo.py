@@ -20,7 +20,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", help="offline end-to-end demo on pydicom's real CT slices (train, score, report)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="btd_demo", help="output folder (data/, workdir/, report/); default btd_demo")
-    p.add_argument("--config", default="demo", help="preset: demo (32 px, default), tiny (16 px), ct8 (96 px), ...")
+    p.add_argument("--config", default="demo",
+                   help="preset (demo: 32 px, default; tiny: 16 px; ct8: 96 px; ...) or JSON config file")
     p.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of the whole demo (default 10)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's, budget permitting)")
     p.add_argument("--modality", choices=("CT", "MRI"), default="CT", help="CT (default) or MRI slices")

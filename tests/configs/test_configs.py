@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 
@@ -87,3 +88,100 @@ def test_demo_presets_need_no_demo_import():
             "assert 'btd_jax.demo' not in sys.modules; print(c.image_size, q.image_size, c.train.t_sampling)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["32", "16", "lowt"]
+
+
+# --- values parsed by the declared field type ---------------------------------------------------------
+
+@pytest.mark.parametrize("key,text,want", [
+    ("train.batch_size", "8", 8),                                   # int
+    ("train.learning_rate", "2e-4", 2e-4),                          # float
+    ("train.max_grad_norm", "1", 1.0),                              # float from an integer literal
+    ("train.hflip", "True", True), ("train.hflip", "0", False),     # bool
+    ("model.version", "v2", "v2"),                                  # str
+    ("score.center", "16", 16), ("score.center", "none", None),     # Optional[int]
+    ("model.dim_mults", "1,2,4", (1, 2, 4)),                        # Tuple[int, ...]
+    ("model.dim_mults", "[1, 2]", (1, 2)), ("model.dim_mults", "(1, 2, 4, 8)", (1, 2, 4, 8)),
+    ("train.adam_betas", "0.9,0.999", (0.9, 0.999)),                # Tuple[float, float]
+    ("model.full_attn", "false,true", (False, True)),               # Optional[Tuple[bool, ...]]
+    ("model.full_attn", "null", None),
+    ("diffusion.schedule_kwargs", "start=-3,tau=1.5", (("start", -3.0), ("tau", 1.5))),  # Tuple[Tuple[str, float], ...]
+    ("diffusion.schedule_kwargs", '{"start": -3, "tau": 1}', (("start", -3.0), ("tau", 1.0))),
+    ("diffusion.schedule_kwargs", '[["tau", 0.5]]', (("tau", 0.5),)),
+    ("diffusion.schedule_kwargs", "", ()),
+    ("score.micro_batch", "4", 4), ("score.micro_batch", "auto", "auto"), ("score.micro_batch", "None", None),
+])
+def test_parse_value_by_declared_type(key, text, want):
+    got = configs.parse_value(key, text)
+    assert got == want and type(got) is type(want)
+    if isinstance(want, tuple):
+        assert [type(v) for v in got] == [type(v) for v in want]
+
+
+@pytest.mark.parametrize("key,text,expected", [
+    ("train.batch_size", "abc", "expected int"),
+    ("train.batch_size", "8.5", "expected int"),
+    ("train.learning_rate", "fast", "expected float"),
+    ("train.hflip", "maybe", "expected bool"),
+    ("score.center", "mid", "expected int or None"),
+    ("model.dim_mults", "1,two", "expected a tuple of int"),
+    ("train.adam_betas", "0.9", r"expected \(float, float\)"),
+    ("diffusion.schedule_kwargs", "tau", r"expected a tuple of \(str, float\)"),
+    ("diffusion.schedule_kwargs", "tau=x", r"expected a tuple of \(str, float\)"),
+    ("train.num_steps", "none", "expected int"),
+])
+def test_set_with_a_wrong_type_names_the_key_and_type(key, text, expected):
+    with pytest.raises(ValueError, match=f"^--set {key}={re.escape(text)}: {expected}$"):
+        configs.parse_assignments([f"{key}={text}"])
+    with pytest.raises(ValueError, match=f"^{key}={re.escape(text)}: {expected}$"):
+        configs.override(configs.get("tiny"), {key: text})
+
+
+def test_override_checks_typed_values_too():
+    cfg = configs.override(configs.get("tiny"), {"model.dim_mults": [1, 2, 4], "train.adam_betas": [0.5, 0.9],
+                                                 "diffusion.schedule_kwargs": {"tau": 2}, "score.center": None})
+    assert cfg.model.dim_mults == (1, 2, 4) and cfg.train.adam_betas == (0.5, 0.9)
+    assert cfg.diffusion.schedule_kwargs == (("tau", 2.0),) and cfg.score.center is None
+    with pytest.raises(ValueError, match="train.batch_size=8.0: expected int"):
+        configs.override(cfg, {"train.batch_size": 8.0})
+    with pytest.raises(ValueError, match="model.dtype=16: expected str"):
+        configs.override(cfg, {"model.dtype": 16})
+
+
+def test_parse_assignments_keeps_order_and_refuses_bad_items():
+    got = configs.parse_assignments(["train.seed=3", " score.reduction = percentile:99 ", "name=x=y"])
+    assert got == {"train.seed": 3, "score.reduction": "percentile:99", "name": "x=y"}
+    with pytest.raises(ValueError, match="--set expects KEY=VALUE, got 'train.seed'"):
+        configs.parse_assignments(["train.seed"])
+    with pytest.raises(KeyError, match="unknown config key 'train.nope'"):
+        configs.parse_assignments(["train.nope=1"])
+
+
+def test_schedule_kwargs_from_set_reach_the_schedule():
+    cfg = configs.override(configs.get("tiny"), {"diffusion.schedule_kwargs": "start=-2,tau=0.5"})
+    assert configs.from_json(configs.to_json(cfg)) == cfg
+    assert dict(cfg.diffusion.schedule_kwargs) == {"start": -2.0, "tau": 0.5}
+
+
+# --- configs.load: a preset name or a JSON file ---------------------------------------------------------
+
+def test_load_takes_a_preset_or_a_json_file(tmp_path):
+    assert configs.load("ct") == configs.get("ct")
+    mine = configs.override(configs.get("tiny"), {"name": "mine", "train.num_steps": 7})
+    (tmp_path / "mine.json").write_text(configs.to_json(mine))
+    assert configs.load(str(tmp_path / "mine.json")) == mine
+    with pytest.raises(KeyError, match="not a preset nor a JSON config file; valid names are ct, mri"):
+        configs.load(str(tmp_path / "missing.json"))
+    (tmp_path / "bad.json").write_text('{"train": {"batch_size": "many"}}')
+    with pytest.raises(ValueError, match="bad.json: not a valid btd-jax config .train.batch_size=many: expected int"):
+        configs.load(str(tmp_path / "bad.json"))
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="broken.json: not a valid btd-jax config"):
+        configs.load(str(tmp_path / "broken.json"))
+
+
+def test_name_lists_are_defined_once():
+    from btd_jax import diffusion, schedules
+
+    assert schedules.OBJECTIVES is configs.OBJECTIVES and diffusion.OBJECTIVES is configs.OBJECTIVES
+    assert schedules.BETA_SCHEDULES is configs.BETA_SCHEDULES
+    assert diffusion.T_DISTRIBUTIONS is configs.T_SAMPLINGS
