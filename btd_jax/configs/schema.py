@@ -159,8 +159,10 @@ class TrainConfig:
 
     def __post_init__(self):
         _check(self.batch_size >= 1 and self.grad_accum >= 1, "train.batch_size and train.grad_accum must be >= 1")
-        _check(self.t_sampling in T_SAMPLINGS, f"train.t_sampling must be one of {T_SAMPLINGS}, got {self.t_sampling!r}")
-        _check(self.lr_schedule in LR_SCHEDULES, f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        _check(self.t_sampling in T_SAMPLINGS,
+               f"train.t_sampling must be one of {T_SAMPLINGS}, got {self.t_sampling!r}")
+        _check(self.lr_schedule in LR_SCHEDULES,
+               f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         _check(0 < self.learning_rate < float("inf"), f"train.learning_rate must be > 0, got {self.learning_rate!r}")
         _check(all(0 <= b < 1 for b in self.adam_betas), f"train.adam_betas must be in [0, 1), got {self.adam_betas!r}")
         _check(self.max_grad_norm >= 0, f"train.max_grad_norm must be >= 0 (0: off), got {self.max_grad_norm!r}")
