@@ -34,12 +34,3 @@ def subsample(labels: np.ndarray, max_per_class: Optional[int], seed: int = 0,
             idx = np.flatnonzero((labels == c) & (strata == s))
             keep.append(idx if idx.size <= max_per_class else rng.choice(idx, max_per_class, replace=False))
     return np.sort(np.concatenate(keep))
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt

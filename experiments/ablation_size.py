@@ -6,8 +6,8 @@ or the scored CSV. Scores are divided by the threshold at ``--target_fpr`` (from
 values >= 1 are flagged. As in the paper, removal plots omit real images (they have no tumour) but
 the reals still set the threshold. Writes ``ablation_size.json`` and ``ablation_size.png``::
 
-    python experiments/ablation_size.py --workdir runs/mri --dataset ROOT --modality MRI --attack injection --out DIR
-    python experiments/ablation_size.py --scores scored.csv --attack injection --out DIR   # CSV with a size column
+    python -m experiments.ablation_size --workdir runs/mri --dataset ROOT --modality MRI --attack injection --out DIR
+    python -m experiments.ablation_size --scores scored.csv --attack injection --out DIR   # CSV with a size column
 """
 
 from __future__ import annotations
@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Optional
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import ablation_common  # noqa: E402
-
-from btd_jax import calibration, evaluate  # noqa: E402
-from btd_jax.data.errors import DataError  # noqa: E402
+from btd_jax import calibration, evaluate, plots
+from btd_jax.data.errors import DataError
+from experiments import ablation_common
 
 
 def sizes_from(meta: dict, column: str, source: str) -> np.ndarray:
@@ -71,7 +68,7 @@ def analyse(scores: np.ndarray, labels: np.ndarray, sizes: np.ndarray, meta: dic
 
 
 def plot(result: dict, path: str) -> str:
-    plt = ablation_common.pyplot()
+    plt = plots.pyplot()
     names = list(result["datasets"])
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.8), squeeze=False)
     for ax, name in zip(axes[0], names):

@@ -4,9 +4,9 @@ For every d the test patches are scored once (full patch and central windows fro
 maps) and AUC/EER are computed per tamper dataset with the scanner-balanced bootstrap. Writes
 ``ablation_steps.json`` and ``ablation_steps.png`` (AUC vs d, log axis) into ``--out``::
 
-    python experiments/ablation_steps.py --workdir runs/ct --dataset TESTSET_ROOT --modality CT \
+    python -m experiments.ablation_steps --workdir runs/ct --dataset TESTSET_ROOT --modality CT \
         --attack injection --out experiments/out/steps                      # small CPU default
-    python experiments/ablation_steps.py ... --paper --max_per_class 0      # the paper's grid, all data
+    python -m experiments.ablation_steps ... --paper --max_per_class 0      # the paper's grid, all data
 
 The default is small (d in 1 2 5 10, 64 patches per class and method, 20 bootstrap iterations) so
 it runs on a CPU; ``--paper`` uses d in 1 2 5 10 50 100 200 400 1000 (capped at the model's T).
@@ -17,13 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import ablation_common  # noqa: E402
-
-from btd_jax import evaluate  # noqa: E402
+from btd_jax import evaluate, plots
+from experiments import ablation_common
 
 PAPER_STEPS = (1, 2, 5, 10, 50, 100, 200, 400, 1000)
 
@@ -47,7 +44,7 @@ def run_ablation(scorer, patches, labels, meta, modality: str, attack: str, step
 
 
 def plot(result: dict, path: str, title: str = "") -> str:
-    plt = ablation_common.pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     keys = list(dict.fromkeys((r["dataset"], r["reduction"]) for r in result["rows"]))
     for ds, red in keys:

@@ -3,8 +3,8 @@
 Random-initialised weights (speed does not depend on their values) on a random slice; the first
 slice (compilation) is timed separately from the steady state. Prints and writes JSON::
 
-    python experiments/bench_localize.py --config ct --strides 16 32 --repeats 3 --out experiments/out/bench_localize.json
-    python experiments/bench_localize.py --config tiny --size 128 --repeats 2      # CPU smoke run
+    python -m experiments.bench_localize --config ct --strides 16 32 --repeats 3 --out experiments/out/bench_localize.json
+    python -m experiments.bench_localize --config tiny --size 128 --repeats 2      # CPU smoke run
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
 """Forward+backward time of the U-Net's building blocks, btd_jax against the PyTorch reference; JSON out.
 
-    python experiments/bench_ops.py --out experiments/results/bench_ops_cpu.json
+    python -m experiments.bench_ops --torch_python TORCH_ENV/bin/python --ddpm_path DDPM_1.8.3_DIR \
+        --out experiments/results/bench_ops_cpu.json
 
 Explains where whole-step training time goes (``bench_train.py``): for each block at the ``ct``
 preset's three largest resolutions (batch ``--batch``, float32) it times ``grad(sum(block(x)**2))``
 with respect to the input and the block's parameters. JAX side: the Flax modules of
 ``btd_jax.models.unet`` (the conv is the U-Net's ``nn.Conv``), jitted. Reference: the same blocks of
 lucidrains denoising-diffusion-pytorch 1.8.3 (``nn.Conv2d``, ``nn.GroupNorm``, ``LinearAttention``,
-``nn.SiLU``), run in the torch env as a subprocess. Medians of ``--repeats`` calls after one warm-up.
+``nn.SiLU``), run under ``--torch_python`` as a subprocess. Medians of ``--repeats`` calls after one warm-up.
 It also times the whole ``ct`` U-Net gradient with all linear-attention or all GroupNorm layers made
 the identity, which gives each kind of block's share of the step in context.
 """
@@ -124,7 +125,7 @@ print(statistics.median(times) * 1e3)
 
 def bench_torch(batch: int, repeats: int, python: str, ddpm_path: str, threads: int) -> dict:
     args = {"levels": LEVELS, "ops": OPS, "batch": batch, "repeats": repeats, "threads": threads}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ddpm_path] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [ddpm_path, os.environ.get("PYTHONPATH")] if p))
     out = subprocess.run([python, "-c", _TORCH_SCRIPT, json.dumps(args)], env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"torch reference failed:\n{out.stderr[-3000:]}")
@@ -135,20 +136,20 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--torch", default="/work/torchenv/bin/python", help="python with torch + denoising-diffusion-pytorch")
-    p.add_argument("--ddpm_path", default="/work/ddpm183/pkg", help="unpacked denoising-diffusion-pytorch 1.8.3")
+    p.add_argument("--torch_python", "--torch", required=True, help="python with torch + denoising-diffusion-pytorch")
+    p.add_argument("--ddpm_path", default="", help="unpacked denoising-diffusion-pytorch 1.8.3 put first on its path")
     p.add_argument("--torch_threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--out", default="experiments/results/bench_ops.json")
     a = p.parse_args(argv)
-    from bench_train import CPU_CONV_FLAG  # the flag btd-jax train sets on CPU
+    from experiments.bench_train import CPU_CONV_FLAG  # the flag btd-jax train sets on CPU
 
     if "ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + CPU_CONV_FLAG).strip()
-    res = {"command": " ".join([os.path.basename(sys.executable), "experiments/bench_ops.py"] + sys.argv[1:]),
+    res = {"command": " ".join([os.path.basename(sys.executable), "-m experiments.bench_ops"] + sys.argv[1:]),
            "batch": a.batch, "xla_flags": os.environ["XLA_FLAGS"],
            "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "loadavg_before": list(os.getloadavg())}}
     res["btd_jax"] = bench_jax(a.batch, a.repeats)
-    res["torch_reference"] = bench_torch(a.batch, a.repeats, a.torch, a.ddpm_path, a.torch_threads)
+    res["torch_reference"] = bench_torch(a.batch, a.repeats, a.torch_python, a.ddpm_path, a.torch_threads)
     res["unet_gradient_ms"] = {"config": "ct", "batch": a.batch, **ablate_unet("ct", a.batch, 3)}
     res["host"]["loadavg_after"] = list(os.getloadavg())
     res["jax_over_torch_time"] = {k: round(v / res["torch_reference"]["ms"][k], 3)
@@ -164,5 +165,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     main()

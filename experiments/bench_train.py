@@ -1,12 +1,13 @@
 """Training throughput of btd_jax against the PyTorch reference, side by side in one run; JSON out.
 
-    python experiments/bench_train.py --config ct --batch_size 64 --steps 5 \
+    python -m experiments.bench_train --config ct --batch_size 64 --steps 5 \
+        --torch_python TORCH_ENV/bin/python --ddpm_path DDPM_1.8.3_DIR \
         --out experiments/results/bench_train_cpu.json
 
 JAX: ``btd_jax.train.make_train_step`` (clip + Adam + EMA, one jitted call per optimiser step) on
 every local device. Reference: lucidrains ``GaussianDiffusion`` (1.8.3 for v1 configs, the installed
 2.x for v2) + ``torch.optim.Adam`` + ``clip_grad_norm_`` + ``ema_pytorch.EMA`` -- one iteration of
-the authors' ``Trainer`` loop -- in the torch env (``--torch``), run as a subprocess so the two
+the authors' ``Trainer`` loop -- under ``--torch_python``, run as a subprocess so the two
 never share a process. Both get the same batch of ``batch_size`` images per optimiser step
 (``--grad_accum`` micro-batches each, default 1). Wall times are medians of ``--steps`` timed steps
 after ``--warmup`` untimed ones (compilation excluded and reported apart). The machine's load
@@ -109,7 +110,7 @@ def bench_torch(cfg, steps: int, warmup: int, python: str, ddpm_path: str, threa
             "batch": tc.batch_size, "accum": tc.grad_accum, "steps": steps, "warmup": warmup, "threads": threads}
     env = dict(os.environ)
     if m.version == "v1":  # the paper's generation lives in 1.8.3
-        env["PYTHONPATH"] = os.pathsep.join([ddpm_path] + [p for p in [env.get("PYTHONPATH")] if p])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [ddpm_path, env.get("PYTHONPATH")] if p)
     out = subprocess.run([python, "-c", _TORCH_SCRIPT, json.dumps(args)], env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"torch reference failed:\n{out.stderr[-3000:]}")
@@ -135,14 +136,17 @@ def main(argv=None) -> dict:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--steps", type=int, default=5, help="timed steps per side")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--torch", default="/work/torchenv/bin/python", help="python with torch + denoising-diffusion-pytorch")
-    p.add_argument("--ddpm_path", default="/work/ddpm183/pkg", help="unpacked denoising-diffusion-pytorch 1.8.3")
+    p.add_argument("--torch_python", "--torch", default="",
+                   help="python with torch + denoising-diffusion-pytorch (needed unless --skip_torch)")
+    p.add_argument("--ddpm_path", default="", help="unpacked denoising-diffusion-pytorch 1.8.3 (v1 configs)")
     p.add_argument("--torch_threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--skip_torch", action="store_true")
     p.add_argument("--out", default="experiments/results/bench_train.json")
     p.add_argument("--default_xla_cpu", action="store_true",
                    help=f"leave XLA:CPU at its defaults (else {CPU_CONV_FLAG} is added to XLA_FLAGS)")
     a = p.parse_args(argv)
+    if not a.skip_torch and not a.torch_python:
+        p.error("--torch_python is required unless --skip_torch")
     if not a.default_xla_cpu and "ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + CPU_CONV_FLAG).strip()
 
@@ -151,14 +155,14 @@ def main(argv=None) -> dict:
     cfg = configs.override(configs.get(a.config), {"train.batch_size": a.batch_size, "train.grad_accum": a.grad_accum,
                                                    "model.dtype": a.dtype})
     images = a.batch_size * a.grad_accum
-    result = {"command": " ".join([os.path.basename(sys.executable), "experiments/bench_train.py"] + sys.argv[1:]),
+    result = {"command": " ".join([os.path.basename(sys.executable), "-m experiments.bench_train"] + sys.argv[1:]),
               "config": a.config, "model": f"{cfg.model.version} dim={cfg.model.dim} {cfg.image_size}px",
               "batch_size": a.batch_size, "grad_accum": a.grad_accum, "images_per_step": images, "dtype": a.dtype,
               "xla_flags": os.environ.get("XLA_FLAGS", ""),
               "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "loadavg_before": _loadavg()}}
     result["btd_jax"] = _summary(bench_jax(cfg, a.steps, a.warmup), images)
     if not a.skip_torch:
-        result["torch_reference"] = _summary(bench_torch(cfg, a.steps, a.warmup, a.torch, a.ddpm_path,
+        result["torch_reference"] = _summary(bench_torch(cfg, a.steps, a.warmup, a.torch_python, a.ddpm_path,
                                                          a.torch_threads), images)
         result["speedup"] = result["btd_jax"]["steps_per_s"] / result["torch_reference"]["steps_per_s"]
     result["host"]["loadavg_after"] = _loadavg()

@@ -2,13 +2,13 @@
 
 On the authors' data (a trained BTD workdir and real training patches)::
 
-    python experiments/compare_methods.py --dataset ROOT --train train.npz --workdir runs/ct \
+    python -m experiments.compare_methods --dataset ROOT --train train.npz --workdir runs/ct \
         --modality CT --attack injection --out experiments/out/compare_ct_inject
 
 Offline, on the demo data built from the DICOM slices that pydicom ships (built if missing; a small
 BTD model -- the ``btd-jax demo`` preset -- is trained on it first unless ``--workdir`` is given)::
 
-    python experiments/compare_methods.py --demo /tmp/btd_demo_data --attack injection --center 16 \
+    python -m experiments.compare_methods --demo experiments/out/demo_data --attack injection --center 16 \
         --btd-steps 800 --preset tiny --baseline-steps 300 --out experiments/out/compare_demo_inject
 
 Writes results.md / results.csv / results.json (Table-1 layout plus per-row bootstrap mean, std,

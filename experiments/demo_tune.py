@@ -1,6 +1,6 @@
 """Tuning sweep for the `btd-jax demo` preset: train a small model on the demo data, report AUCs.
 
-    python experiments/demo_tune.py --data /tmp/dd_CT --steps 1500 --dim 16 --t_sampling lowt \
+    python -m experiments.demo_tune --data experiments/out/demo_data --steps 1500 --dim 16 --t_sampling lowt \
         --start_t 0 5 20 --center 0 16 --out experiments/out/demo_tune.json
 
 Builds the demo data if ``--data`` has none, trains (``btd_jax.train.train_and_evaluate``), scores
@@ -17,7 +17,7 @@ import time
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default="/tmp/btd_demo_data")
+    ap.add_argument("--data", default="experiments/out/demo_data")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--n_train", type=int, default=4096)
@@ -56,7 +56,7 @@ def main():
                             checkpoint_every=10**9, lr_schedule="cosine", warmup_steps=50),
         configs.ScoreConfig(batch_size=256))
     tag = f"d{args.dim}_m{args.mults.replace(',', '')}_T{args.timesteps}_{args.t_sampling}{args.t_max}_s{args.steps}"
-    workdir = args.workdir or f"/tmp/demo_tune/{tag}"
+    workdir = args.workdir or os.path.join("experiments", "out", "demo_tune", tag)
     x = datasets.load_patches(os.path.join(args.data, "train.npz"))
     t0 = time.time()
     train.train_and_evaluate(cfg, workdir, x, progress=False)

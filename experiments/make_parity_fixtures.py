@@ -1,11 +1,11 @@
 """Golden parity fixtures from the REAL lucidrains denoising-diffusion-pytorch (1.8.3 and 2.3.4).
 
-Run with the PyTorch reference environment (not /work/venv; this script never imports btd_jax)::
+Run with the PyTorch reference environment's interpreter (this script never imports btd_jax)::
 
-    /work/torchenv/bin/python experiments/make_parity_fixtures.py [--out tests/fixtures]
+    TORCH_ENV/bin/python -m experiments.make_parity_fixtures --ddpm183 DDPM_1.8.3_DIR [--out tests/fixtures]
 
 The parent process starts one worker per generation: 1.8.3 ('v1', the BTD authors' version) with
-``PYTHONPATH=/work/ddpm183/pkg`` put first (``--ddpm183`` to move it), and the installed 2.x ('v2').
+the unpacked 1.8.3 wheel ``--ddpm183`` put first on ``PYTHONPATH``, and the installed 2.x ('v2').
 Each worker checks the package version it imported, so a fixture can't silently come from the wrong one.
 
 Fixture format: one ``tests/fixtures/parity_<name>.npz`` (compressed) per config. All image arrays are in
@@ -44,7 +44,6 @@ import sys
 
 import numpy as np
 
-DDPM183 = "/work/ddpm183/pkg"
 
 # name -> (generation, Unet kwargs, GaussianDiffusion kwargs, batch)
 CONFIGS = {
@@ -145,9 +144,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.path.join(here, "..", "tests", "fixtures"))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--ddpm183", default=DDPM183, help="unpacked denoising-diffusion-pytorch 1.8.3 wheel")
+    ap.add_argument("--ddpm183", default=None, help="unpacked denoising-diffusion-pytorch 1.8.3 wheel (required)")
     ap.add_argument("--worker", choices=("v1", "v2"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if not args.worker and not args.ddpm183:
+        ap.error("--ddpm183 (the unpacked denoising-diffusion-pytorch 1.8.3) is required")
     os.makedirs(args.out, exist_ok=True)
     if args.worker:
         for i, (name, (generation, *_)) in enumerate(CONFIGS.items()):
