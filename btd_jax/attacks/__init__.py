@@ -1,0 +1,20 @@
+"""Generative medical deepfakes made offline: diffusion in-painting, SDEdit injection, a CT-GAN-style GAN.
+
+    from btd_jax import attacks
+    out = attacks.repaint.inpaint(params, cfg, patches01, masks, key)           # RePaint (removal)
+    out, region = attacks.sdedit.sdedit(params, cfg, patches01, priors01, nodule_masks, key)  # injection
+    gan_params, info = attacks.cgan.train(real_patches01, attacks.cgan.GanConfig(), key)
+    out, hole = attacks.cgan.generate(gan_params, gan_cfg, patches01, "inject", key)
+
+Every attack is jitted and sharded over the local devices, deterministic for a key (item i draws
+from ``fold_in(key, i)``) and leaves pixels outside its mask bit-identical. :mod:`.pipeline` runs
+an attack at sites of whole slices and writes the authors' test-set layout (what ``btd-jax attack``
+does); :mod:`.attacker` holds the attacker's own data (patients the detector never sees) and the
+training of its models.
+"""
+
+from btd_jax.attacks import attacker, cgan, pipeline, repaint, sdedit
+from btd_jax.attacks.pipeline import COMBINATIONS, METHODS, Attacker, attack_sources, write_layout
+
+__all__ = ["attacker", "cgan", "pipeline", "repaint", "sdedit", "METHODS", "COMBINATIONS", "Attacker",
+           "attack_sources", "write_layout"]

@@ -1,0 +1,244 @@
+"""Diffusion in-painting (RePaint, Lugmayr et al. 2022) with any btd_jax DDPM, on every local device.
+
+Pixels where ``mask`` is 1 are generated; the rest are *known*. At every reverse step the unknown
+pixels follow the DDPM and the known ones are re-noised from the original with ``q_sample`` to the
+same noise level, and the two are merged. After every ``jump_length`` reverse steps the merged
+image is diffused forward again by ``jump_length`` steps, ``resamplings - 1`` times (RePaint's
+"jumps"), so that the generated region harmonises with its context.
+
+Sampling runs on a respaced grid of ``steps`` timesteps from ``t_start`` down to 0 (the respacing
+of improved-diffusion: the grid's betas are ``1 - abar[tau_i] / abar[tau_{i-1}]``), with the
+``'ddpm'`` posterior (RePaint's sampler) or the faster deterministic ``'ddim'`` update. ``t_start``
+= T - 1 regenerates the region from noise; a smaller ``t_start`` with an ``init`` image is SDEdit.
+
+Every item draws its noise from ``fold_in(key, global index)``, so results do not depend on batch
+size, padding or device count. The returned images equal the input exactly outside the mask::
+
+    out = repaint.inpaint(params, cfg, images01, masks, jax.random.key(0))   # (N, H, W) in [0, 1]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from btd_jax import diffusion, keys, parallel
+from btd_jax.configs import Config, ModelConfig
+from btd_jax.data.errors import DataError
+from btd_jax.models.unet import Unet, abstract_params
+
+__all__ = ["SAMPLERS", "RePaintOptions", "time_grid", "respaced_schedule", "jump_schedule", "check_params",
+           "check_inputs", "inpaint"]
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+@dataclasses.dataclass(frozen=True)
+class RePaintOptions:
+    """Static sampling settings (hashable: one compiled function per distinct value).
+
+    ``steps``: grid size; ``t_start``: the grid's top timestep (None: T - 1, i.e. from noise);
+    ``jump_length`` / ``resamplings``: RePaint's j and r (r = 1: no resampling); ``eta``: DDIM noise.
+    """
+
+    sampler: str = "ddim"
+    steps: int = 25
+    t_start: Optional[int] = None
+    jump_length: int = 5
+    resamplings: int = 2
+    eta: float = 0.0
+    clip_denoised: bool = True
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise DataError(f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
+        if self.steps < 1 or self.jump_length < 1 or self.resamplings < 1:
+            raise DataError(f"steps, jump_length and resamplings must be >= 1, got {self.steps}, "
+                            f"{self.jump_length}, {self.resamplings}")
+
+
+def time_grid(num_timesteps: int, steps: int, t_start: Optional[int] = None) -> np.ndarray:
+    """Ascending int32 timesteps ``(S,)``: ``steps`` points evenly from 0 to ``t_start`` (default T - 1)."""
+    top = num_timesteps - 1 if t_start is None else int(t_start)
+    if not 0 <= top < num_timesteps:
+        raise DataError(f"t_start must be in [0, {num_timesteps}), got {t_start}")
+    if not 1 <= steps <= top + 1:
+        raise DataError(f"steps must be in [1, t_start + 1 = {top + 1}], got {steps}")
+    return np.unique(np.round(np.linspace(0, top, steps)).astype(np.int32))
+
+
+def respaced_schedule(cfg: Config, taus: np.ndarray) -> diffusion.Schedule:
+    """The DDPM on the sub-grid ``taus``: same abar at every grid point, betas recomputed (float64)."""
+    d = cfg.diffusion
+    betas = diffusion.beta_schedule(d.beta_schedule, d.timesteps, **dict(d.schedule_kwargs))
+    abar = np.cumprod(1.0 - betas)[np.asarray(taus)]
+    prev = np.concatenate([[1.0], abar[:-1]])
+    return diffusion.Schedule.from_betas(1.0 - abar / prev, d.objective)
+
+
+def jump_schedule(steps: int, jump_length: int, resamplings: int) -> np.ndarray:
+    """RePaint's time path over grid indices, ``(K, 2)`` int32 pairs (from, to).
+
+    Starts at ``steps - 1`` and ends at -1 (the clean image). ``to = from - 1`` is a reverse step,
+    ``to = from + 1`` a forward (re-noising) step; after reaching each multiple of ``jump_length``
+    the path climbs back ``jump_length`` steps, ``resamplings - 1`` times (Lugmayr's schedule).
+    """
+    jumps = {j: resamplings - 1 for j in range(0, steps - jump_length, jump_length)}
+    i, path = steps - 1, [steps - 1]
+    while i >= 0:
+        i -= 1
+        path.append(i)
+        if jumps.get(i, 0) > 0:
+            jumps[i] -= 1
+            for _ in range(jump_length):
+                i += 1
+                path.append(i)
+    p = np.asarray(path, np.int32)
+    return np.stack([p[:-1], p[1:]], axis=1)
+
+
+# ----------------------------------------------------------------------------- validation
+
+def check_params(params, model_cfg: ModelConfig, what: str = "model") -> None:
+    """Raises :class:`DataError` when ``params`` do not have the shapes of ``model_cfg``'s U-Net."""
+    want = traverse_util.flatten_dict(dict(abstract_params(model_cfg)), sep="/")
+    have = traverse_util.flatten_dict(dict(params), sep="/")
+    bad = sorted(set(want) ^ set(have)) or [k for k in sorted(want) if tuple(np.shape(have[k])) != want[k].shape]
+    if bad:
+        k = bad[0]
+        detail = (f"{k} has shape {tuple(np.shape(have[k]))}, the config expects {want[k].shape}"
+                  if k in want and k in have else f"parameter {k} is {'missing' if k in want else 'unexpected'}")
+        raise DataError(f"{what}: parameters do not fit the config (a model of another size?): {detail}")
+
+
+def check_inputs(images, masks, image_size: int, init=None) -> tuple:
+    """-> (images (N,S,S,1) float32, masks (N,S,S,1) float32, init or images); one DataError if wrong."""
+    x = np.asarray(images, np.float32)
+    x = x[..., 0] if x.ndim == 4 and x.shape[-1] == 1 else x
+    if x.ndim != 3 or x.shape[0] == 0:
+        raise DataError(f"images: expected (N, H, W) patches, got shape {x.shape}")
+    if x.shape[1:] != (image_size, image_size):
+        raise DataError(f"images are {x.shape[1]}x{x.shape[2]} but the model expects {image_size}x{image_size} "
+                        "(a model of the wrong size for these patches)")
+    m = np.asarray(masks)
+    m = m[..., 0] if m.ndim == 4 and m.shape[-1] == 1 else m
+    if m.shape != x.shape:
+        raise DataError(f"masks: shape {m.shape} does not match the images {x.shape}")
+    m = (m > 0.5).astype(np.float32)
+    if not np.all(m.reshape(len(m), -1).any(axis=1)):
+        raise DataError(f"masks: item {int(np.argmin(m.reshape(len(m), -1).any(axis=1)))} selects no pixel")
+    init = x if init is None else np.asarray(init, np.float32).reshape(x.shape)
+    for name, a in (("images", x), ("init", init)):
+        if not np.isfinite(a).all() or a.min() < 0.0 or a.max() > 1.0:
+            raise DataError(f"{name}: values must be finite and in [0, 1] (window CT with window_ct first)")
+    return x[..., None], m[..., None], init[..., None]
+
+
+# ----------------------------------------------------------------------------- the sampler
+
+def _item_noise(item_keys: jax.Array, k: jax.Array, shape) -> jax.Array:
+    """(N,) keys -> (N, *shape) standard normal drawn from fold_in(item_key, k)."""
+    return jax.vmap(lambda ik: jax.random.normal(jax.random.fold_in(ik, k), shape))(item_keys)
+
+
+def _reverse(opts: RePaintOptions, sched, model_fn, x, i, z):
+    """One reverse step on the respaced grid from index i to i - 1 (i = 0 gives the clean image)."""
+    if opts.sampler == "ddpm":
+        return diffusion.p_sample(sched, model_fn, x, i, None, clip_denoised=opts.clip_denoised, noise=z)[0]
+    return diffusion.ddim_step(sched, model_fn, x, i, i - 1, None, eta=opts.eta, clip_denoised=opts.clip_denoised,
+                               noise=z)[0]
+
+
+def _inpaint_local(params, sched, taus, pairs, x01, m, init01, idx, key, *, opts: RePaintOptions,
+                   model_cfg: ModelConfig):
+    """One device's rows: x01, m, init01 (B,S,S,1), idx (B,) -> generated (B,S,S,1) in [0, 1]."""
+    model = Unet.from_config(model_cfg)
+
+    def model_fn(x, i):
+        return model.apply({"params": params}, x, taus[i])
+
+    x0, init = diffusion.normalize(x01), diffusion.normalize(init01)
+    per_item = keys.item_keys(key, idx)
+    shape = x0.shape[1:]
+    top = sched.num_timesteps - 1
+    start = jnp.where(m > 0, init, x0)
+    x = diffusion.q_sample(sched, start, top, _item_noise(per_item, 0, shape))
+
+    def body(x, inp):
+        k, (a, b) = inp
+        z1, z2 = _item_noise(per_item, 2 * k + 1, shape), _item_noise(per_item, 2 * k + 2, shape)
+
+        def down(x):
+            gen = _reverse(opts, sched, model_fn, x, a, z1)
+            known = jnp.where(b >= 0, diffusion.q_sample(sched, x0, jnp.maximum(b, 0), z2), x0)
+            return m * gen + (1.0 - m) * known
+
+        def up(x):
+            beta = sched.betas[b]
+            return jnp.sqrt(1.0 - beta) * x + jnp.sqrt(beta) * z1
+
+        return jax.lax.cond(b < a, down, up, x), None
+
+    x, _ = jax.lax.scan(body, x, (jnp.arange(pairs.shape[0], dtype=jnp.int32), (pairs[:, 0], pairs[:, 1])))
+    return jnp.clip(diffusion.unnormalize(x), 0.0, 1.0)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(mesh, opts: RePaintOptions, model_cfg: ModelConfig) -> Callable:
+    """One jitted function per (mesh, options, model); every device works on its own rows."""
+    ax = mesh.axis_names[0]
+    rep, data = jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec(ax)
+    local = jax.shard_map(functools.partial(_inpaint_local, opts=opts, model_cfg=model_cfg), mesh=mesh,
+                          in_specs=(rep, rep, rep, rep, data, data, data, data, rep), out_specs=data)
+    r, d = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    return jax.jit(local, in_shardings=(r, r, r, r, d, d, d, d, r), out_shardings=d)
+
+
+def inpaint(params, cfg: Config, images, masks, key: jax.Array, *, init=None,
+            options: RePaintOptions = RePaintOptions(), batch_size: int = 64, mesh=None,
+            progress: Optional[Callable[[int], None]] = None, composite: bool = True) -> np.ndarray:
+    """RePaint ``images`` where ``masks`` is set.
+
+    Args:
+      params: the DDPM's parameters (shapes of ``cfg.model``); cfg: its config.
+      images: (N, H, W) patches in [0, 1] of the model's size; masks: (N, H, W), > 0.5 = generate.
+      key: PRNG key; item i uses ``fold_in(key, i)``.
+      init: (N, H, W) in [0, 1] whose masked pixels seed the sampler at ``options.t_start`` (SDEdit);
+        default the images themselves (irrelevant when starting from T - 1).
+      batch_size: rows per compiled call (rounded up to the device count).
+      composite: paste the result into ``images`` on the host (bit-exact outside the masks); False
+        returns the sampler's own final image, whose known pixels match to float rounding.
+    Returns:
+      (N, H, W) float32 in [0, 1], equal to ``images`` outside the masks.
+    """
+    check_params(params, cfg.model, f"{cfg.name} DDPM")
+    x, m, init = check_inputs(images, masks, cfg.image_size, init)
+    taus = time_grid(cfg.diffusion.timesteps, options.steps, options.t_start)
+    pairs = jump_schedule(len(taus), options.jump_length, options.resamplings)
+    mesh = parallel.make_mesh(jax.local_devices()) if mesh is None else mesh
+    rep = parallel.replicated(mesh)
+    p, sched = jax.device_put(params, rep), jax.device_put(respaced_schedule(cfg, taus), rep)
+    taus_d, pairs_d = jax.device_put(jnp.asarray(taus), rep), jax.device_put(jnp.asarray(pairs), rep)
+    fn = _compiled(mesh, options, cfg.model)
+    n_dev = mesh.devices.size
+    chunk = -(-min(batch_size, len(x)) // n_dev) * n_dev
+    out = np.empty(x.shape[:3], np.float32)
+    for s in range(0, len(x), chunk):
+        parts = [parallel.pad_to_multiple(a[s:s + chunk], chunk)[0] for a in (x, m, init)]
+        nv = min(chunk, len(x) - s)
+        idx = np.arange(s, s + chunk, dtype=np.int32)
+        y = fn(p, sched, taus_d, pairs_d, *(parallel.shard_batch(a, mesh) for a in parts),
+               parallel.shard_batch(idx, mesh), key)
+        out[s:s + nv] = np.asarray(y)[:nv, ..., 0]
+        if progress is not None:
+            progress(nv)
+    if not composite:
+        return out
+    # The last step already puts x0 in the known pixels; pasting on the host makes them bit-exact.
+    return np.where(m[..., 0] > 0, out, x[..., 0]).astype(np.float32)

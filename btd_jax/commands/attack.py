@@ -1,0 +1,121 @@
+"""``btd-jax attack``: make generative deepfakes offline and write them in the authors' test-set layout.
+
+    btd-jax attack --method repaint --attack removal   --input DICOM|STORE|slices.npy --model DDPM_DIR --out ROOT
+    btd-jax attack --method sdedit  --attack injection --input ... --model DDPM_DIR --out ROOT [--strength 0.15]
+    btd-jax attack --method cgan    --attack injection|removal --input ... --model GAN_DIR --out ROOT
+    ... --train_attacker [--attacker_data PATH] [--attacker_steps K]   (fit the attacker model in --model first)
+
+Methods: ``repaint`` (diffusion in-painting from noise: removal), ``sdedit`` (a painted nodule noised
+to t* and finished by the DDPM: injection), ``cgan`` (a CT-GAN-style in-painting GAN: both).
+``--model`` is a btd_jax workdir holding a DDPM (repaint/sdedit) or a folder holding a cGAN; with
+``--train_attacker`` the model is trained there first, by default on CT patients that the demo's
+detector never sees (``btd_jax.attacks.attacker.ATTACKER_SOURCES``). ``--input`` slices are in HU
+(CT) or raw/[0, 1] intensities (MRI). ``--n`` sites are attacked and ``--n`` other sites kept real;
+the CSV ``ROOT/CT/<Inject|Remove>/CT_<...>.csv`` has columns ``path, x, y, type``, an indicator
+``<Method>-CT-<Inject|Remove>`` and the site's scanner/patient/radius/mask, and is read unchanged by
+``btd-jax evaluate --dataset ROOT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from btd_jax import configs, train
+from btd_jax.attacks import attacker, cgan, inputs, pipeline, repaint
+from btd_jax.data.errors import DataError
+
+_METHODS = ("repaint", "sdedit", "cgan")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("attack", help="generative deepfakes (RePaint, SDEdit, cGAN) in the authors' layout",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", required=True, help="repaint | sdedit | cgan")
+    p.add_argument("--attack", required=True, help="injection | removal")
+    p.add_argument("--input", required=True, help="DICOM file/folder, slice store, or .npy slices (S, H, W)")
+    p.add_argument("--model", required=True, help="attacker model: DDPM workdir (repaint/sdedit) or cGAN folder")
+    p.add_argument("--out", required=True, help="test-set root to write (rows of other methods are kept)")
+    p.add_argument("--n", type=int, default=50, help="attacked sites (and as many real sites)")
+    p.add_argument("--seed", type=int, default=0, help="sites, radii and the attack's noise key")
+    p.add_argument("--modality", default=None, help="CT or MRI (default: the model's)")
+    p.add_argument("--max_slices", type=int, default=None, help="use at most this many input slices")
+    p.add_argument("--train_attacker", action="store_true", help="train the attacker model in --model first")
+    p.add_argument("--attacker_data", default=None,
+                   help="attacker training slices (DICOM/store/.npy); default: pydicom's CT patients that the "
+                        "demo's detector never sees")
+    p.add_argument("--attacker_steps", type=int, default=600, help="training steps of the attacker model")
+    p.add_argument("--attacker_patches", type=int, default=2048, help="training patches cut from the attacker data")
+    p.add_argument("--config", default="demo", help="DDPM preset (or JSON) of a DDPM attacker trained here")
+    p.add_argument("--size", type=int, default=32, help="patch side of a cGAN attacker trained here")
+    p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim"), help="RePaint/SDEdit sampler")
+    p.add_argument("--steps", type=int, default=None, help="reverse-grid size (default 25 RePaint, 15 SDEdit)")
+    p.add_argument("--jump_length", type=int, default=5, help="RePaint jump length j")
+    p.add_argument("--resamplings", type=int, default=2, help="RePaint resamplings r (1 = none)")
+    p.add_argument("--strength", type=float, default=0.15, help="SDEdit t* as a fraction of the schedule")
+    p.add_argument("--batch_size", type=int, default=64, help="patches per compiled call")
+    return p
+
+
+def _check_choice(args) -> None:
+    if args.method not in _METHODS:
+        raise DataError(f"unknown --method {args.method!r}; expected one of {', '.join(_METHODS)}")
+    attack = {"inject": "injection", "remove": "removal"}.get(args.attack, args.attack)
+    if (args.method, attack) not in pipeline.COMBINATIONS:
+        raise DataError(f"--method {args.method} does not do --attack {args.attack}; valid: "
+                        + ", ".join(f"{m} {a}" for m, a in pipeline.COMBINATIONS))
+    args.attack = attack
+    if args.n < 1:
+        raise DataError(f"--n must be >= 1, got {args.n}")
+
+
+def _config(name: str):
+    """A preset name or a JSON config file."""
+    return configs.load(name) if hasattr(configs, "load") else configs.get(name)
+
+
+def _train(args, modality: str) -> None:
+    size = args.size if args.method == "cgan" else _config(args.config).image_size
+    sources = (inputs.load_sources(args.attacker_data, modality) if args.attacker_data
+               else attacker.attacker_sources(modality))
+    patches = attacker.attacker_patches(sources, size, args.attacker_patches, seed=args.seed + 1)
+    print(f"attacker: {len(patches)} training patches of {size} px from "
+          f"{', '.join(sorted({s.patient for s in sources}))}", file=sys.stderr)
+    if args.method == "cgan":
+        gan_cfg = cgan.GanConfig(image_size=size, hole=size // 2, num_steps=args.attacker_steps, modality=modality)
+        info = attacker.train_gan(args.model, patches, gan_cfg, seed=args.seed)
+        print(f"attacker cGAN: {info['steps']} steps in {info['seconds']:.0f} s -> {args.model}", file=sys.stderr)
+    else:
+        cfg = attacker.ddpm_config(_config(args.config), args.attacker_steps, seed=args.seed + 1)
+        info = attacker.train_ddpm(args.model, patches, cfg, progress=True)
+        print(f"attacker DDPM: {info['steps']} steps, loss {info['first_loss']} -> {info['final_loss']}",
+              file=sys.stderr)
+
+
+def _load(args):
+    if args.method == "cgan":
+        params, cfg = cgan.load(args.model)
+        return pipeline.Attacker("cgan", params, cfg), cfg.modality
+    params, cfg = train.load_params(args.model)
+    steps = args.steps or (25 if args.method == "repaint" else 15)
+    opts = repaint.RePaintOptions(sampler=args.sampler, steps=steps, jump_length=args.jump_length,
+                                  resamplings=args.resamplings)
+    return pipeline.Attacker(args.method, params, cfg, options=opts, strength=args.strength), cfg.modality
+
+
+def run(args) -> int:
+    _check_choice(args)
+    modality = args.modality or "CT"
+    if args.train_attacker:
+        _train(args, modality)
+    atk, model_modality = _load(args)
+    modality = args.modality or model_modality
+    sources = inputs.load_sources(args.input, modality, args.max_slices)
+    items, masks = pipeline.attack_sources(atk, args.attack, sources, args.n, seed=args.seed, modality=modality,
+                                           batch_size=args.batch_size)
+    name = pipeline.METHODS[args.method]
+    csv_path = pipeline.write_layout(args.out, modality, args.attack, items, masks, name)
+    print(f"wrote {len(items)} rows ({args.n} {name} fakes, {args.n} real) to {csv_path}")
+    print(f"evaluate: btd-jax evaluate --workdir DETECTOR --dataset {args.out} --modality {modality} "
+          f"--attack {args.attack} --tamper {name} --out RESULTS")
+    return 0
