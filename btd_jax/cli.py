@@ -13,7 +13,7 @@ from absl import app, flags
 from absl.flags import argparse_flags
 
 # Order is the order shown in --help.
-COMMANDS = ("demo", "prepare", "train", "score", "evaluate", "localize", "compare", "convert", "bench")
+COMMANDS = ("demo", "prepare", "train", "score", "evaluate", "localize", "compare", "attack", "convert", "bench")
 
 
 def _load_commands():
@@ -29,7 +29,8 @@ def _load_commands():
 
 def build_parser():
     parser = argparse_flags.ArgumentParser(
-        prog="btd-jax", description="Back-in-Time Diffusion deepfake detection for CT and MRI (JAX).")
+        prog="btd-jax", description="Back-in-Time Diffusion deepfake detection for CT and MRI (JAX).",
+        allow_abbrev=False)  # top-level abbreviations would make short sub-command flags (--n) ambiguous
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, module in _load_commands().items():
