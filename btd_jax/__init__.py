@@ -30,7 +30,7 @@ _NAMES = {
 _SUBMODULES = (
     "configs", "schedules", "diffusion", "models", "parallel", "keys", "checkpoints", "scoring", "score",
     "train", "data", "metrics", "calibration", "evaluate", "eval_io", "plots", "localize", "screen",
-    "attacks", "baselines", "convert", "export", "demo",
+    "clinical_io", "attacks", "baselines", "convert", "export", "demo",
 )
 __all__ = ["__version__", *_NAMES, *_SUBMODULES]
 

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from btd_jax import configs
+from btd_jax import configs, diffusion
 from btd_jax.configs import Config, DiffusionConfig, ModelConfig
 from btd_jax.models.unet import abstract_params
 
@@ -206,8 +206,6 @@ def match_schedule(buffers: Mapping[str, np.ndarray], base: Optional[DiffusionCo
     defaults at the stored number of timesteps; the objective (and min-SNR weighting, at ``base``'s gamma)
     is read from ``loss_weight``. Raises ``ValueError`` naming the buffer that no candidate reproduces.
     """
-    from btd_jax import diffusion
-
     base = base or DiffusionConfig()
     missing = [k for k in SCHEDULE_BUFFERS if k not in buffers]
     if missing:
@@ -302,8 +300,6 @@ def to_torch_state_dict(params: Any, cfg: Config, include_schedule: bool = True)
     for path, a in traverse_util.flatten_dict(jax.device_get(params)).items():
         sd[_MODEL_PREFIX + _torch_key(path)] = _leaf_to_torch(path[-1], np.asarray(a, np.float32))[1]
     if include_schedule:
-        from btd_jax import diffusion
-
         sd.update(diffusion.make_schedule(cfg.diffusion).buffers())
     # writable, contiguous copies: torch.from_numpy warns on the read-only views of device arrays
     return {k: np.array(v, np.float32, order="C", copy=True) for k, v in sd.items()}

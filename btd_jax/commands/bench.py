@@ -16,6 +16,12 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+import jax
+import numpy as np
+
+from btd_jax import configs, parallel, score
+from btd_jax.models.unet import init_params
+from btd_jax.scoring import stream
 from btd_jax.timing import load_average, throughput, time_runs
 
 # Called after each batch size with (report, bench, inputs, batch, rows, {dtype: scores (batch,)}).
@@ -55,11 +61,6 @@ class JaxBench:
     """The JAX side: one ``Scorer`` per dtype, the same jitted function ``Scorer.score`` streams through."""
 
     def __init__(self, cfg: Any, dtypes: List[str], seed: int, micro_batch: Any = "auto"):
-        import jax
-
-        from btd_jax import configs, parallel, score
-        from btd_jax.models.unet import init_params
-
         self.cfg = cfg
         self.params = init_params(cfg.model, cfg.image_size, jax.random.key(seed))
         self.mesh = parallel.make_mesh(jax.local_devices())
@@ -69,11 +70,6 @@ class JaxBench:
         self.gflop = {}
 
     def _args(self, scorer, x):
-        import jax
-        import numpy as np
-
-        from btd_jax import parallel
-
         return (scorer.params, scorer.sched, parallel.shard_batch(x, self.mesh),
                 parallel.shard_batch(np.arange(len(x), dtype=np.int32), self.mesh), jax.random.key(0))
 
@@ -90,18 +86,12 @@ class JaxBench:
 
     def _function(self, scorer, micro_batch):
         """The jitted d = 1 scoring function ``Scorer.score`` streams chunks through."""
-        from btd_jax.scoring import stream
-
         opts = stream._Options(model=scorer.cfg.model, micro_batch=micro_batch,
                                normalize=bool(scorer.cfg.diffusion.auto_normalize))
         return stream._compiled(self.mesh, opts)
 
     def run(self, dtype: str, b: int, inputs, min_time: float):
         """Times one (dtype, batch) point; returns (row, scores (b,))."""
-        import numpy as np
-
-        from btd_jax import parallel, score
-
         scorer = self.scorers[dtype]
         x, n = parallel.pad_to_multiple(inputs[:b], parallel.local_batch_multiple(self.mesh))
         micro = score.resolve_micro_batch(self.micro_batch, len(x) // self.mesh.devices.size)
@@ -131,11 +121,6 @@ def measure(args: argparse.Namespace, after_batch: Optional[AfterBatch] = None) 
     ``after_batch`` runs right after each batch size (e.g. a reference implementation timed on the
     same inputs, so both see about the same machine load) and may add to the report.
     """
-    import jax
-    import numpy as np
-
-    from btd_jax import configs
-
     cfg = configs.load(args.config)
     batches = [args.batch_size] if args.batch_size else _ints(args.batches)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]

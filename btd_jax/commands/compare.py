@@ -17,8 +17,16 @@ import argparse
 import os
 import sys
 
+import numpy as np
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+from btd_jax import baselines, evaluate
+from btd_jax.baselines import comparison
+from btd_jax.commands._flags import add_deprecated_alias
+from btd_jax.data import datasets
+from btd_jax.score import Scorer
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("compare", help="BTD vs the paper's baselines (Table 1) on one test set",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, help="test-set root (authors' layout) or .npz with patches/labels")
@@ -36,7 +44,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="patch side cut from the test images "
                                                           "(default: the BTD model's, else the training patches')")
     p.add_argument("--center", type=int, default=32, help="injection window k (paper: 32); removal uses the whole patch")
-    p.add_argument("--steps", type=int, default=1, help="BTD backward steps d (paper: 1)")
+    p.add_argument("--reverse_steps", type=int, default=1, help="BTD reverse diffusion steps d (paper: 1)")
+    add_deprecated_alias(p, "--steps", "--reverse_steps", "reverse_steps", type=int)
     p.add_argument("--n_boot", "--n-boot", type=int, default=100, help="bootstrap iterations (paper: 100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch_size", "--batch-size", type=int, default=256)
@@ -44,13 +53,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def run(args) -> int:
-    import numpy as np
-
-    from btd_jax import baselines, evaluate
-    from btd_jax.baselines import comparison
-    from btd_jax.data import datasets
-
+def run(args: argparse.Namespace) -> int:
     if args.n_boot < 1:
         raise ValueError(f"--n_boot must be >= 1, got {args.n_boot}")
     methods = tuple(args.methods) if args.methods is not None else baselines.NAMES
@@ -58,8 +61,6 @@ def run(args) -> int:
         baselines.get(m)  # unknown names fail before any work
     scorer = None
     if args.workdir:
-        from btd_jax.score import Scorer
-
         scorer = Scorer.load(args.workdir)
     train = datasets.load_patches(args.train)
     if args.max_train and len(train) > args.max_train:
@@ -69,7 +70,7 @@ def run(args) -> int:
     result = comparison.compare(
         train, patches, labels, meta, modality=args.modality, attack=args.attack, scorer=scorer, methods=methods,
         tamper=args.tamper, preset=args.preset, baseline_steps=args.baseline_steps, center=args.center,
-        btd_steps=args.steps, n_boot=args.n_boot, seed=args.seed, batch_size=args.batch_size,
+        btd_steps=args.reverse_steps, n_boot=args.n_boot, seed=args.seed, batch_size=args.batch_size,
         checkpoint_dir=os.path.join(args.out, "baselines"), reuse=args.reuse,
         progress=lambda msg: print(msg, file=sys.stderr))
     paths = comparison.write_outputs(result, args.out, dataset=os.path.abspath(args.dataset),

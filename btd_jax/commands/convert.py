@@ -10,7 +10,10 @@ schedule from the stored buffers; ``--config`` supplies the rest (patch size, tr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+
+from btd_jax import checkpoints, configs, convert
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -27,10 +30,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    import dataclasses
-
-    from btd_jax import configs, convert, train
-
     base = configs.load(args.config)
     if args.image_size is not None:
         base = dataclasses.replace(base, diffusion=dataclasses.replace(base.diffusion, image_size=args.image_size))
@@ -49,7 +48,7 @@ def run(args) -> int:
     if changed:
         print(f"note: the checkpoint's architecture differs from preset {args.config!r}: " + ", ".join(changed),
               file=sys.stderr)
-    train.save_params_checkpoint(args.workdir, params, cfg)
+    checkpoints.save_params_checkpoint(args.workdir, params, cfg)
     print(f"converted {args.torch} ({args.which}): lucidrains {m.version} Unet dim={m.dim} dim_mults={m.dim_mults} "
           f"channels={m.channels}; schedule {d.beta_schedule} x {d.timesteps}, objective {d.objective}"
           f"{', min-SNR' if d.min_snr_loss_weight else ''} -> {args.workdir}")

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import argparse
 
+from absl import logging
+
+from btd_jax import demo
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", help="offline end-to-end demo on pydicom's real CT slices (train, score, report)",
@@ -38,10 +42,6 @@ def run(args) -> int:
         raise ValueError(f"--minutes must be > 0, got {args.minutes}")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    from absl import logging
-
-    from btd_jax import demo
-
     if not args.verbose:  # orbax logs every checkpoint at INFO; the progress bar says enough
         logging.set_verbosity(logging.WARNING)
 

@@ -33,3 +33,11 @@ def test_unknown_command_is_refused():
     with pytest.raises(SystemExit) as e:
         cli.build_parser().parse_args(["frobnicate"])
     assert e.value.code == 2
+
+
+def test_compare_steps_is_a_deprecated_alias_of_reverse_steps(capsys):
+    base = ["compare", "--dataset", "d.npz", "--train", "t.npy", "--out", "o", "--attack", "injection"]
+    assert cli.build_parser().parse_args(base).reverse_steps == 1
+    assert cli.build_parser().parse_args(base + ["--reverse_steps", "4"]).reverse_steps == 4
+    assert cli.build_parser().parse_args(base + ["--steps", "3"]).reverse_steps == 3
+    assert "--steps is deprecated, use --reverse_steps" in capsys.readouterr().err
