@@ -50,7 +50,7 @@ def paper_center(attack: str, side: int, center: Optional[int] = 32) -> Optional
 
 
 def baseline_config(name: str, side: int, center: Optional[int], preset: str = "default",
-                    steps: Optional[int] = None, scorer: Any = None):
+                    steps: Optional[int] = None, scorer: Any = None) -> Any:
     """The config a comparison fits ``name`` with: preset ('default' or 'tiny'), the window, optional step count."""
     b = baselines.get(name)
     if preset not in ("default", "tiny"):

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("bench", help="throughput of BTD scoring (patches/s, GFLOP/s)",
                               description=__doc__.split("\n")[0])
     return add_arguments(p)
@@ -90,7 +90,7 @@ class JaxBench:
                                normalize=bool(scorer.cfg.diffusion.auto_normalize))
         return stream._compiled(self.mesh, opts)
 
-    def run(self, dtype: str, b: int, inputs, min_time: float):
+    def run(self, dtype: str, b: int, inputs: np.ndarray, min_time: float) -> Tuple[Dict[str, Any], np.ndarray]:
         """Times one (dtype, batch) point; returns (row, scores (b,))."""
         scorer = self.scorers[dtype]
         x, n = parallel.pad_to_multiple(inputs[:b], parallel.local_batch_multiple(self.mesh))

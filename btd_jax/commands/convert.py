@@ -16,7 +16,7 @@ import sys
 from btd_jax import checkpoints, configs, convert
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("convert", help="PyTorch (lucidrains) checkpoint -> btd_jax workdir",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--torch", required=True, help="checkpoint: Trainer .pt ({'model', 'ema'}), a state-dict .pt, or .npz")
@@ -29,7 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     base = configs.load(args.config)
     if args.image_size is not None:
         base = dataclasses.replace(base, diffusion=dataclasses.replace(base.diffusion, image_size=args.image_size))

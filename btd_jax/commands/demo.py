@@ -20,7 +20,7 @@ from absl import logging
 from btd_jax import demo
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", help="offline end-to-end demo on pydicom's real CT slices (train, score, report)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="btd_demo", help="output folder (data/, workdir/, report/); default btd_demo")
@@ -37,7 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.minutes <= 0:
         raise ValueError(f"--minutes must be > 0, got {args.minutes}")
     if args.steps is not None and args.steps < 1:
