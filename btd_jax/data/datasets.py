@@ -28,6 +28,7 @@ from btd_jax.data import preprocess
 from btd_jax.data.errors import DataError
 from btd_jax.data.records import PatchSet, Skipped, TestSet
 from btd_jax.data.testset import ATTACKS, LABELS, load_testset, testset_csv_path, write_testset
+from btd_jax.data.validate import check_patches
 
 __all__ = [
     "PatchSet", "TestSet", "Skipped", "ATTACKS", "LABELS", "load_patches", "validate_patches",
@@ -44,28 +45,9 @@ _NPZ_KEYS = ("patches", "images", "x", "arr_0")
 def validate_patches(arr: np.ndarray, name: str = "patches") -> np.ndarray:
     """Check an array of patches and return it as (N, H, W) float32 in [0, 1].
 
-    Accepts (N, H, W) or (N, H, W, 1) floating arrays, all finite, every value in [0, 1].
+    Accepts (N, H, W) or (N, H, W, 1) floating arrays of square patches, all finite, every value in [0, 1].
     """
-    arr = np.asarray(arr)
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise DataError(f"{name}: expected floating patches in [0, 1], got dtype {arr.dtype} "
-                        f"(scale integer images to [0, 1] first, e.g. / 255)")
-    if arr.ndim == 4 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 3:
-        raise DataError(f"{name}: expected shape (N, H, W) or (N, H, W, 1), got {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0 or arr.shape[2] == 0:
-        raise DataError(f"{name}: empty array of shape {arr.shape}")
-    finite = np.isfinite(arr)
-    if not finite.all():
-        bad = np.unique(np.nonzero(~finite)[0])
-        raise DataError(f"{name}: {int((~finite).sum())} NaN/inf value(s) in {bad.size} patch(es), "
-                        f"first at index {int(bad[0])}")
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo < 0.0 or hi > 1.0:
-        raise DataError(f"{name}: values must lie in [0, 1] (the paper's preprocessing), found "
-                        f"[{lo:.6g}, {hi:.6g}]")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    return np.ascontiguousarray(check_patches(arr, name)[..., 0])
 
 
 def load_patches(path: str | os.PathLike, key: str | None = None) -> np.ndarray:

@@ -27,8 +27,8 @@ def test_load_patches_npy_and_npz(tmp_path):
 
 
 @pytest.mark.parametrize("arr,match", [
-    (np.full((2, 4, 4), np.nan, np.float32), "NaN/inf"),
-    (np.array([[[0.0, np.inf]]]), "NaN/inf value.*first at index 0"),
+    (np.full((2, 4, 4), np.nan, np.float32), "NaN or inf"),
+    (np.array([[[0.0, np.inf], [0.0, 0.0]]]), "NaN or inf.*first at index 0"),
     (np.zeros((2, 4, 4), np.uint8), "dtype uint8"),
     (np.zeros((4, 4), np.float32), r"shape \(N, H, W\)"),
     (np.zeros((2, 4, 4, 3), np.float32), r"got \(2, 4, 4, 3\)"),
