@@ -5,14 +5,16 @@ such that normal data will likely produce scores less than tau"; its Fig. 4 norm
 false-positive rate of 0.1. Given BTD scores of *real* validation patches this module fixes tau at a
 target FPR and gives each new score a conformal p-value::
 
-    cal = calibration.fit(val_real_scores, target_fpr=0.1, steps=1, center=32)
+    cal = calibration.fit(val_real_scores, target_fpr=0.1, score={"steps": 1, "center": 32})
     cal.save(workdir)                         # -> workdir/calibration.json, beside the checkpoints
     cal = calibration.Calibration.load(workdir)
     is_fake = cal.decide(test_scores)         # score >= threshold
     p = cal.p_values(test_scores)             # small = unlike the real validation scores
 
-A calibration is only valid for the scoring settings it was fitted with (``steps``, ``center``,
-model); they are stored with it so callers can score new data the same way. Knows nothing of models.
+A calibration is only valid for the model and the scoring settings it was fitted with; they are
+stored with it (``score``: the ScoreConfig fields that decide a score, as in the two-sided score
+reference) so that callers score new data the same way. Knows nothing of models: a scorer is
+anything with ``score(images, **settings)``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from btd_jax.configs import ScoreConfig
 from btd_jax.data.errors import DataError
 
 __all__ = ["Calibration", "fit", "threshold_at_fpr", "p_values", "FILENAME", "calibrate_scorer",
@@ -76,26 +79,46 @@ def p_values(real_sorted: np.ndarray, scores: Any) -> np.ndarray:
     return (1.0 + n_ge) / (real_sorted.size + 1.0)
 
 
+def _legacy_score(d: Mapping[str, Any]) -> Dict[str, Any]:
+    """The scoring settings of a calibration file written before they were one ``score`` dict."""
+    score = {"steps": d.get("steps") or 1, "center": d.get("center")}
+    if (d.get("meta") or {}).get("reduction"):
+        score["reduction"] = d["meta"]["reduction"]
+    return score
+
+
 @dataclasses.dataclass(frozen=True)
 class Calibration:
     """A fitted operating point. ``real_scores`` is kept (sorted, float64) for p-values.
 
     Fields: ``threshold`` (flag ``score >= threshold``), ``target_fpr``, ``empirical_fpr`` (on the
-    validation scores), ``real_scores`` (N,), ``steps`` / ``center`` (the BTD settings the scores
-    were computed with; ``None`` if unknown), ``meta`` (free-form, e.g. dataset, config name).
+    validation scores), ``real_scores`` (N,), ``score`` (the scoring settings the scores were
+    computed with: ScoreConfig field names such as steps, center, reduction; empty if unknown),
+    ``meta`` (free-form, e.g. dataset, config name).
     """
 
     threshold: float
     target_fpr: float
     empirical_fpr: float
     real_scores: np.ndarray
-    steps: Optional[int] = None
-    center: Optional[int] = None
+    score: Dict[str, Any] = dataclasses.field(default_factory=dict)
     meta: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def n(self) -> int:
         return int(self.real_scores.size)
+
+    @property
+    def steps(self) -> Optional[int]:
+        return self.score.get("steps")
+
+    @property
+    def center(self) -> Optional[int]:
+        return self.score.get("center")
+
+    @property
+    def reduction(self) -> str:
+        return self.score.get("reduction", "mean")
 
     def decide(self, scores: Any) -> np.ndarray:
         """(M,) bool: True = flagged fake (``score >= threshold``)."""
@@ -113,7 +136,7 @@ class Calibration:
 
     def to_dict(self) -> Dict[str, Any]:
         return {"threshold": self.threshold, "target_fpr": self.target_fpr, "empirical_fpr": self.empirical_fpr,
-                "n": self.n, "steps": self.steps, "center": self.center, "meta": dict(self.meta),
+                "n": self.n, "score": dict(self.score), "meta": dict(self.meta),
                 "real_scores": [float(v) for v in self.real_scores]}
 
     @classmethod
@@ -124,9 +147,10 @@ class Calibration:
         real = np.sort(_as_scores(d["real_scores"], f"{source}: real_scores"))
         if real.size == 0:
             raise DataError(f"{source}: real_scores is empty")
+        score = dict(d["score"]) if isinstance(d.get("score"), Mapping) else _legacy_score(d)
         return cls(threshold=float(d["threshold"]), target_fpr=float(d["target_fpr"]),
                    empirical_fpr=float(d.get("empirical_fpr", np.mean(real >= float(d["threshold"])))),
-                   real_scores=real, steps=d.get("steps"), center=d.get("center"), meta=dict(d.get("meta", {})))
+                   real_scores=real, score=score, meta=dict(d.get("meta", {})))
 
     def save(self, path: str) -> str:
         """Writes JSON to ``path`` (a file) or ``path/calibration.json`` (a directory, e.g. the workdir)."""
@@ -154,40 +178,57 @@ class Calibration:
 
 
 def fit(real_scores: Any, target_fpr: float = 0.1, steps: Optional[int] = None, center: Optional[int] = None,
-        **meta: Any) -> Calibration:
-    """Fits a :class:`Calibration` on scores (N,) of real-only validation patches."""
+        score: Optional[Mapping[str, Any]] = None, reduction: Optional[str] = None, **meta: Any) -> Calibration:
+    """Fits a :class:`Calibration` on scores (N,) of real-only validation patches.
+
+    ``score``: the scoring settings the scores were made with (a ScoreConfig's ``scoring_dict()`` or
+    any mapping of its field names). ``steps``, ``center`` and ``reduction`` are shorthands added to
+    it; with ``steps`` or ``center`` and no ``score``, both are stored (``center=None``: whole patch).
+    """
     real = np.sort(_as_scores(real_scores, "real scores"))
     thr, fpr = threshold_at_fpr(real, target_fpr)
+    settings = dict(score or {})
+    if score is None and (steps is not None or center is not None):
+        settings["center"] = None
+    for k, v in (("steps", steps), ("center", center), ("reduction", reduction)):
+        if v is not None:
+            settings[k] = v
     return Calibration(threshold=thr, target_fpr=float(target_fpr), empirical_fpr=fpr, real_scores=real,
-                       steps=None if steps is None else int(steps),
-                       center=None if center is None else int(center), meta=meta)
+                       score=settings, meta=meta)
 
 
 def _key_kw(key: Any) -> Dict[str, Any]:
     return {} if key is None else {"key": key}  # d > 1 adds noise: the scorer then needs a key
 
 
-def _pool_kw(meta: Mapping[str, Any]) -> Dict[str, Any]:
-    return {"reduction": meta["reduction"]} if meta.get("reduction") else {}  # absent: the scorer's default
+def _settings_used(scorer: Any, overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    """The full scoring settings when the scorer can resolve them (``settings()``), else ``overrides``."""
+    resolve = getattr(scorer, "settings", None)
+    if resolve is None:
+        return dict(overrides)
+    return resolve(**overrides).scoring_dict()
 
 
-def calibrate_scorer(scorer: Any, real_images: Any, target_fpr: float = 0.1, steps: int = 1,
-                     center: Optional[int] = None, batch_size: int = 256, key: Any = None,
-                     **meta: Any) -> Calibration:
+def calibrate_scorer(scorer: Any, real_images: Any, target_fpr: float = 0.1, key: Any = None,
+                     meta: Optional[Mapping[str, Any]] = None, **settings: Any) -> Calibration:
     """Scores real validation images (N,H,W) in [0,1] with ``scorer.score`` and fits a calibration.
 
-    A ``reduction`` keyword (e.g. 'percentile:99') is passed to the scorer and kept in ``meta``."""
-    s = scorer.score(real_images, steps=steps, center=center, batch_size=batch_size, **_key_kw(key),
-                     **_pool_kw(meta))
-    return fit(s, target_fpr=target_fpr, steps=steps, center=center, **meta)
+    ``settings`` (e.g. ``steps=1, center=32, reduction='percentile:99', batch_size=64``) are passed
+    to the scorer; what it scored with is stored (for a ``Scorer``: its whole ScoreConfig with these
+    overrides, except batch_size/micro_batch) and reused by :func:`score_and_decide`. ``meta``:
+    free-form facts kept with the calibration (data set, modality, ...).
+    """
+    s = scorer.score(real_images, **_key_kw(key), **settings)
+    used = {k: v for k, v in _settings_used(scorer, settings).items() if k not in ScoreConfig.SPEED_FIELDS}
+    return fit(s, target_fpr=target_fpr, score=used, **dict(meta or {}))
 
 
-def score_and_decide(scorer: Any, images: Any, cal: Calibration, batch_size: int = 256, key: Any = None):
-    """Scores ``images`` with the calibration's own ``steps``/``center``; returns (scores, is_fake, p).
+def score_and_decide(scorer: Any, images: Any, cal: Calibration, batch_size: Optional[int] = None, key: Any = None):
+    """Scores ``images`` with the calibration's own settings; returns (scores, is_fake, p).
 
-    ``scorer`` is anything with ``score(images, steps=, center=, batch_size=[, key=])`` such as
+    ``scorer`` is anything with ``score(images, **settings[, batch_size=, key=])`` such as
     :class:`btd_jax.score.Scorer`. Use the same ``key`` as for calibration when ``steps > 1``.
     """
-    s = np.asarray(scorer.score(images, steps=cal.steps or 1, center=cal.center, batch_size=batch_size,
-                                **_key_kw(key), **_pool_kw(cal.meta)))
+    kw = dict(cal.score, **_key_kw(key), **({} if batch_size is None else {"batch_size": batch_size}))
+    s = np.asarray(scorer.score(images, **kw))
     return s, cal.decide(s), cal.p_values(s)

@@ -28,7 +28,7 @@ from btd_jax.eval_io import (read_scores_csv, table1_markdown, write_all, write_
                              write_scores_csv)
 from btd_jax.metrics import parse_labels
 from btd_jax.plots import plot_histogram, plot_roc
-from btd_jax.pooling import parse_reduction, pool_window
+from btd_jax.scoring.pooling import parse_reduction, pool_window
 
 __all__ = ["ATTACKS", "dataset_name", "reduction_name", "parse_labels", "split_by_tamper", "dataset_indices", "evaluate_scores",
            "reduce_maps", "score_reductions", "evaluate_testset", "write_markdown", "write_csv", "write_json",
@@ -195,21 +195,24 @@ def reduce_maps(maps: np.ndarray, centers: Sequence[Optional[int]], reduction: s
 
 def score_reductions(scorer: Any, images: Any, centers: Sequence[Optional[int]] = (None, 32), steps: int = 1,
                      batch_size: int = 256, key: Any = None, block: int = 4096,
-                     progress: Optional[Any] = None, reduction: str = "mean") -> Dict[str, np.ndarray]:
+                     progress: Optional[Any] = None, reduction: str = "mean", **overrides: Any
+                     ) -> Dict[str, np.ndarray]:
     """One network pass per patch, every reduction: {name: (N,) float64}.
 
     Streams ``images`` (N,H,W) in blocks of ``block`` through ``scorer.residual_map`` (device
-    parallel) so the (N,H,W) maps are never all in memory. With ``steps > 1`` pass ``key``; block
-    ``j`` then uses ``fold_in(key, j)`` so results are reproducible for a given key and block.
+    parallel) so the (N,H,W) maps are never all in memory. With ``steps > 1`` pass ``key``: image
+    ``i`` draws its noise from ``item_key(key, i)`` (``index_offset`` of each block), so the scores
+    do not depend on ``block`` or ``batch_size``. ``overrides`` (e.g. ``clip_inputs=True``) go to
+    ``scorer.residual_map`` as they are.
     """
     n = len(images)
     parts: Dict[str, List[np.ndarray]] = {}
-    for j, start in enumerate(range(0, n, block)):
-        kw = {} if progress is None else {"progress": progress}  # progress(n_done) per scored chunk
+    for start in range(0, n, block):
+        kw = dict(overrides) if progress is None else dict(overrides, progress=progress)  # progress(n_done) per chunk
         if key is not None:
-            import jax  # only for the key arithmetic; metrics-only callers never get here
-
-            kw["key"] = jax.random.fold_in(key, j)
+            kw["key"] = key
+            if start:  # the first block needs no offset (scorers without the keyword still work)
+                kw["index_offset"] = start
         maps = np.asarray(scorer.residual_map(images[start:start + block], steps=steps, batch_size=batch_size, **kw),
                           dtype=np.float64)
         for name, v in reduce_maps(maps, centers, reduction).items():

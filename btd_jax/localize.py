@@ -23,8 +23,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from btd_jax import keys
+from btd_jax.data import validate
 from btd_jax.data.errors import DataError
 from btd_jax.plots import save_overlay  # re-exported: localize.save_overlay(img01, res, path)
+from btd_jax.scoring.interfaces import ResidualModel
+from btd_jax.scoring.pooling import center_window, pool_window
 
 __all__ = ["window_positions", "extract_windows", "aggregate_maps", "window_scores", "nms", "LocalizeResult",
            "localize_slice", "localize_volume", "save_overlay"]
@@ -55,13 +59,9 @@ def extract_windows(img: np.ndarray, patch: int, stride: int) -> Tuple[np.ndarra
 
 
 def _window_mask(patch: int, center: Optional[int]) -> np.ndarray:
-    """(P, P) 1 inside the central k x k window ((P-k)//2 offset, as score.center_window), 0 outside."""
+    """(P, P) 1 inside the central k x k window (:func:`~btd_jax.scoring.pooling.center_window`), 0 outside."""
     m = np.zeros((patch, patch), np.float32)
-    if center is None:
-        m[:] = 1
-    else:
-        o = (patch - center) // 2
-        m[o:o + center, o:o + center] = 1
+    center_window(m, center)[...] = 1
     return m
 
 
@@ -90,8 +90,7 @@ def aggregate_maps(maps: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape: 
 
 def window_scores(maps: np.ndarray, center: Optional[int] = None) -> np.ndarray:
     """(K, P, P) -> (K,) mean residual over each window or its central k x k (the paper's BTD score)."""
-    mask = _window_mask(maps.shape[-1], center)
-    return (maps * mask).sum(axis=(1, 2)) / mask.sum()
+    return pool_window(maps, center, "mean")
 
 
 def nms(rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, k: int, radius: float) -> np.ndarray:
@@ -127,15 +126,10 @@ def _as_slice(img: Any, name: str) -> np.ndarray:
     x = np.asarray(img, dtype=np.float32)
     if x.ndim != 2:
         raise DataError(f"{name}: expected a 2-D slice (H, W), got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise DataError(f"{name}: contains NaN or inf")
-    if x.min() < 0 or x.max() > 1:
-        raise DataError(f"{name}: values in [{x.min():.4g}, {x.max():.4g}] are outside [0, 1]; "
-                        "window CT (window_ct) or normalise MRI first")
-    return x
+    return validate.check_values(x[None], name)[0]
 
 
-def localize_slice(scorer: Any, img01: Any, stride: int = 16, center: Optional[int] = None, steps: int = 1,
+def localize_slice(scorer: ResidualModel, img01: Any, stride: int = 16, center: Optional[int] = None, steps: int = 1,
                    top_k: int = 5, nms_radius: Optional[float] = None, batch_size: int = 256, key: Any = None,
                    patch: Optional[int] = None, calibration: Any = None, name: str = "slice") -> LocalizeResult:
     """Sliding-window BTD over one (H, W) slice in [0, 1].
@@ -171,22 +165,18 @@ def localize_slice(scorer: Any, img01: Any, stride: int = 16, center: Optional[i
     return LocalizeResult(suspicion, scores, rows, cols, top, p, int(stride), center)
 
 
-def localize_volume(scorer: Any, vol01: Any, top_k: int = 5, key: Any = None, **kw: Any):
+def localize_volume(scorer: ResidualModel, vol01: Any, top_k: int = 5, key: Any = None, **kw: Any):
     """Each slice of an (S, H, W) volume in turn; returns (per-slice results, global top-k).
 
     Global entries carry ``slice`` and are the best ``top_k`` of all slices' top-k lists (2-D NMS
-    per slice). With ``steps > 1`` slice ``s`` uses ``fold_in(key, s)``.
+    per slice). With ``steps > 1`` slice ``s`` uses ``item_key(key, s)``.
     """
     v = np.asarray(vol01)
     if v.ndim != 3:
         raise DataError(f"volume: expected (S, H, W), got shape {v.shape}")
     results = []
     for s in range(v.shape[0]):
-        k = None
-        if key is not None:
-            import jax
-
-            k = jax.random.fold_in(key, s)
+        k = None if key is None else keys.item_key(key, s)
         results.append(localize_slice(scorer, v[s], top_k=top_k, key=k, name=f"slice {s}", **kw))
     flat = [dict(t, slice=s) for s, r in enumerate(results) for t in r.top]
     flat.sort(key=lambda t: -t["score"])

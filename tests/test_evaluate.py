@@ -325,6 +325,22 @@ def test_command_scores_a_testset_with_a_tiny_model(tmp_path, tiny_workdir):
     assert [r["auc_mean"] for r in again] == [r["auc_mean"] for r in rows]
 
 
+def test_stochastic_scores_do_not_depend_on_the_block_size(tiny_workdir):
+    """d > 1: image i draws its noise from item_key(key, i), its index in the whole set."""
+    import jax
+
+    from btd_jax import score
+
+    sc = score.Scorer.load(tiny_workdir)
+    x = np.random.default_rng(3).uniform(0, 1, (13, 16, 16)).astype(np.float32)
+    key = jax.random.key(5)
+    a = evaluate.score_reductions(sc, x, centers=(None, 8), steps=3, batch_size=8, key=key, block=4)
+    b = evaluate.score_reductions(sc, x, centers=(None, 8), steps=3, batch_size=16, key=key, block=13)
+    for name in ("full", "center8"):
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5)
+    np.testing.assert_allclose(a["full"], sc.score(x, steps=3, key=key, center=None), rtol=1e-5)
+
+
 def test_dataset_indices_indicator_columns_and_joined_methods():
     labels = np.array([0, 0, 1, 1, 1])
     meta = {"CTGAN-CT-Inject": np.array(["1", "0", "1", "0", "1"]),

@@ -23,7 +23,9 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
+from btd_jax.data import validate
 from btd_jax.data.errors import DataError
+from btd_jax.scoring.pooling import center_window
 
 __all__ = ["State", "Baseline", "check_patches", "window_mean", "config_to_dict", "config_from_dict",
            "save_state", "load_state"]
@@ -66,37 +68,13 @@ def check_patches(patches: Any, what: str = "patches", side: Optional[int] = Non
 
     ``side``: the square patch side the fitted model expects (``None``: any square side).
     """
-    x = np.asarray(patches)
-    if x.ndim == 4 and x.shape[-1] == 1:
-        x = x[..., 0]
-    if x.ndim != 3:
-        raise DataError(f"{what}: expected an array (N,H,W) or (N,H,W,1), got shape {x.shape}")
-    if x.shape[0] == 0:
-        raise DataError(f"{what}: no patches (shape {x.shape})")
-    if not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"{what}: expected numbers, got dtype {x.dtype}")
-    if x.shape[1] != x.shape[2]:
-        raise DataError(f"{what}: patches must be square, got {x.shape[1]}x{x.shape[2]}")
-    if side is not None and x.shape[1] != side:
-        raise DataError(f"{what}: the baseline was fitted on {side}x{side} patches, got {x.shape[1]}x{x.shape[2]}")
-    x = x.astype(np.float32)
-    if not np.all(np.isfinite(x)):
-        raise DataError(f"{what}: contains NaN or infinite values")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < -1e-3 or hi > 1 + 1e-3:
-        raise DataError(f"{what}: values must lie in [0, 1] (BTD preprocessing), got range [{lo:.4g}, {hi:.4g}]")
-    return x
+    x = validate.check_patches(patches, what, size=side, owner="the fitted baseline", allow_int=True, tol=1e-3)
+    return x[..., 0]
 
 
 def window_mean(err: Any, center: Optional[int]) -> Any:
     """Mean of ``err`` (N,H,W) over the whole patch (``center=None``) or its central ``center`` window -> (N,)."""
-    if center is not None:
-        h, w = err.shape[1], err.shape[2]
-        if not 0 < center <= min(h, w):
-            raise ValueError(f"center={center} must be in [1, {min(h, w)}] for {h}x{w} patches")
-        top, left = (h - center) // 2, (w - center) // 2
-        err = err[:, top:top + center, left:left + center]
-    return err.mean(axis=(1, 2))
+    return center_window(err, center).mean(axis=(1, 2))
 
 
 # ---------------------------------------------------------------------------------------------

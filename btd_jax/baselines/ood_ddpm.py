@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from btd_jax import diffusion
+from btd_jax import diffusion, keys
 from btd_jax.baselines import base
 from btd_jax.baselines._training import as_key, batched_apply, fit_reconstruction
 from btd_jax.configs import DiffusionConfig, ModelConfig
@@ -84,11 +84,10 @@ def ddim_paths(timesteps: np.ndarray, recon_steps: int) -> np.ndarray:
 
 def level_noise(key: jax.Array, index: jax.Array, n_levels: int, shape: Tuple[int, ...]) -> jax.Array:
     """(L*N, *shape) standard normal noise, level-major; patch ``index[i]`` at level l uses
-    ``normal(fold_in(fold_in(key, l), index[i]))`` so it does not depend on the batching."""
-    def one(l, i):
-        return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, l), i), shape)
-    per_level = [jax.vmap(lambda i, l=l: one(l, i))(index) for l in range(n_levels)]
-    return jnp.concatenate(per_level)
+    ``normal(item_key(item_key(key, l), index[i]))`` so it does not depend on the batching."""
+    def level(l):
+        return jax.vmap(lambda k: jax.random.normal(k, shape))(keys.item_keys(keys.item_key(key, l), index))
+    return jnp.concatenate([level(l) for l in range(n_levels)])
 
 
 def recon_errors(apply_fn, sched: diffusion.Schedule, x01: jax.Array, noise: jax.Array, timesteps: np.ndarray,

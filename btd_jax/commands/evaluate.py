@@ -16,6 +16,14 @@ import argparse
 import os
 import sys
 
+import jax
+from tqdm import tqdm
+
+from btd_jax import calibration, evaluate
+from btd_jax.commands._flags import add_deprecated_alias
+from btd_jax.data import datasets
+from btd_jax.score import Scorer
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("evaluate", help="AUC/EER tables (paper Table 1), ROC curves and histograms",
@@ -28,7 +36,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--attack", required=True, choices=("injection", "removal"))
     p.add_argument("--tamper", default=None, help="only this tamper method, e.g. CTGAN or SD (default: all)")
     p.add_argument("--out", required=True, help="output directory (created)")
-    p.add_argument("--steps", type=int, default=1, help="backward diffusion steps d (paper: 1)")
+    p.add_argument("--reverse_steps", type=int, default=None,
+                   help="reverse diffusion steps d (default: the model config's score.steps, paper 1)")
+    add_deprecated_alias(p, "--steps", "--reverse_steps", "reverse_steps", type=int)
     p.add_argument("--centers", type=int, nargs="*", default=[32],
                    help="central window sizes k reported besides the full patch (paper: 32)")
     p.add_argument("--reduction", default=None,
@@ -38,48 +48,44 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed and, for d > 1, the noise key")
     p.add_argument("--group_column", "--group-column", default="scanner",
                    help="metadata column the bootstrap balances over (paper: scanner)")
-    p.add_argument("--batch_size", "--batch-size", type=int, default=256)
+    p.add_argument("--batch_size", "--batch-size", type=int, default=None,
+                   help="patches per device chunk (default: the model config's)")
+    p.add_argument("--clip_inputs", action="store_true", help="clip inputs to [0, 1] instead of refusing them")
+    add_deprecated_alias(p, "--clip", "--clip_inputs", "clip_inputs", flag=True)
     p.add_argument("--calibrate", default=None, help="real-only validation patches (.npy/.npz) to fit calibration.json")
     p.add_argument("--target_fpr", "--target-fpr", type=float, default=0.1, help="calibration FPR (paper Fig. 4: 0.1)")
     return p
 
 
 def _score_testset(args, centers):
-    from tqdm import tqdm
-
-    from btd_jax import evaluate
-    from btd_jax.score import Scorer
-
     if not args.workdir or not args.dataset:
         raise ValueError("need --workdir and --dataset (or --scores scored.csv)")
     scorer = Scorer.load(args.workdir)
     patches, labels, meta = evaluate.load_eval_set(args.dataset, args.modality, args.attack,
                                                    size=scorer.cfg.image_size)
-    key = None
-    if args.steps > 1:
-        import jax
-
-        key = jax.random.key(args.seed)
-    args.reduction = args.reduction or scorer.cfg.score.reduction
+    given = dict(steps=args.reverse_steps, reduction=args.reduction, batch_size=args.batch_size,
+                 clip_inputs=args.clip_inputs or None)
+    s = scorer.settings(**{k: v for k, v in given.items() if v is not None})
+    args.reverse_steps, args.reduction = s.steps, s.reduction
+    key = jax.random.key(args.seed) if s.steps > 1 else None
+    extra = {"clip_inputs": True} if s.clip_inputs else {}
     with tqdm(total=len(patches), desc="scoring", unit="patch", file=sys.stderr) as bar:
-        scores = evaluate.score_reductions(scorer, patches, centers=centers, steps=args.steps,
-                                           batch_size=args.batch_size, key=key, progress=bar.update,
-                                           reduction=args.reduction)
+        scores = evaluate.score_reductions(scorer, patches, centers=centers, steps=s.steps,
+                                           batch_size=s.batch_size, key=key, progress=bar.update,
+                                           reduction=s.reduction, **extra)
     if args.calibrate:
-        _fit_calibration(args, scorer, centers, key)
+        _fit_calibration(args, scorer, centers, key, s.batch_size, extra)
     return labels, scores, meta
 
 
-def _fit_calibration(args, scorer, centers, key) -> None:
-    from btd_jax import calibration
-    from btd_jax.data import datasets
-
+def _fit_calibration(args, scorer, centers, key, batch_size, extra) -> None:
     real = datasets.load_patches(args.calibrate)
     # The paper scores injections on the central window and removals on the whole patch.
     center = next((c for c in centers if c is not None), None) if args.attack == "injection" else None
-    cal = calibration.calibrate_scorer(scorer, real, target_fpr=args.target_fpr, steps=args.steps, center=center,
-                                       batch_size=args.batch_size, key=key, source=os.path.abspath(args.calibrate),
-                                       modality=args.modality, attack=args.attack, reduction=args.reduction)
+    meta = dict(source=os.path.abspath(args.calibrate), modality=args.modality, attack=args.attack)
+    cal = calibration.calibrate_scorer(scorer, real, target_fpr=args.target_fpr, key=key, meta=meta,
+                                       steps=args.reverse_steps, center=center, batch_size=batch_size,
+                                       reduction=args.reduction, **extra)
     path = cal.save(args.workdir)
     print(f"calibration: threshold {cal.threshold:.6g} at FPR {cal.empirical_fpr:.3f} "
           f"(target {cal.target_fpr}, {cal.n} real patches) -> {path}")
@@ -87,19 +93,15 @@ def _fit_calibration(args, scorer, centers, key) -> None:
 
 def _threshold_for(workdir, reduction, steps):
     """The saved calibration threshold if it was fitted for this reduction and d; else None."""
-    from btd_jax import calibration, evaluate
-
     if not workdir or not os.path.exists(os.path.join(workdir, calibration.FILENAME)):
         return None
     cal = calibration.Calibration.load(workdir)
-    name = evaluate.reduction_name(cal.center, cal.meta.get("reduction", "mean"))
+    name = evaluate.reduction_name(cal.center, cal.reduction)
     same = name == reduction and (cal.steps or 1) == steps
     return cal.threshold if same else None
 
 
 def run(args) -> int:
-    from btd_jax import evaluate
-
     if args.n_boot < 1:
         raise ValueError(f"--n_boot must be >= 1, got {args.n_boot}")
     centers = [None] + [int(c) for c in args.centers]
@@ -107,6 +109,7 @@ def run(args) -> int:
         if args.calibrate:
             raise ValueError("--calibrate needs a model (--workdir), not --scores")
         labels, scores, meta = evaluate.read_scores_csv(args.scores)
+        args.reverse_steps = args.reverse_steps or 1
     else:
         labels, scores, meta = _score_testset(args, centers)
 
@@ -115,7 +118,7 @@ def run(args) -> int:
     if args.group_column not in meta:
         print(f"note: no {args.group_column!r} column; the bootstrap balances classes only", file=sys.stderr)
     os.makedirs(args.out, exist_ok=True)
-    paths = evaluate.write_all(rows, args.out, modality=args.modality, attack=args.attack, steps=args.steps,
+    paths = evaluate.write_all(rows, args.out, modality=args.modality, attack=args.attack, steps=args.reverse_steps,
                                source=os.path.abspath(args.scores or args.dataset or ""),
                                workdir=os.path.abspath(args.workdir) if args.workdir else None)
     if not args.scores:
@@ -126,7 +129,7 @@ def run(args) -> int:
                           os.path.join(args.out, f"roc_{name}.png"), title=name)
         for r, s in scores.items():
             evaluate.plot_histogram(s[idx], labels[idx], os.path.join(args.out, f"hist_{name}_{r}.png"),
-                                    title=f"{name} ({r})", threshold=_threshold_for(args.workdir, r, args.steps))
+                                    title=f"{name} ({r})", threshold=_threshold_for(args.workdir, r, args.reverse_steps))
     print(evaluate.table1_markdown(rows))
     print(f"wrote {paths['markdown']}, {paths['csv']}, {paths['json']} and figures to {args.out}")
     return 0

@@ -17,6 +17,15 @@ import json
 import os
 import time
 
+import jax
+import numpy as np
+
+from btd_jax import calibration, localize
+from btd_jax.commands._flags import add_deprecated_alias
+from btd_jax.data import dicom, preprocess
+from btd_jax.data.errors import DataError
+from btd_jax.score import Scorer
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("localize", help="sliding-window BTD suspicion map and top-k suspicious locations",
@@ -26,23 +35,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--stride", type=int, default=16, help="window step in pixels")
     p.add_argument("--center", type=int, default=32, help="central window k for scores and map (0: whole window)")
-    p.add_argument("--steps", type=int, default=1, help="backward diffusion steps d")
+    p.add_argument("--reverse_steps", type=int, default=None,
+                   help="reverse diffusion steps d (default: the model config's score.steps, paper 1)")
+    add_deprecated_alias(p, "--steps", "--reverse_steps", "reverse_steps", type=int)
     p.add_argument("--top_k", "--top-k", type=int, default=5)
     p.add_argument("--nms_radius", "--nms-radius", type=float, default=None, help="default: half the patch")
     p.add_argument("--units", choices=("raw", "unit"), default="raw",
                    help="raw: HU (CT) / scanner values (MRI), preprocessed as in the paper; unit: already [0, 1]")
     p.add_argument("--slices", default=None, help="volume slice range START:STOP (default: all)")
-    p.add_argument("--batch_size", "--batch-size", type=int, default=256)
+    p.add_argument("--batch_size", "--batch-size", type=int, default=None,
+                   help="windows per device chunk (default: the model config's)")
+    p.add_argument("--clip_inputs", action="store_true", help="clip values to [0, 1] instead of refusing them")
+    add_deprecated_alias(p, "--clip", "--clip_inputs", "clip_inputs", flag=True)
     p.add_argument("--seed", type=int, default=0, help="noise key for d > 1")
     return p
 
 
 def _load_input(path: str, modality: str, units: str):
     """-> float32 (S, H, W) in [0, 1] and whether the input was a single 2-D slice."""
-    import numpy as np
-
-    from btd_jax.data.errors import DataError
-
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or folder")
     if path.endswith(".npy"):
@@ -51,8 +61,6 @@ def _load_input(path: str, modality: str, units: str):
         except ValueError as e:
             raise DataError(f"{path}: not a readable .npy array ({e})") from None
     else:
-        from btd_jax.data import dicom
-
         x = dicom.load_series(path, modality=modality).pixels  # (S, H, W), HU for CT
     x = np.asarray(x, dtype=np.float32)
     single = x.ndim == 2
@@ -61,8 +69,6 @@ def _load_input(path: str, modality: str, units: str):
     if x.ndim != 3:
         raise DataError(f"{path}: expected a slice (H, W) or volume (S, H, W), got shape {x.shape}")
     if units == "raw":
-        from btd_jax.data import preprocess
-
         x = preprocess.to_unit_range(x, modality)  # MRI: standardised over the whole volume (per patient)
     return np.asarray(x, dtype=np.float32), single
 
@@ -81,11 +87,6 @@ def _slice_range(spec, n: int):
 
 
 def run(args) -> int:
-    import numpy as np
-
-    from btd_jax import calibration, localize
-    from btd_jax.score import Scorer
-
     if args.stride < 1 or args.top_k < 1:
         raise ValueError("--stride and --top_k must be >= 1")
     center = args.center or None
@@ -93,21 +94,21 @@ def run(args) -> int:
     if center is not None and center > scorer.cfg.image_size:
         raise ValueError(f"--center {center} is larger than the model's patch size {scorer.cfg.image_size}")
     vol, single = _load_input(args.input, scorer.cfg.modality, args.units)
+    if args.clip_inputs:
+        vol = np.clip(vol, 0.0, 1.0)  # NaN stays NaN and is still refused
+    steps = args.reverse_steps if args.reverse_steps is not None else scorer.cfg.score.steps
+    batch_size = args.batch_size or scorer.cfg.score.batch_size
     cal = None
     if os.path.exists(os.path.join(args.workdir, calibration.FILENAME)):
         c = calibration.Calibration.load(args.workdir)
-        if c.center == center and (c.steps or 1) == args.steps:
+        if c.center == center and (c.steps or 1) == steps:
             cal = c
-    key = None
-    if args.steps > 1:
-        import jax
-
-        key = jax.random.key(args.seed)
+    key = jax.random.key(args.seed) if steps > 1 else None
     idx = list(_slice_range(args.slices, vol.shape[0]))
     t0 = time.perf_counter()
     results, top = localize.localize_volume(
-        scorer, vol[idx], top_k=args.top_k, key=key, stride=args.stride, center=center, steps=args.steps,
-        nms_radius=args.nms_radius, batch_size=args.batch_size, calibration=cal, patch=scorer.cfg.image_size)
+        scorer, vol[idx], top_k=args.top_k, key=key, stride=args.stride, center=center, steps=steps,
+        nms_radius=args.nms_radius, batch_size=batch_size, calibration=cal, patch=scorer.cfg.image_size)
     seconds = time.perf_counter() - t0
     for t in top:
         t["slice"] = idx[t["slice"]]
@@ -121,7 +122,7 @@ def run(args) -> int:
     report = {
         "input": os.path.abspath(args.input), "workdir": os.path.abspath(args.workdir), "shape": list(vol.shape),
         "slices": [idx[0], idx[-1] + 1], "patch": scorer.cfg.image_size, "stride": args.stride, "center": center,
-        "steps": args.steps, "windows_per_slice": int(results[0].scores.size), "seconds": seconds,
+        "steps": steps, "windows_per_slice": int(results[0].scores.size), "seconds": seconds,
         "seconds_per_slice": seconds / len(idx), "calibrated": cal is not None, "top": top,
         "per_slice_top": {str(i): r.top for i, r in zip(idx, results)},
     }

@@ -1,6 +1,6 @@
 """``btd-jax score``: BTD scores for a set of patches -> CSV (and optional residual maps / PNG overlays).
 
-    btd-jax score --workdir DIR --input patches.npy --out scores.csv [--steps 1 --center 32]
+    btd-jax score --workdir DIR --input patches.npy --out scores.csv [--reverse_steps 1 --center 32]
     btd-jax score --workdir DIR --input TESTSET_ROOT --modality CT --attack injection --out scores.csv
     btd-jax score --workdir DIR --input DICOM_DIR --locations points.csv --out scores.csv --maps maps.npz --png overlays/
 
@@ -18,6 +18,17 @@ import csv
 import os
 import sys
 
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from btd_jax import plots
+from btd_jax.commands._flags import add_deprecated_alias
+from btd_jax.data import datasets, dicom, preprocess
+from btd_jax.data.errors import DataError
+from btd_jax.score import Scorer
+from btd_jax.scoring import variants
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("score", help="BTD scores of patches -> CSV (+ residual maps, PNG overlays)",
@@ -26,7 +37,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help=".npy/.npz patches, a test-set root, or a DICOM file/folder")
     p.add_argument("--out", required=True, help="output CSV")
     p.add_argument("--locations", default=None, help="CSV of points (path, x, y[, frame]) to cut from DICOM files")
-    p.add_argument("--steps", type=int, default=None, help="backward steps d (default: the config's, paper 1)")
+    p.add_argument("--reverse_steps", type=int, default=None,
+                   help="reverse diffusion steps d (default: the config's score.steps, paper 1)")
+    add_deprecated_alias(p, "--steps", "--reverse_steps", "reverse_steps", type=int)
     p.add_argument("--center", type=int, default=None, help="score the central k x k window (paper: 32 for injection)")
     p.add_argument("--reduction", default=None,
                    help="mean | max | percentile:Q over the window (default: the config's, paper mean)")
@@ -37,14 +50,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--reference", default=None, help="two_sided reference JSON (default WORKDIR/score_reference.json)")
     p.add_argument("--fit_reference", default=None, metavar="JSON",
                    help="treat --input as REAL validation patches: fit the two_sided reference and save it here")
-    p.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"))
+    p.add_argument("--sampler", default=None, choices=("ddpm", "ddim"), help="default: the config's (paper ddpm)")
     p.add_argument("--start_t", type=int, default=None, help="lowest timestep (default: the config's, paper 0)")
     p.add_argument("--maps", default=None, help="write residual maps (N, H, W) + ids + scores to this .npz")
     p.add_argument("--png", default=None, help="folder for PNG overlays (patch | residual | overlay)")
     p.add_argument("--png_max", type=int, default=32, help="at most this many PNGs (the highest scores)")
     p.add_argument("--batch_size", type=int, default=None, help="patches per device chunk (default: the config's)")
     p.add_argument("--seed", type=int, default=0, help="noise key for d > 1; random DICOM patch locations")
-    p.add_argument("--clip", action="store_true", help="clip inputs to [0, 1] instead of refusing them")
+    p.add_argument("--clip_inputs", action="store_true", help="clip inputs to [0, 1] instead of refusing them")
+    add_deprecated_alias(p, "--clip", "--clip_inputs", "clip_inputs", flag=True)
     p.add_argument("--modality", default=None, help="CT or MRI (picks the test set / DICOM series)")
     p.add_argument("--attack", default=None, help="injection or removal (picks the test set)")
     p.add_argument("--tamper", default=None, help="test sets: only this tamper method, e.g. CTGAN")
@@ -68,11 +82,6 @@ def patches_from_locations(csv_path: str, root: str, size: int, modality=None):
     per slice with the paper's rule (CT: HU window; MR: standardised over the slice, since a CSV of
     points need not cover a whole series).
     """
-    import numpy as np
-
-    from btd_jax.data import dicom, preprocess
-    from btd_jax.data.errors import DataError
-
     if not os.path.isfile(csv_path):
         raise DataError(f"{csv_path}: locations CSV not found")
     with open(csv_path, newline="") as f:
@@ -106,8 +115,6 @@ def patches_from_locations(csv_path: str, root: str, size: int, modality=None):
 
 def _load_input(args, size):
     """-> (patches (N, size, size), labels (N,) or None, columns dict)."""
-    from btd_jax.data import datasets
-
     if args.locations:
         patches, columns = patches_from_locations(args.locations, args.input, size, args.modality)
         return patches, None, columns
@@ -134,61 +141,43 @@ def write_scores_csv(path: str, scores, labels=None, columns=None) -> None:
             w.writerow(row + [columns[k][i] for k in columns])
 
 
-def _variant_options(args, scorer, patches, kw, want_maps) -> None:
-    """Adds the score-variant keywords to ``kw``; with --fit_reference fits and saves the reference first."""
-    import jax
+def _variant_options(args, scorer, patches, s, kw, want_maps) -> None:
+    """Adds the score-variant keywords to ``kw``; with --fit_reference fits and saves the reference first.
 
-    from btd_jax import score_variants as sv
-
+    ``s``: the resolved ScoreConfig of this run."""
     if want_maps:
         raise ValueError("--maps/--png are only available with --variant btd")
-    kw["key"] = kw["key"] if kw["key"] is not None else jax.random.key(args.seed)
+    kw["key"] = kw.get("key") if kw.get("key") is not None else jax.random.key(args.seed)
     kw.update(variant=args.variant, start_ts=args.start_ts, reference=args.reference)
     if args.fit_reference:
-        ref = sv.fit_scorer_reference(
-            scorer, patches, base="multi_t" if args.variant == "multi_t" else "btd", center=kw["center"],
-            pool=args.reduction, start_ts=args.start_ts, key=kw["key"], steps=kw["steps"], start_t=kw["start_t"],
-            batch_size=kw["batch_size"], clip=args.clip, sampler=args.sampler, clip_denoised=kw["clip_denoised"])
+        ref = variants.fit_scorer_reference(
+            scorer, patches, base="multi_t" if args.variant == "multi_t" else "btd", center=s.center,
+            pool=s.reduction, start_ts=args.start_ts, key=kw["key"], steps=s.steps, start_t=s.start_t,
+            batch_size=s.batch_size, clip_inputs=s.clip_inputs, sampler=s.sampler, clip_denoised=s.clip_denoised)
         print(f"two_sided reference (log energy mean {ref.mean:.4g}, sd {ref.std:.4g}, n {ref.n}) -> "
               f"{ref.save(args.fit_reference)}")
         kw["reference"] = ref
 
 
 def run(args) -> int:
-    import numpy as np
-    from tqdm import tqdm
-
-    from btd_jax import plots
-    from btd_jax.score import Scorer
-
     if args.png_max < 0:
         raise ValueError(f"--png_max must be >= 0, got {args.png_max}")
     scorer = Scorer.load(args.workdir)
     cfg = scorer.cfg
     patches, labels, columns = _load_input(args, cfg.image_size)
-    steps = args.steps if args.steps is not None else cfg.score.steps
-    start_t = args.start_t if args.start_t is not None else cfg.score.start_t
-    center = args.center if args.center is not None else cfg.score.center
-    args.reduction = args.reduction if args.reduction is not None else cfg.score.reduction
-    key = None
-    if steps > 1 or start_t > 0:
-        import jax
-
-        key = jax.random.key(args.seed)
+    given = dict(steps=args.reverse_steps, center=args.center, reduction=args.reduction, sampler=args.sampler,
+                 start_t=args.start_t, batch_size=args.batch_size, clip_inputs=args.clip_inputs or None)
+    kw = {k: v for k, v in given.items() if v is not None}
+    s = scorer.settings(**kw)  # the config's score section with these flags applied
+    if s.steps > 1 or s.start_t > 0:
+        kw["key"] = jax.random.key(args.seed)
     want_maps = bool(args.maps or args.png)
-    kw = dict(steps=steps, center=center, batch_size=args.batch_size or cfg.score.batch_size, key=key,
-              clip=args.clip, start_t=start_t, sampler=args.sampler, reduction=args.reduction,
-              clip_denoised=cfg.score.clip_denoised)
     if args.variant != "btd" or args.fit_reference:
-        _variant_options(args, scorer, patches, kw, want_maps)
+        _variant_options(args, scorer, patches, s, kw, want_maps)
     with tqdm(total=len(patches), desc="scoring", unit="patch", file=sys.stderr, dynamic_ncols=True) as bar:
-        kw["progress"] = bar.update
-        if want_maps:
-            scores, maps = scorer.score_and_maps(patches, **kw)
-        else:
-            scores, maps = scorer.score(patches, **kw), None
+        scores, maps = scorer.run(patches, maps=want_maps, progress=bar.update, **kw)
     write_scores_csv(args.out, scores, labels, columns)
-    print(f"scored {len(scores)} patches ({args.variant}, d={steps}, center={center}, {args.reduction}) -> {args.out}")
+    print(f"scored {len(scores)} patches ({args.variant}, d={s.steps}, center={s.center}, {s.reduction}) -> {args.out}")
     ids = np.arange(len(scores))
     if args.maps:
         os.makedirs(os.path.dirname(os.path.abspath(args.maps)), exist_ok=True)

@@ -74,7 +74,7 @@ def test_bad_patches_raise_one_clear_error(name, task):
     state = fitted(name, task)
     with pytest.raises(DataError, match=r"values must lie in \[0, 1\]"):
         b.score(state, test * 300)
-    with pytest.raises(DataError, match="fitted on 16x16 patches, got 32x32"):
+    with pytest.raises(DataError, match="32x32 but the fitted baseline expects 16x16"):
         b.score(state, np.zeros((2, 32, 32), np.float32))
     with pytest.raises(DataError, match=r"expected an array \(N,H,W\)"):
         b.score(state, np.zeros((16, 16), np.float32))

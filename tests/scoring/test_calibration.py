@@ -55,7 +55,7 @@ def test_save_load_roundtrip(tmp_path):
     path = cal.save(str(tmp_path))
     assert path == str(tmp_path / "calibration.json")
     d = json.loads((tmp_path / "calibration.json").read_text())
-    assert d["threshold"] == 0.4 and d["n"] == 4 and d["center"] == 32
+    assert d["threshold"] == 0.4 and d["n"] == 4 and d["score"] == {"steps": 1, "center": 32}
     back = calibration.Calibration.load(str(tmp_path))
     assert back.threshold == cal.threshold and back.steps == 1 and back.center == 32
     assert back.meta == {"dataset": "x"}
@@ -107,7 +107,8 @@ def test_calibration_keeps_and_reuses_the_pooling(tmp_path):
     real = np.random.default_rng(0).uniform(0, 0.5, size=(40, 4, 4))
     sc = _PoolScorer()
     cal = calibration.calibrate_scorer(sc, real, target_fpr=0.1, reduction="max")
-    assert cal.meta["reduction"] == "max" and cal.threshold >= real.reshape(40, -1).max(1).min()
+    assert cal.score == {"reduction": "max"} and cal.reduction == "max"
+    assert cal.threshold >= real.reshape(40, -1).max(1).min()
     cal = calibration.Calibration.load(cal.save(str(tmp_path)))  # the pooling survives the JSON round trip
     calibration.score_and_decide(sc, real[:3], cal)
     assert [c[2] for c in sc.calls] == ["max", "max"]
@@ -139,8 +140,10 @@ def test_scorer_decide_uses_the_workdir_calibration(tmp_path):
     scorer = score.Scorer.from_params(params, cfg)
     rng = np.random.default_rng(0)
     real = rng.uniform(0.2, 0.8, (20, 16, 16)).astype(np.float32)
-    cal = calibration.calibrate_scorer(scorer, real, target_fpr=0.1, steps=1, center=8)
-    cal.save(str(tmp_path))
+    cal = calibration.calibrate_scorer(scorer, real, target_fpr=0.1, steps=1, center=8, batch_size=8)
+    # The whole ScoreConfig it scored with is stored (not the speed-only batch_size / micro_batch).
+    assert cal.score == dict(cfg.score.scoring_dict(), steps=1, center=8)
+    assert calibration.Calibration.load(cal.save(str(tmp_path))).score == cal.score
     scorer.workdir = str(tmp_path)
     s, fake, p = scorer.decide(real[:5])
     np.testing.assert_allclose(s, scorer.score(real[:5], steps=1, center=8), rtol=1e-6)
@@ -148,3 +151,15 @@ def test_scorer_decide_uses_the_workdir_calibration(tmp_path):
     assert p.shape == (5,) and np.all((p > 0) & (p <= 1))
     with pytest.raises(ValueError, match="needs a Calibration"):
         score.Scorer.from_params(params, cfg).decide(real[:1])
+
+
+def test_old_calibration_files_with_top_level_settings_still_load(tmp_path):
+    old = {"threshold": 0.3, "target_fpr": 0.1, "empirical_fpr": 0.0, "n": 3, "steps": 2, "center": None,
+           "meta": {"reduction": "max", "dataset": "x"}, "real_scores": [0.1, 0.2, 0.3]}
+    (tmp_path / "calibration.json").write_text(json.dumps(old))
+    cal = calibration.Calibration.load(str(tmp_path))
+    assert cal.score == {"steps": 2, "center": None, "reduction": "max"}
+    assert (cal.steps, cal.center, cal.reduction) == (2, None, "max")
+    sc = _PoolScorer()
+    calibration.score_and_decide(sc, np.zeros((2, 4, 4)), cal)
+    assert sc.calls == [(2, None, "max")]  # the old settings, explicit whole-patch window included

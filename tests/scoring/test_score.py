@@ -1,4 +1,4 @@
-"""Tests for btd_jax.score on the 'tiny' preset (16 px) with random weights and 8 fake CPU devices."""
+"""Tests for btd_jax.score (btd_jax.scoring) on the 'tiny' preset (16 px) with random weights and 8 fake CPU devices."""
 
 import dataclasses
 
@@ -10,6 +10,7 @@ import pytest
 from btd_jax import configs, diffusion, parallel, score
 from btd_jax.data.errors import DataError
 from btd_jax.models.unet import Unet, init_params
+from btd_jax.scoring import stream
 
 CFG = configs.get("tiny")
 SIZE = CFG.image_size
@@ -119,16 +120,18 @@ def test_scorer_matches_functional_and_clip(params):
     np.testing.assert_allclose(m, scorer.residual_map(x), rtol=1e-6)
     np.testing.assert_allclose(s, score.btd_score(params, x, CFG, center=8), rtol=1e-6)
     over = x * 1.5 - 0.25
-    np.testing.assert_allclose(scorer.score(over, clip=True), scorer.score(np.clip(over, 0, 1)), rtol=1e-6)
+    np.testing.assert_allclose(scorer.score(over, clip_inputs=True), scorer.score(np.clip(over, 0, 1)), rtol=1e-6)
+    with pytest.warns(DeprecationWarning, match="clip_inputs"):
+        np.testing.assert_allclose(scorer.score(over, clip=True), scorer.score(np.clip(over, 0, 1)), rtol=1e-6)
 
 
 @pytest.mark.parametrize("bad,match", [
-    (np.full((3, SIZE, SIZE), np.nan, np.float32), r"images\[0\]: contains NaN"),
+    (np.full((3, SIZE, SIZE), np.nan, np.float32), r"images: contains NaN or inf \(first at index 0\)"),
     (np.concatenate([np.zeros((2, SIZE, SIZE)), np.full((1, SIZE, SIZE), 2.0)]).astype(np.float32),
-     r"images\[2\]: values .* outside \[0, 1\]"),
+     r"images: values .* outside \[0, 1\] \(first at index 2\)"),
     (np.zeros((2, 8, 8), np.float32), r"8x8 but the model \(tiny\) expects 16x16"),
     (np.zeros((2, SIZE, SIZE, 3), np.float32), "3 channels"),
-    (np.zeros((SIZE, SIZE), np.float32), r"expected \(N, H, W\)"),
+    (np.zeros((SIZE, SIZE), np.float32), r"expected patches of shape \(N, H, W\)"),
     (np.zeros((0, SIZE, SIZE), np.float32), "no patches"),
 ])
 def test_bad_input_is_one_clear_dataerror(params, bad, match):
@@ -148,12 +151,12 @@ def test_bad_options(params):
 
 
 def test_chunk_size_buckets():
-    assert score._chunk_size(1, 256, 8) == 8
-    assert score._chunk_size(9, 256, 8) == 16
-    assert score._chunk_size(37, 256, 8) == 64
-    assert score._chunk_size(1000, 256, 8) == 256
-    assert score._chunk_size(1000, 20, 8) == 24
-    assert score._chunk_size(5, 20, 8) == 8
+    assert stream._chunk_size(1, 256, 8) == 8
+    assert stream._chunk_size(9, 256, 8) == 16
+    assert stream._chunk_size(37, 256, 8) == 64
+    assert stream._chunk_size(1000, 256, 8) == 256
+    assert stream._chunk_size(1000, 20, 8) == 24
+    assert stream._chunk_size(5, 20, 8) == 8
 
 
 # ----------------------------------------------------------------------------- parity with PyTorch
@@ -162,7 +165,7 @@ def _fixture_paths():
     import glob
     import os
 
-    return sorted(glob.glob(os.path.join(os.path.dirname(__file__), "fixtures", "parity_*.npz")))
+    return sorted(glob.glob(os.path.join(os.path.dirname(__file__), os.pardir, "fixtures", "parity_*.npz")))
 
 
 @pytest.mark.parametrize("path", _fixture_paths(), ids=lambda p: p.rsplit("parity_", 1)[-1][:-4])
@@ -194,7 +197,7 @@ def test_micro_batch_variants_agree(params):
     whole = score.btd_score(params, x, CFG, micro_batch=None, center=8)
     for m in (1, 2, 3):  # 3 does not divide the 2 rows per device: falls back to gcd
         np.testing.assert_allclose(score.btd_score(params, x, CFG, micro_batch=m, center=8), whole, rtol=1e-5)
-    assert score.resolve_micro_batch(3, 8) == 1 and score.resolve_micro_batch(4, 8) == 4
-    assert score.resolve_micro_batch(None, 8) is None
+    assert stream.resolve_micro_batch(3, 8) == 1 and stream.resolve_micro_batch(4, 8) == 4
+    assert stream.resolve_micro_batch(None, 8) is None
     with pytest.raises(ValueError, match="micro_batch"):
-        score.resolve_micro_batch(0, 8)
+        stream.resolve_micro_batch(0, 8)

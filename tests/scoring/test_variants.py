@@ -1,4 +1,4 @@
-"""Tests for btd_jax.score_variants: pooling, multi-start-time maps, the two-sided calibrated score."""
+"""Tests for btd_jax.scoring.variants: pooling, multi-start-time maps, the two-sided calibrated score."""
 
 import json
 
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from btd_jax import configs, score, score_variants as sv
+from btd_jax import configs, score
+from btd_jax.scoring import variants as sv
 from btd_jax.data.errors import DataError
 from btd_jax.models.unet import init_params
 
@@ -69,7 +70,7 @@ def test_fit_reference_and_two_sided_exact():
     e = np.exp([0.0, 1.0, 2.0])  # log energies 0, 1, 2: mean 1, std (ddof 1) 1
     ref = sv.fit_reference(e, eps=0.0, center=8, pool="mean", start_ts=(0, 1))
     assert (ref.mean, ref.std, ref.n) == (pytest.approx(1.0), pytest.approx(1.0), 3)
-    assert ref.settings == {"center": 8, "pool": "mean", "start_ts": [0, 1]}
+    assert (ref.score, ref.base, ref.start_ts) == ({"center": 8, "reduction": "mean"}, "btd", (0, 1))
     np.testing.assert_allclose(sv.two_sided(np.exp([1.0, 3.0, -1.0, 1.5]), ref), [0.0, 2.0, 2.0, 0.5], atol=1e-12)
     # NumPy reference for random data, eps included.
     r = np.random.default_rng(0).gamma(2.0, 1e-3, size=50)
@@ -94,7 +95,13 @@ def test_reference_json_round_trip(tmp_path):
     assert path.endswith(sv.REFERENCE_FILE)
     back = sv.Reference.load(str(tmp_path))
     assert back == ref
-    assert json.loads(open(path).read())["settings"]["start_ts"] == [0, 2]
+    saved = json.loads(open(path).read())
+    assert saved["start_ts"] == [0, 2] and saved["score"] == {"center": 8, "reduction": "max"}
+    # A reference written before the settings became a ScoreConfig dict still loads.
+    (tmp_path / "old.json").write_text(json.dumps({"mean": 1.0, "std": 2.0, "n": 3, "settings": {
+        "base": "multi_t", "start_ts": [0, 2], "center": 8, "pool": "max"}}))
+    old = sv.Reference.load(str(tmp_path / "old.json"))
+    assert (old.score, old.base, old.start_ts) == ({"center": 8, "reduction": "max"}, "multi_t", (0, 2))
     (tmp_path / "bad.json").write_text('{"mean": 1.0}')
     with pytest.raises(DataError, match="malformed"):
         sv.Reference.load(str(tmp_path / "bad.json"))
@@ -190,7 +197,8 @@ def test_btd_score_and_scorer_variant_option(scorer):
     np.testing.assert_allclose(score.btd_score(params, x, CFG, center=8, key=key, variant="multi_t", start_ts=(0, 2),
                                                reduction="max"), expected, rtol=1e-5)
     ref = sv.fit_scorer_reference(scorer, _images(6, seed=7), center=8)
-    assert ref.settings == {"base": "btd", "center": 8, "pool": "mean", "steps": 1, "start_t": 0}
+    assert ref.base == "btd" and ref.start_ts is None
+    assert ref.score == dict(CFG.score.scoring_dict(), center=8, reduction="mean", steps=1, start_t=0)
     two = score.btd_score(params, x, CFG, variant="two_sided", reference=ref)
     np.testing.assert_allclose(two, sv.two_sided(scorer.score(x, center=8), ref), rtol=1e-5)
     with pytest.raises(ValueError, match="needs reference="):
@@ -202,10 +210,10 @@ def test_btd_score_and_scorer_variant_option(scorer):
 def test_cli_fit_reference_then_two_sided(tmp_path):
     import csv
 
-    from btd_jax import cli, train
+    from btd_jax import checkpoints, cli
 
     wd = str(tmp_path / "model")
-    train.save_params_checkpoint(wd, init_params(CFG.model, SIZE, jax.random.key(0)), CFG)
+    checkpoints.save_params_checkpoint(wd, init_params(CFG.model, SIZE, jax.random.key(0)), CFG)
     real, test = _images(6, seed=8), _images(4, seed=9)
     np.save(tmp_path / "real.npy", real)
     np.save(tmp_path / "test.npy", test)
@@ -217,7 +225,7 @@ def test_cli_fit_reference_then_two_sided(tmp_path):
     assert run("--input", tmp_path / "real.npy", "--out", tmp_path / "r.csv", "--variant", "multi_t",
                "--start_ts", 0, 1, "--center", 8, "--fit_reference", ref_path) == 0
     ref = sv.Reference.load(wd)  # saved beside the checkpoints, found by default
-    assert ref.settings["base"] == "multi_t" and ref.settings["start_ts"] == [0, 1] and ref.n == 6
+    assert ref.base == "multi_t" and ref.start_ts == (0, 1) and ref.n == 6 and ref.score["center"] == 8
     assert run("--input", tmp_path / "test.npy", "--out", tmp_path / "t.csv", "--variant", "two_sided") == 0
     with open(tmp_path / "t.csv", newline="") as f:
         got = [float(r["score"]) for r in csv.DictReader(f)]

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from btd_jax import cli, configs, score, train
+from btd_jax import checkpoints, cli, configs, score
 from btd_jax.models.unet import init_params
 
 CFG = configs.get("tiny")
@@ -16,7 +16,7 @@ SIZE = CFG.image_size
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("model"))
-    train.save_params_checkpoint(wd, init_params(CFG.model, SIZE, jax.random.key(0)), CFG)
+    checkpoints.save_params_checkpoint(wd, init_params(CFG.model, SIZE, jax.random.key(0)), CFG)
     return wd
 
 
@@ -105,3 +105,27 @@ def test_bad_inputs_exit_2_with_one_message(tmp_path, workdir, capsys):
     loc.write_text("path,x\nfoo.dcm,3\n")
     assert _run("--workdir", workdir, "--input", tmp_path, "--locations", loc, "--out", tmp_path / "s.csv") == 2
     assert "missing column(s) ['y']" in capsys.readouterr().err
+
+
+def test_reverse_steps_and_clip_inputs_with_deprecated_aliases(tmp_path, workdir, scorer, capsys):
+    x = np.random.default_rng(2).uniform(size=(5, SIZE, SIZE)).astype(np.float32)
+    np.save(tmp_path / "p.npy", x)
+    expected = scorer.score(x, steps=2, key=jax.random.key(0), center=8)
+    for flags in (["--reverse_steps", 2, "--clip_inputs"], ["--steps", 2, "--clip"]):
+        out = tmp_path / "s.csv"
+        assert _run("--workdir", workdir, "--input", tmp_path / "p.npy", "--out", out, "--center", 8, *flags) == 0
+        np.testing.assert_allclose([float(r["score"]) for r in _read(out)], expected, rtol=1e-5)
+    err = capsys.readouterr().err
+    assert "btd-jax score: --steps is deprecated, use --reverse_steps" in err
+    assert "btd-jax score: --clip is deprecated, use --clip_inputs" in err
+    base = ["score", "--workdir", workdir, "--input", "x.npy", "--out", "s.csv"]
+    for cmd in ("score", "evaluate", "localize"):
+        argv = base if cmd == "score" else [cmd, "--workdir", workdir, "--out", "o", "--input", "x", "--dataset", "d"]
+        if cmd == "localize":
+            argv = argv[:-2]
+        if cmd == "evaluate":
+            argv = [a for a in argv if a not in ("--input", "x")] + ["--attack", "injection"]
+        args = cli.build_parser().parse_args(argv + ["--steps", "3", "--clip"])
+        assert (args.reverse_steps, args.clip_inputs) == (3, True)
+        args = cli.build_parser().parse_args(argv)
+        assert (args.reverse_steps, args.clip_inputs) == (None, False)  # None: the model config's
