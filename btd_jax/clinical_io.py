@@ -119,13 +119,14 @@ def write_parametric_map(path: str | os.PathLike, suspicion: np.ndarray, geometr
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="BTD", lut_explanation="BTD squared residual (x - x_d)^2, model units",
         unit=codes.UCUM.NoUnits, value_range=(0.0, max(hi, 1e-12)), slope=1, intercept=0)
-    # Explicit plane positions: frame s is slice s (highdicom would otherwise order frames itself).
+    # Plane geometry from the series affine; highdicom orders the frames, each naming its position and source.
     a = geometry.affine
     positions = [hd.PlanePositionSequence("PATIENT", [round(v, 6) for v in geometry.to_mm(s, 0, 0)])
                  for s in range(len(vol))]
     orientation = hd.PlaneOrientationSequence("PATIENT", [float(v) for v in np.concatenate(
         [a[:3, 0] / np.linalg.norm(a[:3, 0]), a[:3, 1] / np.linalg.norm(a[:3, 1])])])
-    measures = hd.PixelMeasuresSequence(pixel_spacing=[float(np.linalg.norm(a[:3, 1])), float(np.linalg.norm(a[:3, 0]))],
+    spacing = [float(np.linalg.norm(a[:3, 1])), float(np.linalg.norm(a[:3, 0]))]  # (between rows, columns)
+    measures = hd.PixelMeasuresSequence(pixel_spacing=spacing,
                                         slice_thickness=float(np.linalg.norm(a[:3, 2])))
     pm = hd.pm.ParametricMap(
         source_images=sources, pixel_array=vol, series_instance_uid=generate_uid(), series_number=series_number,

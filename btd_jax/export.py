@@ -58,7 +58,8 @@ def scorer_function(params: Any, cfg: configs.Config, center: Optional[int], red
 
 
 def export_scorer(scorer: Any, out_dir: str, center: Optional[int] = None, reduction: Optional[str] = None,
-                  platforms: Optional[Sequence[str]] = DEFAULT_PLATFORMS, workdir: Optional[str] = None) -> Dict[str, Any]:
+                  platforms: Optional[Sequence[str]] = DEFAULT_PLATFORMS,
+                  workdir: Optional[str] = None) -> Dict[str, Any]:
     """Exports ``scorer`` (a :class:`btd_jax.score.Scorer`: ``cfg``, ``params``) to ``out_dir``.
 
     ``center``/``reduction`` default to the config's ``score`` settings (``center=0``: whole patch).

@@ -289,8 +289,9 @@ def screen_volume(scorer: Any, volume01: Any, geometry: Optional[Geometry] = Non
         for f in findings:
             f["p_value"] = float(calibration.p_values([f["score"]])[0])
     t2 = time.perf_counter()
-    work = {"slices": int(len(vol)), "proposal_windows": int(n_prop), "fullconv_slices": int(len(vol)) * (n_prop == 0),
-            "candidates": len(cands), "exact_windows": len(todo), "proposal_s": t1 - t0, "exact_s": t2 - t1,
+    work = {"slices": int(len(vol)), "proposal_windows": int(n_prop),
+            "fullconv_slices": len(vol) if cas.proposal == "fullconv" else 0, "candidates": len(cands),
+            "exact_windows": len(todo), "proposal_s": t1 - t0, "exact_s": t2 - t1,
             "seconds": t2 - t0}
     settings = {"patch": p, "center": center, "steps": steps, "reduction": reduction, "nms_radius": radius,
                 "top_k": top_k, **dataclasses.asdict(cas)}

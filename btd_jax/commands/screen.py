@@ -21,6 +21,7 @@ import os
 import sys
 import warnings
 
+import jax
 import numpy as np
 
 from btd_jax import calibration, clinical_io, configs, screen
@@ -78,8 +79,6 @@ def _screen_kw(args) -> dict:
               per_slice=args.per_slice, max_candidates=args.max_candidates, refine=args.refine,
               tissue_min=args.tissue_min)
     if (args.reverse_steps or 1) > 1:
-        import jax
-
         kw["key"] = jax.random.key(args.seed)
     return kw
 

@@ -60,7 +60,8 @@ def test_parametric_map_references_the_source(tmp_path, series):
     sus = np.random.default_rng(1).uniform(0, 0.01, vol.pixels.shape).astype(np.float32)
     path = clinical_io.write_parametric_map(tmp_path / "pm.dcm", sus, vol.geometry)
     ds = pydicom.dcmread(path)
-    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30" and ds.StudyInstanceUID == pydicom.dcmread(paths[0]).StudyInstanceUID
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
+    assert ds.StudyInstanceUID == pydicom.dcmread(paths[0]).StudyInstanceUID
     refs = {i.ReferencedSOPInstanceUID for s in ds.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence}
     assert refs == set(uids) and ds.ReferencedSeriesSequence[0].SeriesInstanceUID == vol.geometry.series_uid
     # highdicom orders the frames itself; each frame names its position and source image
