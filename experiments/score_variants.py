@@ -1,7 +1,7 @@
-"""AUC per attack style of the BTD score variants (issue 9) on the models of training_schedule.py.
+"""AUC per attack style of the BTD score variants on the models of training_schedule.py.
 
-    python experiments/training_schedule.py --out experiments/out/training_schedule   # trains, saves params
-    python experiments/score_variants.py --runs experiments/out/training_schedule \
+    python -m experiments.training_schedule --out experiments/out/training_schedule   # trains, saves params
+    python -m experiments.score_variants --runs experiments/out/training_schedule \
         --out experiments/out/score_variants
 
 For every saved run (schedule x seed) the EMA weights score the demo test sets (CT Inject and CT Remove,
@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from typing import Dict
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from training_schedule import load_data, make_config  # noqa: E402
+from btd_jax import plots
+from experiments.training_schedule import load_data, make_config
 
 MULTI = {"multi_t0123": (0, 1, 2, 3), "multi_t02510": (0, 2, 5, 10)}
 
@@ -59,7 +58,7 @@ def maps_by_t(scorer, images, ts, key) -> Dict[int, np.ndarray]:
 
 def variant_scores(by_t, center) -> Dict[str, np.ndarray]:
     """Every non-calibrated variant's pooled energy (N,) from per-t maps."""
-    from btd_jax import score_variants as sv
+    from btd_jax.scoring import variants as sv
 
     m0 = by_t[0]
     out = {"paper": sv.pool_maps(m0, center), "max": sv.pool_maps(m0, center, "max"),
@@ -72,8 +71,9 @@ def variant_scores(by_t, center) -> Dict[str, np.ndarray]:
 def evaluate_run(params, cfg, sets, val, center: int, seed: int) -> Dict[str, float]:
     import jax
 
-    from btd_jax import metrics, score_variants as sv
+    from btd_jax import metrics
     from btd_jax.score import Scorer
+    from btd_jax.scoring import variants as sv
 
     scorer = Scorer.from_params(params, cfg)
     key = jax.random.key(seed)
@@ -141,11 +141,7 @@ def main(argv=None):
 
 
 def plot(summary: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     first = next(iter(summary.values()))
     styles = sorted({k.rsplit("/", 1)[0] for k in first})
     variants = sorted({k.rsplit("/", 1)[1] for k in first}, key=lambda v: (v != "paper", v))

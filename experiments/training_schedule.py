@@ -1,6 +1,6 @@
-"""AUC per attack style vs training steps for the training timestep distributions (issue 9).
+"""AUC per attack style vs training steps for the training timestep distributions.
 
-    python experiments/training_schedule.py --out experiments/out/training_schedule \
+    python -m experiments.training_schedule --out experiments/out/training_schedule \
         --schedules uniform truncated mixture lowt --seeds 0 1 2 --eval_steps 50 100 200 300 500
 
 Same model, data, optimiser and budget for every schedule; only ``train.t_sampling`` differs.
@@ -10,13 +10,7 @@ test sets with the paper's BTD score (d = 1, t = 0; mean residual over the centr
 injection, the whole patch for removal) and a few pooling variants, and AUCs per style are recorded.
 Writes ``results.json`` (appended after every run, so a partial sweep is usable), ``schedule.png``,
 and each run's final EMA params (``params/<schedule>_s<seed>.msgpack``) for
-``experiments/score_variants.py``.
-
-CPU note: the library's ``make_train_step`` accumulates micro-batches with ``lax.scan``, which XLA:CPU
-runs ~4x slower than the same gradient unrolled (measured on this model: 1.8 vs 0.38 CPU-s per step).
-With ``grad_accum = 1`` this script therefore builds the identical update (``step_noise`` for t and
-noise, ``diffusion.q_sample``/``loss``, ``make_optimizer``, ``ema_update``) without the scan;
-``--library_step`` uses ``make_train_step`` instead.
+``experiments/score_variants.py``. Training uses the library's ``make_train_step``.
 """
 
 from __future__ import annotations
@@ -29,6 +23,8 @@ import time
 from typing import Dict, List
 
 import numpy as np
+
+from btd_jax import plots
 
 ATTACKS = ("Inject", "Remove")
 
@@ -47,35 +43,6 @@ def make_config(args, t_sampling: str):
                             ema_decay=args.ema, ema_update_every=1, ema_update_after_step=0,
                             t_sampling=t_sampling, t_max=args.t_max, mixture_uniform_frac=args.mixture_frac),
         configs.ScoreConfig(batch_size=256))
-
-
-def fast_step(cfg):
-    """``make_train_step(cfg)`` for grad_accum = 1 and no hflip, without the micro-batch scan."""
-    import jax
-    import optax
-
-    from btd_jax import diffusion
-    from btd_jax.models.unet import Unet
-    from btd_jax.train.state import ema_update, make_optimizer
-    from btd_jax.train.step import step_noise
-
-    assert cfg.train.grad_accum == 1 and not cfg.train.hflip
-    model, sched, tx = Unet.from_config(cfg.model), diffusion.make_schedule(cfg.diffusion), make_optimizer(cfg.train)
-
-    def loss_fn(params, x0, t, noise):
-        out = model.apply({"params": params}, diffusion.q_sample(sched, x0, t, noise), t)
-        return diffusion.loss(sched, out, x0, t, noise)
-
-    def step(state, images):
-        t, noise, _ = step_noise(cfg, jax.random.fold_in(state.rng, state.step), 1, images.shape[1])
-        x0 = diffusion.normalize(images[0])
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, x0, t[0], noise[0])
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = ema_update(state.ema_params, params, state.step, cfg.train)
-        return state.replace(params=params, ema_params=ema, opt_state=opt_state, step=state.step + 1), {"loss": loss}
-
-    return jax.jit(step, donate_argnums=(0,))
 
 
 def load_data(args):
@@ -106,8 +73,8 @@ def score_sets(pooled: Dict[str, np.ndarray], tests) -> Dict[str, float]:
 
 def evaluate(params, cfg, tests, center: int) -> Dict[str, float]:
     """AUCs of the paper's score and pooling variants (one residual map per test patch, d = 1, t = 0)."""
-    from btd_jax import score_variants as sv
     from btd_jax.score import Scorer
+    from btd_jax.scoring import variants as sv
 
     scorer = Scorer.from_params(params, cfg)
     pooled = {}
@@ -131,7 +98,7 @@ def run_one(args, schedule: str, seed: int, data) -> dict:
     cfg = dataclasses.replace(make_config(args, schedule), train=dataclasses.replace(
         make_config(args, schedule).train, seed=seed))
     state = create_train_state(cfg, jax.random.PRNGKey(seed))
-    step = make_train_step(cfg) if args.library_step else fast_step(cfg)
+    step = make_train_step(cfg)
     rng = np.random.default_rng((seed, 1234))  # same batches for every schedule of a seed
     record = {"schedule": schedule, "seed": seed, "evals": []}
     t0, done, losses = time.time(), 0, []
@@ -191,11 +158,7 @@ def compare(summary: dict, baseline: str = "uniform", score: str = "paper") -> d
 
 
 def plot(summary: dict, path: str, score: str = "paper") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     keys = next(iter(next(iter(summary.values())).values()))
     panels = sorted({tuple(k.split("/")[:2]) for k in keys})
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), sharey=True)
@@ -237,7 +200,6 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--ema", type=float, default=0.99)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--library_step", action="store_true", help="use btd_jax.train.step.make_train_step")
     ap.add_argument("--summarise_only", action="store_true", help="only redo summary, comparison and plot")
     args = ap.parse_args(argv)
 
