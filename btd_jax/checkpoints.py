@@ -8,6 +8,10 @@ optimiser state: training from it starts a fresh Adam state at its step.
 Shapes are checked against the config before anything is restored, so a checkpoint that does not fit
 its config fails with a message that names the parameter, not deep inside orbax.
 
+Every step's ``meta`` also records a SHA-256 checksum of each array item. What is restored is checked
+against it and for NaN/inf; a damaged step (truncated or altered files) is skipped with a warning
+naming it, and the newest step that verifies is used instead.
+
 This module reads and writes parameters only; scoring loads weights through it without the training
 stack. Saving and restoring a whole training state lives in :mod:`btd_jax.train.checkpoints`.
 """
@@ -16,20 +20,25 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import traverse_util
+from jax.experimental import multihost_utils
 
 from btd_jax import configs
 from btd_jax.configs import Config
+from btd_jax.data.errors import DataError
 from btd_jax.models.unet import init_params
+from btd_jax.runtime.finite import all_finite, nonfinite_leaves, tree_checksum
 
 __all__ = ["CONFIG_FILE", "CHECKPOINT_DIR", "write_config", "read_config", "check_compatible", "open_manager",
-           "latest_step", "expected_param_shapes", "check_shapes", "save_params_checkpoint", "load_params"]
+           "latest_step", "expected_param_shapes", "check_shapes", "save_params_checkpoint", "load_params",
+           "ShapeMismatch", "DamagedCheckpoint", "checksums", "verify_restored", "restore_newest_good", "set_aside"]
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -120,8 +129,16 @@ def _shape_of(leaf) -> Tuple[int, ...]:
     return tuple(getattr(leaf, "shape", np.shape(leaf)))
 
 
+class ShapeMismatch(ValueError):
+    """Saved parameters do not fit the config (a different model, not a damaged file)."""
+
+
+class DamagedCheckpoint(DataError):
+    """A checkpoint step that cannot be read back as it was written (or holds NaN/inf)."""
+
+
 def check_shapes(found: Any, expected: Any, where: str) -> None:
-    """Raises ValueError naming missing, unexpected and mis-shaped parameters of ``found`` vs ``expected``."""
+    """Raises :class:`ShapeMismatch` (a ValueError) naming missing, unexpected and mis-shaped parameters."""
     f = traverse_util.flatten_dict(dict(found), sep="/")
     e = traverse_util.flatten_dict(dict(expected), sep="/")
     problems = [f"missing {k}" for k in sorted(set(e) - set(f))]
@@ -130,7 +147,7 @@ def check_shapes(found: Any, expected: Any, where: str) -> None:
                  for k in sorted(set(e) & set(f)) if _shape_of(f[k]) != _shape_of(e[k])]
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise ValueError(f"{where}: parameters do not match the config: {'; '.join(problems[:5])}{more}")
+        raise ShapeMismatch(f"{where}: parameters do not match the config: {'; '.join(problems[:5])}{more}")
 
 
 def saved_tree(metadata, name: str):
@@ -142,6 +159,79 @@ def saved_tree(metadata, name: str):
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
     """The ``meta`` item of ``step``: ``{"kind": "train" | "params", "step": int}``."""
     return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+
+
+def checksums(items: Dict[str, Any]) -> Dict[str, str]:
+    """``{item name: SHA-256 of its tree}``, stored in a step's ``meta`` and checked on restore."""
+    return {name: tree_checksum(tree) for name, tree in items.items()}
+
+
+def verify_restored(restored: Dict[str, Any], meta: dict, where: str) -> None:
+    """Raises :class:`DamagedCheckpoint` unless each restored item matches its saved checksum and is finite.
+
+    Steps saved without checksums are checked for NaN/inf only.
+    """
+    saved = meta.get("checksums") or {}
+    for name, tree in restored.items():
+        if name in saved and tree_checksum(tree) != saved[name]:
+            raise DamagedCheckpoint(f"{where}: {name} does not match the checksum saved with it")
+        if not bool(all_finite(tree)):
+            bad = nonfinite_leaves(tree)
+            raise DamagedCheckpoint(f"{where}: {name} holds NaN/inf values (in {', '.join(bad[:3])})")
+
+
+def _reason(e: BaseException) -> str:
+    """One short line for why a step failed: the innermost error (orbax wraps tensorstore's)."""
+    if not isinstance(e, DamagedCheckpoint):
+        while (e.__cause__ or e.__context__) is not None:
+            e = e.__cause__ or e.__context__
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
+def restore_newest_good(mngr: ocp.CheckpointManager, restore: Callable[[int], Any], where: str,
+                        step: Optional[int] = None) -> Tuple[int, Any, List[int]]:
+    """``(step, restore(step), damaged steps)`` for the newest step that restores and verifies.
+
+    ``restore(step)`` restores one step and verifies it (raising on damage). Newer steps that fail
+    are skipped, each with a warning naming it and the step used instead; with ``step`` given, only
+    that step is tried. A :class:`ShapeMismatch` is a config problem, not damage, and propagates.
+    Raises :class:`DamagedCheckpoint` listing every failure when no step is usable.
+    """
+    steps = sorted(mngr.all_steps(), reverse=True) if step is None else [int(step)]
+    failures: List[Tuple[int, str]] = []
+    for s in steps:
+        try:
+            result = restore(s)
+        except ShapeMismatch:
+            raise
+        except Exception as e:  # orbax/tensorstore raise plain Exceptions for unreadable files
+            failures.append((s, _reason(e)))
+            continue
+        for bad, why in failures:
+            logging.warning("%s: checkpoint step %d is damaged and was skipped (%s); using step %d",
+                            where, bad, why, s)
+        return s, result, [bad for bad, _ in failures]
+    raise DamagedCheckpoint(f"{where}: no usable checkpoint: " + "; ".join(f"step {s}: {w}" for s, w in failures))
+
+
+def set_aside(workdir: str, step: int) -> Optional[str]:
+    """Renames the damaged ``checkpoints/<step>`` to ``checkpoints/<step>.damaged`` (kept for inspection).
+
+    Orbax no longer lists it, so training can save newer steps again. Process 0 renames; every
+    process waits for it. Returns the new path (on process 0).
+    """
+    src = os.path.join(checkpoint_dir(workdir), str(int(step)))
+    dst = None
+    if jax.process_index() == 0 and os.path.isdir(src):
+        dst, n = src + ".damaged", 1
+        while os.path.exists(dst):
+            dst, n = f"{src}.damaged{n}", n + 1
+        os.rename(src, dst)
+        logging.warning("moved the damaged checkpoint %s to %s", src, dst)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"btd_jax set_aside {step}")
+    return dst
 
 
 def with_sharding(tree: Any, sharding) -> Any:
@@ -160,10 +250,15 @@ def save_params_checkpoint(workdir: str, params: Any, cfg: Config, step: int = 0
         raise ValueError(f"workdir {workdir!r} already holds checkpoints; choose an empty one")
     write_config(workdir, cfg)
     params = jax.tree.map(jnp.asarray, params)
+    if not bool(all_finite(params)):
+        bad = ", ".join(nonfinite_leaves(params)[:3])
+        raise DataError(f"params for config {cfg.name!r} hold NaN/inf values (in {bad}); refusing to save them")
+    sums = checksums({"params": params})
+    sums["ema_params"] = sums["params"]
     with open_manager(workdir, keep=1, async_save=False) as mngr:
         mngr.save(int(step), args=ocp.args.Composite(
             params=ocp.args.StandardSave(params), ema_params=ocp.args.StandardSave(params),
-            meta=ocp.args.JsonSave({"kind": "params", "step": int(step)})))
+            meta=ocp.args.JsonSave({"kind": "params", "step": int(step), "checksums": sums})))
         mngr.wait_until_finished()
     return workdir
 
@@ -177,6 +272,9 @@ def load_params(workdir: str, which: str = "ema", step: Optional[int] = None) ->
       step: a checkpoint step; default the newest.
     Returns:
       float32 parameter tree on the first local device, and the saved :class:`Config`.
+    Raises:
+      DamagedCheckpoint: no step (or not the given one) restores and verifies; without ``step``, damaged
+        newer steps are skipped with a warning.
     """
     if which not in ("ema", "params"):
         raise ValueError(f"which must be 'ema' or 'params', got {which!r}")
@@ -188,11 +286,16 @@ def load_params(workdir: str, which: str = "ema", step: Optional[int] = None) ->
         steps = mngr.all_steps()
         if not steps:
             raise FileNotFoundError(f"workdir {workdir!r} has no finished checkpoint")
-        step = max(steps) if step is None else int(step)
-        if step not in steps:
+        if step is not None and int(step) not in steps:
             raise FileNotFoundError(f"workdir {workdir!r} has no checkpoint at step {step}; it has {sorted(steps)}")
         expected = expected_param_shapes(cfg)
-        check_shapes(saved_tree(mngr.item_metadata(step), item), expected, f"{workdir} step {step}")
         target = with_sharding(expected, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-        params = mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}))[item]
+
+        def restore(s: int):
+            check_shapes(saved_tree(mngr.item_metadata(s), item), expected, f"{workdir} step {s}")
+            got = mngr.restore(s, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}))
+            verify_restored({item: got[item]}, read_meta(mngr, s), f"{workdir} step {s}")
+            return got[item]
+
+        _, params, _ = restore_newest_good(mngr, restore, workdir, step)
     return params, cfg

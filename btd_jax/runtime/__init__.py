@@ -5,13 +5,14 @@ Low level: knows nothing of models or configs. The finite checks (which import J
 
 import importlib
 
+from btd_jax.runtime.errors import NonFiniteError
 from btd_jax.runtime.lock import LOCK_FILE, WorkdirBusy, WorkdirLock, lock_workdir, read_lock
 from btd_jax.runtime.outputs import WORKDIR_ENTRIES, check_output, check_output_dir, skipped_path, write_skipped
 from btd_jax.runtime.stop import GracefulStop, Stopped, exit_code
 
-_LAZY = ("NonFiniteError", "all_finite", "nonfinite_leaves", "tree_checksum")
+_LAZY = ("all_finite", "nonfinite_leaves", "tree_checksum")
 
-__all__ = ["LOCK_FILE", "WorkdirBusy", "WorkdirLock", "lock_workdir", "read_lock", "WORKDIR_ENTRIES",
+__all__ = ["NonFiniteError", "LOCK_FILE", "WorkdirBusy", "WorkdirLock", "lock_workdir", "read_lock", "WORKDIR_ENTRIES",
            "check_output", "check_output_dir", "skipped_path", "write_skipped", "GracefulStop", "Stopped",
            "exit_code", *_LAZY]
 

@@ -9,27 +9,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from btd_jax.runtime.errors import NonFiniteError
+
 __all__ = ["NonFiniteError", "all_finite", "nonfinite_leaves", "tree_checksum"]
-
-
-class NonFiniteError(FloatingPointError):
-    """Values became (or were found) NaN or infinite: a diverged run or damaged weights."""
 
 
 def _is_float(x) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
+@jax.jit
 def all_finite(tree: Any) -> jax.Array:
     """Scalar bool: every float leaf of ``tree`` is free of NaN and inf (integer leaves count as finite).
 
-    Traceable (use it inside ``jit``); reduces each leaf on its device and combines the flags.
+    Jitted (one compiled reduction per tree structure, one flag to fetch); inside another ``jit``
+    it is simply inlined.
     """
     flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if _is_float(x)]
     return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
-
-
-_all_finite_jit = jax.jit(all_finite)
 
 
 def nonfinite_leaves(tree: Any) -> List[str]:
@@ -55,6 +52,8 @@ def tree_checksum(tree: Any) -> str:
     """
     h = hashlib.sha256()
     for path, x in jax.tree_util.tree_leaves_with_path(tree):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            x = x.addressable_data(0)  # replicated over processes: every process holds the whole array
         a = np.ascontiguousarray(jax.device_get(x))
         h.update("/".join(_key_name(k) for k in path).encode())
         h.update(f"{a.dtype.str}{a.shape}".encode())
