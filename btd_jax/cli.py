@@ -1,8 +1,9 @@
 """The ``btd-jax`` command line: a thin dispatcher over ``btd_jax.commands.<name>``.
 
 Each command module exposes ``add_parser(subparsers)`` (flags only, no heavy imports) and
-``run(args) -> int``. Bad input surfaces as one line on stderr and exit status 2; a run stopped by SIGTERM/SIGINT (after saving) exits with
-128 + the signal number (143, 130); a diverged run or a workdir in use by another run exits 1.
+``run(args) -> int``. Bad input surfaces as one line on stderr and exit status 2; a run stopped by
+SIGTERM/SIGINT (after saving) exits with 128 + the signal number (143, 130); a diverged run or a
+workdir in use by another run exits 1.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ def _main(args, quiet: bool = True) -> int:
     if quiet:  # orbax and JAX log every save/restore at INFO; --verbosity 0 (or more) shows them
         logging.set_verbosity(logging.WARNING)
     from btd_jax.data.errors import DataError
-from btd_jax.runtime import NonFiniteError, Stopped, WorkdirBusy
 
     try:
         return int(args._run(args) or 0)
