@@ -15,6 +15,7 @@ cGAN of :mod:`btd_jax.attacks.cgan`.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -88,15 +89,38 @@ def ddpm_config(base: str | Config = "demo", num_steps: int = 600, seed: int = 1
                                   "train.num_steps": int(num_steps), "train.seed": int(seed)})
 
 
-def train_ddpm(workdir: str | Path, patches: np.ndarray, cfg: Config, progress: bool = False) -> Dict[str, Any]:
-    """Train the attacker DDPM in ``workdir`` (a btd_jax workdir: load it with ``train.load_params``)."""
-    workdir = Path(workdir)
-    train.train_and_evaluate(cfg, str(workdir), patches, progress=progress, async_checkpoints=False)
-    losses = []
+def _losses(workdir: Path) -> List[Dict[str, Any]]:
     path = workdir / "metrics.jsonl"
-    if path.is_file():
-        losses = [r["loss"] for r in map(json.loads, path.read_text().splitlines()) if "loss" in r]
-    return {"steps": cfg.train.num_steps, "first_loss": losses[0] if losses else None,
+    if not path.is_file():
+        return []
+    return [r for r in map(json.loads, path.read_text().splitlines()) if "loss" in r]
+
+
+def train_ddpm(workdir: str | Path, patches: np.ndarray, cfg: Config, progress: bool = False,
+               budget_s: Optional[float] = None, probe: int = 20) -> Dict[str, Any]:
+    """Train the attacker DDPM in ``workdir`` (a btd_jax workdir: load it with ``train.load_params``).
+
+    With ``budget_s``, ``probe`` steps are trained first to measure the speed, then as many more as
+    fit (at most ``cfg.train.num_steps``); the info says whether it stopped early.
+    """
+    workdir = Path(workdir)
+    t0 = time.perf_counter()
+    total, done = cfg.train.num_steps, 0
+    target = total
+    if budget_s is not None and probe < total:
+        train.train_and_evaluate(cfg, str(workdir), patches, stop_at=probe, progress=progress,
+                                 async_checkpoints=False)
+        done = probe
+        rates = [r["steps_per_s"] for r in _losses(workdir) if r.get("steps_per_s")]
+        rate = rates[-1] if rates else probe / max(time.perf_counter() - t0, 1e-3)
+        target = int(min(total, probe + max(0.0, budget_s - (time.perf_counter() - t0) - 5.0) * rate * 0.95))
+    if target > done:
+        train.train_and_evaluate(cfg, str(workdir), patches, stop_at=target, progress=progress,
+                                 async_checkpoints=False)
+        done = target
+    losses = [r["loss"] for r in _losses(workdir)]
+    return {"steps": done, "planned_steps": total, "stopped_early": done < total,
+            "seconds": time.perf_counter() - t0, "first_loss": losses[0] if losses else None,
             "final_loss": losses[-1] if losses else None}
 
 

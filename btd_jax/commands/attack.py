@@ -69,13 +69,8 @@ def _check_choice(args) -> None:
         raise DataError(f"--n must be >= 1, got {args.n}")
 
 
-def _config(name: str):
-    """A preset name or a JSON config file."""
-    return configs.load(name) if hasattr(configs, "load") else configs.get(name)
-
-
 def _train(args, modality: str) -> None:
-    size = args.size if args.method == "cgan" else _config(args.config).image_size
+    size = args.size if args.method == "cgan" else configs.load(args.config).image_size
     sources = (inputs.load_sources(args.attacker_data, modality) if args.attacker_data
                else attacker.attacker_sources(modality))
     patches = attacker.attacker_patches(sources, size, args.attacker_patches, seed=args.seed + 1)
@@ -86,7 +81,7 @@ def _train(args, modality: str) -> None:
         info = attacker.train_gan(args.model, patches, gan_cfg, seed=args.seed)
         print(f"attacker cGAN: {info['steps']} steps in {info['seconds']:.0f} s -> {args.model}", file=sys.stderr)
     else:
-        cfg = attacker.ddpm_config(_config(args.config), args.attacker_steps, seed=args.seed + 1)
+        cfg = attacker.ddpm_config(configs.load(args.config), args.attacker_steps, seed=args.seed + 1)
         info = attacker.train_ddpm(args.model, patches, cfg, progress=True)
         print(f"attacker DDPM: {info['steps']} steps, loss {info['first_loss']} -> {info['final_loss']}",
               file=sys.stderr)

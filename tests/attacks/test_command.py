@@ -72,3 +72,15 @@ def test_missing_cgan_model_is_refused(capsys, tmp_path, hu_slices):
     rc = _run(["attack", "--method", "cgan", "--attack", "removal", "--input", str(hu_slices[0]),
                "--model", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
     assert rc == 2 and "no cGAN attacker" in capsys.readouterr().err
+
+
+def test_inputs_read_dicom_and_npy(hu_slices):
+    from btd_jax.attacks import inputs
+    from btd_jax.data import demo_data
+
+    src = inputs.load_sources(demo_data.source_path("CT_small.dcm"), "CT")
+    assert len(src) == 1 and src[0].image.shape == (128, 128) and src[0].image.min() < -500  # HU, not [0, 1]
+    assert src[0].body.mean() > 0.3 and src[0].test.all()
+    path, hu = hu_slices
+    got = inputs.load_sources(path, "CT", max_slices=1)
+    assert len(got) == 1 and np.array_equal(got[0].image, hu[0])
