@@ -34,6 +34,7 @@ import numpy as np
 
 from btd_jax import configs, eval_io, evaluate, metrics, plots
 from btd_jax import train as btd_train
+from btd_jax.attacks import suite
 from btd_jax.data import datasets, demo_data, preprocess
 from btd_jax.score import Scorer
 
@@ -142,27 +143,27 @@ def _true_mask(ts: Any, i: int) -> Optional[np.ndarray]:
                                     ts.columns["y"][i], ts.patches.shape[-1])
 
 
-def _roc(path: Path, sets: Dict[str, Any]) -> str:
+def _roc(path: Path, sets: Dict[str, Any], title: str = "BTD on simulated attacks (demo)") -> str:
     curves = {}
-    for att, s in sets.items():
+    for s in sets.values():
         ts, scores = s["ts"], s["scores"]
         real = ts.columns["method"] == "real"
         for m in sorted(set(ts.columns["method"]) - {"real"}):
             sel = real | (ts.columns["method"] == m)
-            curves[f"{m}-{ts.modality}-{att}"] = (ts.labels[sel], scores[sel])
-    return plots.plot_roc(curves, str(path), title="BTD on simulated attacks (demo)")
+            curves[f"{m}-{ts.modality}-{ts.attack}"] = (ts.labels[sel], scores[sel])
+    return plots.plot_roc(curves, str(path), title=title)
 
 
 def _per_scanner(sets: Dict[str, Any]) -> Dict[str, Dict[str, float]]:
     """{dataset: {scanner: AUC}} of the main scores: pooled AUCs also reflect score offsets between
     scanners (a noisier scanner has larger residuals everywhere); these do not."""
     out = {}
-    for att, s in sets.items():
+    for s in sets.values():
         ts, scores = s["ts"], s["scores"]
         real, scanner = ts.columns["method"] == "real", np.asarray(ts.columns["scanner"]).astype(str)
         for m in sorted(set(ts.columns["method"]) - {"real"}):
             sel = real | (ts.columns["method"] == m)
-            out[f"{m}-{ts.modality}-{att}"] = {
+            out[f"{m}-{ts.modality}-{ts.attack}"] = {
                 sc: round(metrics.auc(ts.labels[sel & (scanner == sc)], scores[sel & (scanner == sc)]), 3)
                 for sc in sorted(set(scanner[sel])) if len(set(ts.labels[sel & (scanner == sc)])) == 2}
     return out
@@ -170,6 +171,27 @@ def _per_scanner(sets: Dict[str, Any]) -> Dict[str, Dict[str, float]]:
 
 def _fmt_ci(mean: float, lo: float, hi: float) -> str:
     return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _generative_notes(gen: Optional[Dict[str, Any]]) -> List[str]:
+    """Report lines on the generative attacks: who made them, from what, and their figures."""
+    if not gen:
+        return []
+    a = gen["attacker"]
+    d, g = a["ddpm"], a["gan"]
+
+    def early(x):
+        return " (stopped by the time budget)" if x.get("stopped_early") else ""
+
+    return ["", "Generative attacks (`btd_jax/attacks`), made by models trained on other patients "
+            f"({', '.join(a['patients'])}; {a['n_patches']} patches), never on the detector's data:", "",
+            f"- RePaint: diffusion in-painting of a lobulated region from noise (removal) with the attacker's own "
+            f"DDPM (the demo U-Net trained at every t, {d['steps']} steps{early(d)}); DDIM grid, jumps.",
+            "- SDEdit: a painted nodule (40-150 HU) noised to t* and finished by the same DDPM, which regenerates "
+            "the dilated nodule mask (injection).",
+            f"- cGAN: a CT-GAN-style pix2pix in-painting GAN (U-Net generator, PatchGAN, L1 + adversarial), "
+            f"{g['steps']} steps{early(g)}, conditioned on inject/remove; it rewrites the central square.",
+            "", "![ROC, generative](roc_generative.png)", "", "![Residual maps, generative](heatmaps_generative.png)"]
 
 
 def _markdown(info: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
@@ -188,13 +210,14 @@ def _markdown(info: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
         f"the figures) and over the whole patch (`full`). "
         f"AUC/EER: point estimate on all samples; bootstrap ({rows[0]['n_boot'] if rows else 0} draws, balanced "
         f"per scanner) mean and 95% interval.", "",
-        "| dataset | window | real | fake | AUC | AUC bootstrap mean [95% CI] | EER | EER bootstrap mean [95% CI] |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dataset | attack | window | real | fake | AUC | AUC bootstrap mean [95% CI] | EER | "
+        "EER bootstrap mean [95% CI] |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(rows, key=lambda r: r["reduction"] == "full"):
-        lines.append(f"| {r['dataset']} | {r['reduction']} | {r['n_real']} | {r['n_fake']} | {r['auc']:.3f} | "
-                     f"{_fmt_ci(r['auc_mean'], r['auc_ci_low'], r['auc_ci_high'])} | {r['eer']:.3f} | "
-                     f"{_fmt_ci(r['eer_mean'], r['eer_ci_low'], r['eer_ci_high'])} |")
+    for r in sorted(rows, key=lambda r: (r["reduction"] == "full", r.get("kind") != "generative")):
+        lines.append(f"| {r['dataset']} | {r.get('kind', '')} | {r['reduction']} | {r['n_real']} | {r['n_fake']} | "
+                     f"{r['auc']:.3f} | {_fmt_ci(r['auc_mean'], r['auc_ci_low'], r['auc_ci_high'])} | "
+                     f"{r['eer']:.3f} | {_fmt_ci(r['eer_mean'], r['eer_ci_low'], r['eer_ci_high'])} |")
     per = info.get("per_scanner") or {}
     scanners = sorted({sc for v in per.values() for sc in v})
     if per:
@@ -203,7 +226,9 @@ def _markdown(info: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
         lines += [f"| {d} | " + " | ".join(f"{v[sc]:.3f}" if sc in v else "-" for sc in scanners) + " |"
                   for d, v in per.items()]
 
-    lines += ["", "Attack styles (simulated on the real slices, `btd_jax/data/tamper.py`):", ""]
+    lines += _generative_notes(info.get("generative"))
+    lines += ["", "Hand-made attack styles (ablations: imitations of generator traces on the real slices, "
+                  "`btd_jax/data/tamper.py`):", ""]
     lines += [f"- {m}: {note}" for m, note in demo_data.NOTES.items()]
     lines += ["",
               "![ROC](roc.png)", "", "![Residual maps](heatmaps.png)", "",
@@ -215,7 +240,8 @@ def _markdown(info: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
 
 def run_demo(out_dir: str | os.PathLike = "btd_demo", config: str = "demo", minutes: float = 10.0, seed: int = 0,
              quick: bool = False, modality: str = "CT", steps: Optional[int] = None, n_train: Optional[int] = None,
-             n_test: Optional[int] = None, n_boot: Optional[int] = None, progress: bool = True) -> Dict[str, Any]:
+             n_test: Optional[int] = None, n_boot: Optional[int] = None, progress: bool = True,
+             generative: bool = True) -> Dict[str, Any]:
     """Run the whole demo in ``out_dir`` (``data/``, ``workdir/``, ``report/``) and return a report dict.
 
     Args:
@@ -224,6 +250,9 @@ def run_demo(out_dir: str | os.PathLike = "btd_demo", config: str = "demo", minu
       minutes: wall-clock budget of the whole demo; training stops early (and says so) when needed.
       steps / n_train / n_test / n_boot: override training steps, training patches, test patches
         per class and bootstrap draws.
+      generative: CT only: also train the attackers (:mod:`btd_jax.attacks.suite`, on patients the
+        detector never sees) and evaluate BTD on their RePaint / SDEdit / cGAN fakes
+        (``generative/``); the detector then gets 60% of the training budget.
     Returns:
       dict with ``report`` (report.md path), ``results`` (one row per tamper dataset and window: auc,
       eer, bootstrap means and intervals), ``reduction`` (the main window, e.g. 'center16'),
@@ -240,8 +269,9 @@ def run_demo(out_dir: str | os.PathLike = "btd_demo", config: str = "demo", minu
     n_boot = n_boot or (20 if quick else 100)
     timings: Dict[str, float] = {}
 
-    data_dir, workdir, report_dir = out / "data", out / "workdir", out / "report"
-    for d in (data_dir, workdir, report_dir):  # a fresh run: no resuming from an older demo
+    data_dir, workdir, report_dir, gen_dir = out / "data", out / "workdir", out / "report", out / "generative"
+    generative = generative and cfg.modality == "CT"  # the attackers' own patients are CT
+    for d in (data_dir, workdir, report_dir, gen_dir):  # a fresh run: no resuming from an older demo
         if d.exists():
             shutil.rmtree(d)
     t = time.perf_counter()
@@ -249,9 +279,11 @@ def run_demo(out_dir: str | os.PathLike = "btd_demo", config: str = "demo", minu
     patches = datasets.load_patches(data.train_path)
     timings["data"] = time.perf_counter() - t
 
-    # Reserve time for scoring and the report (~15% of the budget, at least 20 s).
+    # Reserve time for scoring and the report (~15% of the budget, at least 20 s), and 40% of the rest
+    # for the generative attacks (the detector's 800 steps need far less on an idle 2-core machine).
     budget = max(minutes * 60.0 - (time.perf_counter() - t_start), 1.0)
-    train_info = _train(cfg, workdir, patches, budget - max(20.0, 0.15 * budget), progress=progress)
+    train_budget = (budget - max(20.0, 0.15 * budget)) * (0.6 if generative else 1.0)
+    train_info = _train(cfg, workdir, patches, train_budget, progress=progress)
     timings["train"] = train_info["seconds"]
 
     t = time.perf_counter()
@@ -261,8 +293,21 @@ def run_demo(out_dir: str | os.PathLike = "btd_demo", config: str = "demo", minu
         ts = datasets.load_testset(data.testset_root, cfg.modality, attack, size=size)
         rows, scores, maps, red = _evaluate_attack(scorer, ts, cfg, attack, n_boot, seed)
         sets[attack] = {"ts": ts, "scores": scores, "maps": maps, "reduction": red}
-        all_rows += rows
+        all_rows += [dict(r, kind="hand-made (ablation)") for r in rows]
     timings["score+evaluate"] = time.perf_counter() - t
+    gen_sets, gen_info = {}, None
+    if generative:
+        t = time.perf_counter()
+        left = minutes * 60.0 - (t - t_start) - 20.0
+        gen_cfg = dataclasses.replace(suite.QUICK if quick else suite.SuiteConfig(), n=n_test)
+        gen_info = suite.build(gen_dir, demo_data.load_sources(cfg.modality, data.summary["test_frac"], size),
+                               gen_cfg, size=size, seed=seed, budget_s=max(0.6 * left, 1.0))
+        for attack in ("Inject", "Remove"):
+            ts = datasets.load_testset(gen_info["root"], cfg.modality, attack, size=size)
+            rows, scores, maps, red = _evaluate_attack(scorer, ts, cfg, attack, n_boot, seed)
+            gen_sets[attack] = {"ts": ts, "scores": scores, "maps": maps, "reduction": red}
+            all_rows += [dict(r, kind="generative") for r in rows]
+        timings["generative"] = time.perf_counter() - t
 
     t = time.perf_counter()
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -271,6 +316,13 @@ def run_demo(out_dir: str | os.PathLike = "btd_demo", config: str = "demo", minu
     for attack, s in sets.items():
         files[f"scores_{attack}"] = eval_io.write_scores_csv(str(report_dir / f"scores_{attack}.csv"), s["ts"].labels,
                                                      {s["reduction"]: s["scores"]}, s["ts"].columns)
+    if gen_sets:
+        files["roc_generative"] = _roc(report_dir / "roc_generative.png", gen_sets, "BTD on generative attacks (demo)")
+        files["heatmaps_generative"] = _heatmaps(report_dir / "heatmaps_generative.png", gen_sets)
+        for attack, s in gen_sets.items():
+            files[f"scores_generative_{attack}"] = eval_io.write_scores_csv(
+                str(report_dir / f"scores_generative_{attack}.csv"), s["ts"].labels, {s["reduction"]: s["scores"]},
+                s["ts"].columns)
     timings["figures"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     m = cfg.model
@@ -281,7 +333,9 @@ def run_demo(out_dir: str | os.PathLike = "btd_demo", config: str = "demo", minu
         "config": cfg.name, "model": f"dim {m.dim}, dim_mults {m.dim_mults}, T={cfg.diffusion.timesteps} "
                                      f"{cfg.diffusion.beta_schedule}, t_sampling {cfg.train.t_sampling}",
         "data": data.summary, "train": train_info, "timings": timings,
-        "score": {"steps": cfg.score.steps, "center": cfg.score.center}, "per_scanner": _per_scanner(sets),
+        "score": {"steps": cfg.score.steps, "center": cfg.score.center},
+        "per_scanner": _per_scanner({**sets, **{f"{a} generative": v for a, v in gen_sets.items()}}),
+        "generative": None if gen_info is None else {k: v for k, v in gen_info.items() if k != "root"},
     }
     files["markdown"] = str(report_dir / "report.md")
     Path(files["markdown"]).write_text(_markdown(info, all_rows))

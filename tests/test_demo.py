@@ -19,11 +19,12 @@ def test_report_files_and_numbers(quick_report):
     out, rep = quick_report
     report = out / "report"
     for name in ("report.md", "results.json", "results.csv", "roc.png", "heatmaps.png", "scores_Inject.csv",
-                 "scores_Remove.csv"):
+                 "scores_Remove.csv", "roc_generative.png", "heatmaps_generative.png", "scores_generative_Inject.csv"):
         assert (report / name).is_file() and (report / name).stat().st_size > 0, name
     assert rep["report"] == str(report / "report.md")
     datasets = [r["dataset"] for r in rep["results"] if r["reduction"] == rep["reduction"]]
     want = [f"{m}-CT-{a}" for a in ("Inject", "Remove") for m in demo_data_methods(a)]
+    want += ["SDEdit-CT-Inject", "cGAN-CT-Inject", "RePaint-CT-Remove", "cGAN-CT-Remove"]  # generative attacks
     assert sorted(datasets) == sorted(want)
     assert rep["reduction"] == "center8"  # the quick preset: 16 px patches, central 8 x 8
     assert sorted(r["dataset"] for r in rep["results"] if r["reduction"] == "full") == sorted(want)
