@@ -24,11 +24,12 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from btd_jax.data import dicom, preprocess
+from btd_jax.data import dicom, preprocess, store
 from btd_jax.data.dicom_io import floats, functional_attr, read_header
 from btd_jax.data.errors import DataError
 
-__all__ = ["Geometry", "Volume", "LPS_TO_RAS", "geometry_from_series", "read_volume", "read_nifti",
+__all__ = ["Geometry", "Volume", "LPS_TO_RAS", "geometry_from_series", "read_volume", "read_store_series",
+           "read_nifti",
            "check_volume", "NIFTI_SUFFIXES"]
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
@@ -78,11 +79,13 @@ class Geometry:
 
 @dataclasses.dataclass
 class Volume:
-    """``pixels`` (S, H, W) float32 in [0, 1]; ``geometry`` None for a bare ``.npy``."""
+    """``pixels`` (S, H, W) float32 in [0, 1]; ``geometry`` None for a bare ``.npy``; ``skipped``: DICOM
+    files left out in lenient mode."""
 
     pixels: np.ndarray
     geometry: Optional[Geometry]
     source: str
+    skipped: list = dataclasses.field(default_factory=list)
 
 
 def _slice_axis(positions: np.ndarray, where: str) -> np.ndarray:
@@ -191,21 +194,57 @@ def check_volume(pixels: Any, patch: int, where: str = "volume") -> np.ndarray:
     return v
 
 
+def read_store_series(path: str | os.PathLike, series_uid: Optional[str] = None) -> Volume:
+    """One series of a slice store (``btd-jax prepare``), slices in order, already in [0, 1].
+
+    The geometry comes from the manifest's per-slice affines (checked like a DICOM series'); a store
+    holding several series needs ``series_uid`` (the manifest's ``series``).
+    """
+    st = store.open_store(path)
+    recs = list(st.records(["row", "series", "slice", "path", "affine", "modality"]))
+    names = sorted({str(r["series"]) for r in recs})
+    if series_uid is None and len(names) > 1:
+        raise DataError(f"{path}: a slice store of {len(names)} series; choose one with series_uid "
+                        f"(e.g. {', '.join(names[:3])}{' ...' if len(names) > 3 else ''})")
+    want = names[0] if series_uid is None else str(series_uid)
+    rows = sorted((r for r in recs if str(r["series"]) == want), key=lambda r: r["slice"])
+    if not rows:
+        raise DataError(f"{path}: no series {want!r} in the slice store (it has {', '.join(names[:5])})")
+    shapes = {st.shape(r["row"]) for r in rows}
+    if len(shapes) > 1:
+        raise DataError(f"{path}: series {want!r} mixes slice sizes {sorted(shapes)}")
+    pixels = np.stack([st.slice(r["row"]) for r in rows]).astype(np.float32)
+    geometry = None
+    if all(r.get("affine") is not None for r in rows):
+        affines = [np.asarray(r["affine"], np.float64) for r in rows]
+        affine = affines[0].copy()
+        if len(rows) > 1:
+            affine[:3, 2] = _slice_axis(np.stack([a[:3, 3] for a in affines]), f"{path} series {want}")
+        elif not np.linalg.norm(affine[:3, 2]) > 0:
+            affine[:3, 2] = np.cross(affine[:3, 0], affine[:3, 1]) / np.linalg.norm(affine[:3, 0])
+        geometry = Geometry(affine=affine, paths=tuple(str(r["path"]) for r in rows), series_uid=want,
+                            modality=str(rows[0].get("modality") or ""))
+    return Volume(pixels, geometry, str(path))
+
+
 def read_volume(path: str | os.PathLike, modality: str = "CT", units: str = "raw",
-                series_uid: Optional[str] = None) -> Volume:
-    """A DICOM file/folder, a NIfTI file or a ``.npy`` array -> :class:`Volume` in [0, 1].
+                series_uid: Optional[str] = None, strict: bool = True) -> Volume:
+    """A DICOM file/folder, a NIfTI file, a ``.npy`` array or a slice store -> :class:`Volume` in [0, 1].
 
     ``units='raw'``: HU (CT) or scanner values (MRI), mapped with the paper's preprocessing
     (:func:`preprocess.to_unit_range`, MRI standardised over the whole volume); ``'unit'``: already
-    in [0, 1]. DICOM geometry is checked (see :func:`geometry_from_series`).
+    in [0, 1]. DICOM geometry is checked (see :func:`geometry_from_series`). ``strict=False`` skips
+    unreadable DICOM files and lists them in ``Volume.skipped``.
     """
     if units not in ("raw", "unit"):
         raise ValueError(f"units must be 'raw' or 'unit', got {units!r}")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
+    if store.is_store(path):
+        return read_store_series(path, series_uid)  # stored windowed: ``units`` does not apply
     name = path.name.lower()
-    geometry = None
+    geometry, skipped = None, []
     if name.endswith(".npy"):
         try:
             x = np.load(path, allow_pickle=False)
@@ -215,8 +254,8 @@ def read_volume(path: str | os.PathLike, modality: str = "CT", units: str = "raw
         x, affine = read_nifti(path)
         geometry = Geometry(affine=affine, paths=(str(path),) * x.shape[0], modality=modality)
     else:
-        series = dicom.load_series(path, series_uid=series_uid, modality=modality)
-        x, geometry = series.pixels, geometry_from_series(series)
+        series = dicom.load_series(path, series_uid=series_uid, modality=modality, strict=strict)
+        x, geometry, skipped = series.pixels, geometry_from_series(series), list(series.skipped)
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 2:
         x = x[None]
@@ -226,4 +265,4 @@ def read_volume(path: str | os.PathLike, modality: str = "CT", units: str = "raw
         raise DataError(f"{path}: contains NaN or inf")
     if units == "raw":
         x = preprocess.to_unit_range(x, modality)
-    return Volume(np.asarray(x, dtype=np.float32), geometry, str(path))
+    return Volume(np.asarray(x, dtype=np.float32), geometry, str(path), skipped)

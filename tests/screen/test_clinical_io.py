@@ -90,3 +90,16 @@ def test_screen_command_writes_everything(tmp_path):
     bad = cli.build_parser().parse_args(["screen", "--workdir", wd, "--input", str(tmp_path / "nope.npy"),
                                          "--out", str(tmp_path / "o2")])
     assert cli._main(bad) == 2
+
+
+def test_slice_store_series_keeps_geometry(tmp_path, series):
+    pytest.importorskip("nibabel")
+    from btd_jax.data import preprocess, sources
+
+    vol, _, _ = series
+    hu = np.random.default_rng(2).uniform(-1000, 1500, vol.pixels.shape).astype(np.float32)
+    clinical_io.write_nifti(tmp_path / "scan.nii.gz", hu, vol.geometry)
+    sources.prepare(tmp_path / "scan.nii.gz", tmp_path / "store", modality="CT", size=16, progress=False)
+    back = volume_io.read_volume(tmp_path / "store")
+    np.testing.assert_allclose(back.pixels, preprocess.window_ct(hu), atol=1e-3)  # float16 shards
+    np.testing.assert_allclose(back.geometry.affine, vol.geometry.affine, atol=1e-5)
