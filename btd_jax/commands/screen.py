@@ -4,14 +4,17 @@
     btd-jax screen --workdir DIR --input scan.nii.gz --out DIR --proposal fullconv
     btd-jax screen --workdir DIR --input real1/ --input real2/ ... --calibrate --target_fpr 0.05
 
-``--input``: a DICOM series (file or folder), a NIfTI volume or a ``.npy`` (S, H, W); values are raw
-(HU for CT, scanner values for MRI) unless ``--units unit`` says they are already in [0, 1]. Writes
+``--input``: a DICOM series (file or folder), a NIfTI volume, one series of a slice store
+(``btd-jax prepare``; already in [0, 1]) or a ``.npy`` (S, H, W); values are raw (HU for CT,
+scanner values for MRI) unless ``--units unit`` says they are already in [0, 1]. Writes
 ``findings.json``/``findings.csv`` (best first: slice, row, col, score, x/y/z mm in DICOM patient
 coordinates, SOPInstanceUID, file), ``suspicion.npy`` and ``suspicion.nii.gz`` (with nibabel),
 for DICOM input ``dicom/suspicion_pm.dcm`` (Parametric Map, with highdicom) and ``dicom/sc/``
 (Secondary Capture overlays of the slices with findings), and ``overlays/*.png``.
 The scan decision uses ``screen_calibration.json`` from the workdir (or ``--calibration``): fit one
-with ``--calibrate`` on real scans, screened with the same settings.
+with ``--calibrate`` on real scans, screened with the same settings. Existing findings (or
+calibration) are replaced only with ``--overwrite``; ``--lenient`` skips unreadable DICOM files and
+lists them in ``skipped.csv`` beside the findings.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import jax
 import numpy as np
 
 from btd_jax import calibration, clinical_io, configs, screen
+from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, check_outputs, report_skipped
 from btd_jax.data import volume as volume_io
 from btd_jax.data.errors import DataError
 from btd_jax.score import Scorer
@@ -36,10 +40,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("screen", help="whole-scan screening: findings, suspicion volume (NIfTI/DICOM)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="trained model directory")
-    p.add_argument("--input", required=True, action="append", help="DICOM series, NIfTI or .npy (repeatable)")
+    p.add_argument("--input", required=True, action="append", help="DICOM series, NIfTI, slice store or .npy (repeatable)")
     p.add_argument("--out", default=None, help="output directory (created); one subfolder per input if several")
     p.add_argument("--units", choices=("raw", "unit"), default="raw")
-    p.add_argument("--series_uid", default=None, help="which series when a folder holds several")
+    p.add_argument("--series_uid", default=None, help="which series when a folder or slice store holds several")
     p.add_argument("--top_k", type=int, default=10)
     p.add_argument("--center", type=int, default=None, help="central window k (0: whole window; default: config)")
     p.add_argument("--reverse_steps", type=int, default=None, help="backward diffusion steps d (default: config)")
@@ -59,6 +63,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--calibrate", action="store_true", help="the inputs are real scans: fit and save the calibration")
     p.add_argument("--target_fpr", type=float, default=0.1, help="with --calibrate: false positives per real scan")
     p.add_argument("--no_dicom", action="store_true", help="skip the DICOM outputs")
+    add_overwrite_flag(p)
+    add_lenient_flag(p)
     return p
 
 
@@ -135,9 +141,25 @@ def _report(args, vol, res: screen.ScreenResult, scorer) -> dict:
 def run(args) -> int:
     if args.top_k < 1:
         raise ValueError("--top_k must be >= 1")
+    if args.calibrate:
+        check_outputs(args, files=[args.calibration or os.path.join(args.workdir, CALIBRATION_FILE)],
+                      inputs=args.input, workdirs=[args.workdir])
+    elif args.out is not None:
+        n = len(args.input)
+        outs = [args.out if n == 1 else os.path.join(args.out, f"{i:03d}") for i in range(n)]
+        check_outputs(args, files=[os.path.join(o, f) for o in outs for f in ("findings.json", "findings.csv")],
+                      inputs=args.input, workdirs=[args.workdir])
     scorer = _scorer(args)
     kw = _screen_kw(args)
-    vols = [volume_io.read_volume(p, scorer.cfg.modality, args.units, args.series_uid) for p in args.input]
+    vols = [volume_io.read_volume(p, scorer.cfg.modality, args.units, args.series_uid, strict=not args.lenient)
+            for p in args.input]
+    if args.out is not None:
+        for i, vol in enumerate(vols):
+            report_skipped("screen", args.out if len(vols) == 1 else os.path.join(args.out, f"{i:03d}"),
+                           vol.skipped, folder=True)
+    else:
+        report_skipped("screen", args.calibration or os.path.join(args.workdir, CALIBRATION_FILE),
+                       [s for v in vols for s in v.skipped])
     if args.calibrate:
         cal = screen.calibrate(scorer, [v.pixels for v in vols], target_fpr=args.target_fpr, top_k=1, **kw)
         path = cal.save(args.calibration or os.path.join(args.workdir, CALIBRATION_FILE))
