@@ -189,8 +189,7 @@ def _child_memory(data: str, steps: int) -> dict:
             time.sleep(0.02)
 
     threading.Thread(target=sample, daemon=True).start()
-    from btd_jax import configs
-    from btd_jax.commands import train as train_cmd
+    from btd_jax import cli, configs
 
     base = _rss_anon_kb()
     work = tempfile.mkdtemp(prefix="bench_input_run_")
@@ -198,8 +197,15 @@ def _child_memory(data: str, steps: int) -> dict:
         cfg = configs.override(configs.get("tiny"), {
             "train.num_steps": steps, "train.batch_size": 8, "train.grad_accum": 1,
             "train.log_every": steps, "train.eval_every": steps, "train.checkpoint_every": steps})
+        with open(os.path.join(work, "cfg.json"), "w") as f:
+            f.write(configs.to_json(cfg))
         t0 = time.perf_counter()
-        train_cmd.train_from(data, cfg, work, val_fraction=0.05, progress=False)
+        try:  # the command line itself: memory-mapped .npy or slice store, 5% held out
+            cli.main(["btd-jax", "train", "--config", os.path.join(work, "cfg.json"), "--data", data,
+                      "--workdir", os.path.join(work, "run"), "--no_progress"])
+        except SystemExit as e:
+            if e.code:
+                raise RuntimeError(f"btd-jax train exited with {e.code}") from None
         dt = time.perf_counter() - t0
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -269,7 +275,7 @@ def main(argv=None) -> int:
     p.add_argument("--slices", type=int, default=300, help="slices per prepare input")
     p.add_argument("--crop_steps", type=int, default=20)
     p.add_argument("--gb", type=float, default=4.0)
-    p.add_argument("--mem_steps", type=int, default=20)
+    p.add_argument("--mem_steps", type=int, default=10)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child_steps", type=int, default=20, help=argparse.SUPPRESS)
     a = p.parse_args(argv)

@@ -2,9 +2,11 @@
 
     btd-jax train --config ct --data patches.npy --workdir runs/ct [--num_steps N --batch_size B --set key=value ...]
 
-``--data`` takes a ``.npy``/``.npz`` array of patches in [0, 1], a folder of DICOM files (random
-patch centres, ``--n_per_slice`` per slice) or a folder in the authors' test-set layout (its real
-rows only). Validation patches come from ``--val_data`` or are held out by patient
+``--data`` takes a slice store (``btd-jax prepare``; local or ``gs://``) or the authors' CT training
+folder (``train_csv.csv``): a fresh random crop per batch position every step, ``--workers`` worker
+processes cutting them; or a ``.npy`` array of patches in [0, 1] (memory-mapped, never read whole),
+an ``.npz``, a folder of DICOM files (random patch centres, ``--n_per_slice`` per slice) or a folder
+in the authors' test-set layout (its real rows only). Validation patches come from ``--val_data`` or are held out by patient
 (``--val_fraction``). ``--config`` is a preset name or a JSON config file; ``--set KEY=VALUE``
 changes one field (parsed by its type). A workdir with a run continues from its newest checkpoint;
 ``--config`` may then be left out. Multi-host: start one process per host with
@@ -24,7 +26,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None,
                    help="preset name (ct, mri, ct8, tiny, ...) or JSON config file; default: the workdir's")
-    p.add_argument("--data", required=True, help=".npy/.npz patches in [0,1], a DICOM folder or a test-set folder")
+    p.add_argument("--data", required=True, help="slice store (btd-jax prepare), the authors' CT training folder, "
+                   ".npy/.npz patches in [0,1], a DICOM folder or a test-set folder")
     p.add_argument("--workdir", required=True, help="output directory: config.json, checkpoints/, metrics.jsonl")
     p.add_argument("--num_steps", "--num-steps", type=int, default=None, help="total optimiser steps (train.num_steps)")
     p.add_argument("--steps", dest="steps_alias", type=int, default=None, help="deprecated alias of --num_steps")
@@ -40,6 +43,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--val_fraction", "--val-fraction", type=float, default=0.05,
                    help="fraction of patients held out for validation when --val_data is absent (0: none)")
     p.add_argument("--n_per_slice", "--n-per-slice", type=int, default=4, help="random patches per DICOM slice")
+    p.add_argument("--workers", type=int, default=0,
+                   help="slice stores: worker processes cutting crops (grain; 0: a background thread)")
     p.add_argument("--stop_at", "--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step")
     p.add_argument("--no_progress", "--no-progress", action="store_true", help="log lines instead of a progress bar")
     g = p.add_argument_group("multi-host")
@@ -97,24 +102,75 @@ def _real_patches(path: str, cfg, n_per_slice: int, seed: int):
     return x, patients, cols.get("scanner")
 
 
-def _hold_out(x, patients, scanners, fraction: float, seed: int):
-    """Splits patches into (train, val); by patient when there are several, else by rows."""
+def _split_rows(n: int, patients, scanners, fraction: float, seed: int):
+    """(train rows, validation rows or None) of n patches; by patient when there are several."""
     import numpy as np
 
     from btd_jax.data import datasets
 
+    rows = np.arange(n)
     if fraction <= 0:
-        return x, None
+        return rows, None
     if not 0 < fraction < 1:
         raise ValueError(f"--val_fraction must be in [0, 1), got {fraction}")
+    part = None
     if patients is not None and len(set(map(str, patients))) >= 2:
         part = datasets.split_patients(patients, scanners, fractions=(1 - fraction, fraction), seed=seed)
+    if part is None or part.min() == 1 or part.max() == 0:  # too few patients to split: by rows
+        part = np.zeros(n, np.int64)
+        part[np.random.default_rng((seed, 1)).permutation(n)[:max(1, int(round(fraction * n)))]] = 1
+    return rows[part == 0], rows[part == 1]
+
+
+def _slice_data(args, cfg):
+    """--data as a slice store or the authors' CT folder -> (train, validation, note); None otherwise."""
+    from btd_jax.data import crops, sources
+
+    src = sources.open_slices(args.data, cfg.image_size)
+    if src is None:
+        return None
+    if args.val_data:
+        vsrc = sources.open_slices(args.val_data, cfg.image_size)
+        if vsrc is None:
+            raise ValueError(f"--val_data {args.val_data}: with a slice store as --data, give a slice store "
+                             "(or the authors' CT folder) or use --val_fraction")
+        tr, _ = crops.split_slices(src, 0.0)
+        va, _ = crops.split_slices(vsrc, 0.0)
     else:
-        part = np.zeros(len(x), np.int64)
-        part[np.random.default_rng((seed, 1)).permutation(len(x))[:max(1, int(round(fraction * len(x))))]] = 1
-    if part.min() == 1 or part.max() == 0:  # too few patients to split: fall back to rows
-        return _hold_out(x, None, None, fraction, seed)
-    return x[part == 0], x[part == 1]
+        tr, va = crops.split_slices(src, args.val_fraction, cfg.train.seed)
+    n_pat = len(set(src.column("patient", "").tolist()))
+    note = (f"fresh crops from {len(src)} slices of {n_pat} patients ({len(tr)} training rows, "
+            f"{0 if va is None else len(va)} validation slices)")
+    return tr, va, note
+
+
+def _array_data(args, cfg):
+    """Patches (memory-mapped for .npy) split into (data, train rows, validation patches, note)."""
+    import numpy as np
+
+    if args.data.lower().endswith(".npy"):
+        from btd_jax.data import validate
+        from btd_jax.data.errors import DataError
+
+        try:
+            x = np.load(args.data, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise DataError(f"{args.data}: no such file") from None
+        except (ValueError, OSError) as e:
+            raise DataError(f"{args.data}: cannot read array ({type(e).__name__}: {e})") from None
+        # Shape now (cheap); values are checked chunk by chunk when training starts.
+        validate.check_shape(x, args.data, size=cfg.image_size, channels=cfg.model.channels,
+                             owner=f"config {cfg.name!r}")
+        patients = scanners = None
+    else:
+        x, patients, scanners = _real_patches(args.data, cfg, args.n_per_slice, cfg.train.seed)
+    if args.val_data:
+        train_rows, (val_x, _, _) = None, _real_patches(args.val_data, cfg, args.n_per_slice, cfg.train.seed + 1)
+    else:
+        train_rows, val_rows = _split_rows(len(x), patients, scanners, args.val_fraction, cfg.train.seed)
+        val_x = None if val_rows is None else np.asarray(x[np.sort(val_rows)[:2048]])
+    n = len(x) if train_rows is None else len(train_rows)
+    return x, train_rows, val_x, f"{n} patches (+{0 if val_x is None else len(val_x)} validation)"
 
 
 _CHATTY = ("orbax", "xla_bridge")
@@ -155,18 +211,20 @@ def run(args) -> int:
     from btd_jax import train
 
     cfg = _config(args)
-    x, patients, scanners = _real_patches(args.data, cfg, args.n_per_slice, cfg.train.seed)
-    if args.val_data:
-        train_x, (val_x, _, _) = x, _real_patches(args.val_data, cfg, args.n_per_slice, cfg.train.seed + 1)
+    sliced = _slice_data(args, cfg)
+    if sliced is not None:
+        train_x, val_x, what = sliced
+        train_rows = None
     else:
-        train_x, val_x = _hold_out(x, patients, scanners, args.val_fraction, cfg.train.seed)
+        train_x, train_rows, val_x, what = _array_data(args, cfg)
     if jax.process_index() == 0:
         print(f"btd-jax train: {cfg.name} ({cfg.model.version} dim={cfg.model.dim} {cfg.image_size}px, "
-              f"{cfg.model.dtype}) on {len(train_x)} patches (+{0 if val_x is None else len(val_x)} validation), "
+              f"{cfg.model.dtype}) on {what}, "
               f"{jax.device_count()} devices / {jax.process_count()} processes, batch {cfg.train.batch_size} x "
               f"{cfg.train.grad_accum}, {cfg.train.num_steps} steps -> {args.workdir}", file=sys.stderr)
     state = train.train_and_evaluate(cfg, args.workdir, train_x, val_x, stop_at=args.stop_at,
-                                     progress=not args.no_progress)
+                                     progress=not args.no_progress, train_rows=train_rows,
+                                     workers=args.workers)
     if jax.process_index() == 0:
         print(f"trained to step {int(state.step)}; checkpoints in {os.path.join(args.workdir, 'checkpoints')}")
     return 0

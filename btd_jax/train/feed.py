@@ -5,6 +5,10 @@ per-epoch permutations ``default_rng((seed, epoch)).permutation(N)``, and step `
 ``[s * A * B, (s + 1) * A * B)`` of it. A resumed run therefore sees the same batches as an
 uninterrupted one, and every process can compute its own rows without talking to the others: it
 gathers only the rows its devices hold and hands them to ``jax.make_array_from_process_local_data``.
+
+:class:`TrainFeed` serves fixed patches (an array, memory-mapped or not, optionally a subset of its
+rows); :class:`CropFeed` cuts a fresh crop per batch position every step from slices (a slice store
+or the authors' CT folder), in worker processes (grain) or a background thread.
 """
 
 from __future__ import annotations
@@ -14,43 +18,34 @@ import threading
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from btd_jax import diffusion
 from btd_jax.configs import Config
-from btd_jax.data.errors import DataError
+from btd_jax.data import crops as crops_lib
+from btd_jax.data import loader, validate
 from btd_jax.parallel import data_sharding
 from btd_jax.train.step import batch_sharding
 
-__all__ = ["check_patches", "global_indices", "TrainFeed", "ValFeed", "prefetch"]
+__all__ = ["check_patches", "global_indices", "TrainFeed", "CropFeed", "ValFeed", "prefetch"]
+
+_CHECK_CHUNK = 4096  # patches per value check: memory-mapped inputs are never read whole
 
 
 def check_patches(x, cfg: Config, what: str) -> np.ndarray:
-    """Validates patches against ``cfg`` and returns them as float32 ``(N, H, W, C)``.
+    """Validates patches against ``cfg`` and returns them as ``(N, H, W, C)`` without copying.
 
-    Accepts ``(N, H, W)`` (single channel) or ``(N, H, W, C)`` in [0, 1]; raises ``DataError`` naming
-    ``what`` for an empty set, a wrong patch size or channel count, NaNs or values outside [0, 1].
+    Accepts ``(N, H, W)`` (single channel) or ``(N, H, W, C)`` floats in [0, 1]; raises ``DataError``
+    naming ``what`` for an empty set, a wrong patch size or channel count, NaNs or values outside
+    [0, 1]. Values are checked ``_CHECK_CHUNK`` patches at a time, so a memory-mapped file is never
+    read into memory whole; batches are converted to float32 when gathered.
     """
-    x = np.asarray(x)
-    size, c = cfg.image_size, cfg.model.channels
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4:
-        raise DataError(f"{what}: expected patches shaped (N, H, W) or (N, H, W, C), got shape {x.shape}")
-    if x.shape[0] == 0:
-        raise DataError(f"{what}: the dataset is empty (0 patches)")
-    if x.shape[1:3] != (size, size):
-        raise DataError(f"{what}: patches are {x.shape[1]}x{x.shape[2]} but config {cfg.name!r} expects "
-                        f"{size}x{size} (set diffusion.image_size or cut patches of that size)")
-    if x.shape[3] != c:
-        raise DataError(f"{what}: patches have {x.shape[3]} channels but the model expects {c}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise DataError(f"{what}: patches must be floats in [0, 1], got dtype {x.dtype}")
-    x = x.astype(np.float32, copy=False)
-    lo, hi = float(np.min(x)), float(np.max(x))
-    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-6 or hi > 1 + 1e-6:
-        raise DataError(f"{what}: patch values must lie in [0, 1] (window/normalise first), got [{lo:.4g}, {hi:.4g}]")
+    x = validate.check_shape(x, what, size=cfg.image_size, channels=cfg.model.channels,
+                             owner=f"config {cfg.name!r}")
+    for lo in range(0, len(x), _CHECK_CHUNK):  # chunks: bounded memory for memory-mapped files
+        validate.check_values(x[lo:lo + _CHECK_CHUNK], what, offset=lo, tol=1e-6)
     return x
 
 
@@ -93,22 +88,31 @@ def _local_block(sharding: NamedSharding, shape: Tuple[int, ...], axis: int) -> 
 
 
 class TrainFeed:
-    """Global ``(grad_accum, batch_size, H, W, C)`` training batches for step ``s`` over ``mesh``."""
+    """Global ``(grad_accum, batch_size, H, W, C)`` training batches for step ``s`` over ``mesh``.
 
-    def __init__(self, patches: np.ndarray, cfg: Config, mesh: Mesh, seed: Optional[int] = None):
+    ``patches`` may be memory-mapped: each step gathers only this process's rows. ``rows`` (optional)
+    restricts training to those indices of ``patches`` without copying them.
+    """
+
+    def __init__(self, patches: np.ndarray, cfg: Config, mesh: Mesh, seed: Optional[int] = None,
+                 rows: Optional[np.ndarray] = None):
         tc = cfg.train
         self.data = patches
+        self.index = None if rows is None else np.asarray(rows, np.int64)
+        self.n = len(patches) if rows is None else len(self.index)
         self.accum, self.batch = tc.grad_accum, tc.batch_size
         self.seed = tc.seed if seed is None else seed
         self.shape = (self.accum, self.batch) + patches.shape[1:]
         self.sharding = batch_sharding(mesh)
         self.rows = _local_block(self.sharding, self.shape, axis=1)
-        self._perms = _EpochPermutations(self.seed, len(patches))
+        self._perms = _EpochPermutations(self.seed, self.n)
 
     def host_batch(self, step: int) -> np.ndarray:
         """This process's rows ``(A, b_local, H, W, C)`` of step ``step``."""
-        idx = global_indices(self.seed, step, len(self.data), self.accum * self.batch, self._perms)
+        idx = global_indices(self.seed, step, self.n, self.accum * self.batch, self._perms)
         idx = idx.reshape(self.accum, self.batch)[:, self.rows]
+        if self.index is not None:
+            idx = self.index[idx]
         # Sorted gathers read memory-mapped arrays sequentially; the order is restored afterwards.
         flat = idx.reshape(-1)
         order = np.argsort(flat, kind="stable")
@@ -118,6 +122,58 @@ class TrainFeed:
 
     def __call__(self, step: int) -> jax.Array:
         return jax.make_array_from_process_local_data(self.sharding, self.host_batch(step), self.shape)
+
+    def batches(self, steps: range, depth: int = 2) -> Iterator[jax.Array]:
+        """The global batches of ``steps``, gathered ``depth`` steps ahead on a thread."""
+        return prefetch(self, steps, depth)
+
+
+class CropFeed:
+    """Global ``(grad_accum, batch_size, S, S, 1)`` batches of fresh crops, cut every step.
+
+    Position ``p`` of step ``s`` trains on a crop that is a pure function of ``(seed, s, p)``
+    (:mod:`btd_jax.data.crops`): a resumed run sees the crops of an uninterrupted one, and each
+    process cuts only the crops of its own devices. Crops of a float16 store travel as float16 and
+    are cast to float32 on the devices (exact). ``workers > 0``: cut in that many grain worker
+    processes; 0: on a background thread.
+    """
+
+    def __init__(self, data: crops_lib.SliceSet, cfg: Config, mesh: Mesh, seed: Optional[int] = None,
+                 workers: int = 0, depth: int = 2):
+        tc = cfg.train
+        if cfg.model.channels != 1:
+            raise ValueError(f"training from slices needs a one-channel model, {cfg.name!r} has "
+                             f"{cfg.model.channels}")
+        size = cfg.image_size
+        self.shape = (tc.grad_accum, tc.batch_size, size, size, 1)
+        self.sharding = batch_sharding(mesh)
+        cols = _local_block(self.sharding, self.shape, axis=1)
+        self.make = crops_lib.HostBatches(data.src, data.rows, tc.seed if seed is None else seed,
+                                          tc.grad_accum, tc.batch_size, cols,
+                                          crops_lib.CropSpec(size, hflip=tc.hflip))
+        self.workers, self.depth = int(workers), int(depth)
+        self._cast = jax.jit(lambda x: x.astype(jnp.float32), out_shardings=self.sharding)
+
+    def to_device(self, host: np.ndarray) -> jax.Array:
+        x = jax.make_array_from_process_local_data(self.sharding, host, self.shape)
+        return x if x.dtype == jnp.float32 else self._cast(x)
+
+    def __call__(self, step: int) -> jax.Array:
+        return self.to_device(self.make(step))
+
+    def batches(self, steps: range) -> Iterator[jax.Array]:
+        """The global batches of ``steps``; host batches from the workers (or this thread) are
+        moved to the devices one step ahead on a background thread."""
+        if self.workers <= 0:
+            return prefetch(self, steps, self.depth)
+        host = loader.host_batches(self.make, steps, self.workers, self.depth)
+
+        def run():
+            try:
+                yield from prefetch(lambda _step: self.to_device(next(host)), steps, self.depth)
+            finally:
+                host.close()  # stops the worker processes (the prefetch thread has ended)
+        return run()
 
 
 class ValFeed:

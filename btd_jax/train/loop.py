@@ -21,9 +21,10 @@ from absl import logging
 from jax.sharding import Mesh
 
 from btd_jax.configs import Config
+from btd_jax.data.crops import CropSpec, SliceSet, fixed_crops
 from btd_jax.parallel import make_mesh
 from btd_jax.train import checkpoints as ckpt
-from btd_jax.train.feed import TrainFeed, ValFeed, check_patches, prefetch
+from btd_jax.train.feed import CropFeed, TrainFeed, ValFeed, check_patches
 from btd_jax.train.state import TrainState, create_train_state
 from btd_jax.train.step import make_eval_step, make_train_step
 
@@ -92,36 +93,46 @@ def _check_batch(cfg: Config, mesh: Mesh) -> None:
 
 def train_and_evaluate(cfg: Config, workdir: str, train_data, val_data=None, *, mesh: Optional[Mesh] = None,
                        stop_at: Optional[int] = None, progress: bool = True, async_checkpoints: bool = True,
-                       max_val_images: int = 2048) -> TrainState:
+                       max_val_images: int = 2048, train_rows: Optional[np.ndarray] = None,
+                       workers: int = 0) -> TrainState:
     """Trains ``cfg`` on ``train_data`` in ``workdir``, resuming from its newest checkpoint if any.
 
     Args:
       cfg: the full config; ``cfg.train`` sets steps, batch, accumulation, EMA, logging/eval/checkpoint
         periods (``log_every``, ``eval_every``, ``checkpoint_every``) and ``keep_checkpoints``.
       workdir: output directory: ``config.json``, ``checkpoints/``, ``metrics.jsonl``.
-      train_data: patches ``(N, H, W)`` or ``(N, H, W, C)`` in [0, 1] (NumPy, may be memory-mapped).
-        In a multi-process run every process passes the same dataset and gathers only its rows.
-      val_data: optional held-out real patches; their loss (online and EMA weights, fixed t and
-        noise) is logged every ``eval_every`` steps and at the end.
+      train_data: patches ``(N, H, W)`` or ``(N, H, W, C)`` in [0, 1] (NumPy, may be memory-mapped:
+        checked in chunks, never copied whole), or a :class:`btd_jax.data.crops.SliceSet` of slices
+        (a slice store, the authors' CT folder) to cut a fresh crop from per position and step.
+        In a multi-process run every process passes the same dataset and reads only its rows.
+      val_data: optional held-out real patches (or a ``SliceSet``: one fixed crop per slice); their
+        loss (online and EMA weights, fixed t and noise) is logged every ``eval_every`` steps and at
+        the end.
       mesh: device mesh (default: every device of every process).
       stop_at: stop (with a checkpoint) once this step is reached, before ``num_steps``; for
         pre-emptible jobs and tests. A later call continues from there.
       progress: show a progress bar on process 0 (otherwise log lines via absl).
       async_checkpoints: write checkpoints in the background.
       max_val_images: validation uses at most this many patches.
+      train_rows: train on these rows of an array ``train_data`` only (no copy).
+      workers: crops from slices are cut in this many worker processes (0: a background thread).
     Returns:
       the final :class:`TrainState` (replicated over the mesh).
     """
     tc = cfg.train
     mesh = mesh or make_mesh()
     _check_batch(cfg, mesh)
-    train_x = check_patches(train_data, cfg, "training data")
+    if isinstance(train_data, SliceSet):
+        feed = CropFeed(train_data, cfg, mesh, workers=workers)
+    else:
+        feed = TrainFeed(check_patches(train_data, cfg, "training data"), cfg, mesh, rows=train_rows)
     val = None
+    if isinstance(val_data, SliceSet):
+        val_data = fixed_crops(val_data, CropSpec(cfg.image_size), tc.seed, max_val_images)
     if val_data is not None:
-        val_x = check_patches(val_data, cfg, "validation data")
+        val_x = check_patches(val_data[:max_val_images], cfg, "validation data")
         val = ValFeed(val_x, cfg, mesh, chunk=tc.batch_size, max_images=max_val_images)
     _prepare_workdir(workdir, cfg)
-    feed = TrainFeed(train_x, cfg, mesh)
     images_per_step = tc.grad_accum * tc.batch_size
     mngr = ckpt.open_manager(workdir, keep=tc.keep_checkpoints, async_save=async_checkpoints)
     metrics: Optional[_Metrics] = None
@@ -142,7 +153,7 @@ def train_and_evaluate(cfg: Config, workdir: str, train_data, val_data=None, *, 
         metrics = _Metrics(workdir, start, max(end, start), progress)
         window: List[Dict[str, jax.Array]] = []
         t_window, n_window = time.perf_counter(), 0
-        for s, images in zip(range(start, end), prefetch(feed, range(start, end))):
+        for s, images in zip(range(start, end), feed.batches(range(start, end))):
             state, m = step_fn(state, images)
             done = s + 1
             window.append(m)
