@@ -108,14 +108,14 @@ def skipped_path(out: str) -> str:
     return (root if ext and not os.path.isdir(out) else out) + ".skipped.csv"
 
 
-def write_skipped(out: str, skipped: Sequence, *, overwrite: bool = True) -> Optional[str]:
-    """Writes ``item, reason`` rows (``skipped``: objects with ``.item``/``.reason`` or pairs) next to ``out``.
+def write_skipped(path: str, skipped: Sequence, *, overwrite: bool = True) -> Optional[str]:
+    """Writes ``item, reason`` rows (``skipped``: objects with ``.item``/``.reason`` or pairs) to the CSV ``path``
+    (usually ``skipped_path(output)``).
 
-    Returns the CSV's path, or None (and writes nothing) when nothing was skipped.
+    Returns ``path``, or None (and writes nothing) when nothing was skipped.
     """
     if not skipped:
         return None
-    path = skipped_path(out)
     check_output(path, overwrite=overwrite)
     rows: List[tuple] = [(s.item, s.reason) if hasattr(s, "item") else tuple(s) for s in skipped]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

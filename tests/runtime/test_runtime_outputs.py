@@ -77,6 +77,7 @@ def test_write_skipped(tmp_path):
     out = str(tmp_path / "scores.csv")
     assert skipped_path(out) == str(tmp_path / "scores.skipped.csv")
     assert skipped_path(str(tmp_path / "evaldir")) == str(tmp_path / "evaldir.skipped.csv")
-    assert write_skipped(out, []) is None and not os.path.exists(skipped_path(out))
-    path = write_skipped(out, [_Skip("a.dcm", "not a DICOM file"), ("b.dcm", "no pixel data, x")])
+    assert write_skipped(skipped_path(out), []) is None and not os.path.exists(skipped_path(out))
+    path = write_skipped(skipped_path(out), [_Skip("a.dcm", "not a DICOM file"), ("b.dcm", "no pixel data, x")])
+    assert path == skipped_path(out)
     assert open(path).read().splitlines() == ["item,reason", "a.dcm,not a DICOM file", 'b.dcm,"no pixel data, x"']
