@@ -154,13 +154,14 @@ def evaluate_scores(scores: Any, labels: Any, groups: Optional[Any] = None, *, d
     }
 
 
-def load_eval_set(path: str, modality: str, attack: str, size: Optional[int] = None):
+def load_eval_set(path: str, modality: str, attack: str, size: Optional[int] = None, skipped: Optional[list] = None):
     """-> (patches (N,H,W) float32, labels (N,) int8, metadata {column: (N,)}).
 
     ``path`` is a test-set root in the authors' layout (``btd_jax.data.datasets.load_testset``) or a
     ``.npz`` holding ``patches`` and ``labels`` plus optional per-sample columns (``scanner``,
     ``method``, ``size``, ...). ``size``: patch side cut from the test images (the model's
-    ``image_size``; default the paper's 96 CT / 128 MRI).
+    ``image_size``; default the paper's 96 CT / 128 MRI). With a list ``skipped``, bad rows of a test
+    set are left out and recorded there instead of raising.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such test set")
@@ -171,7 +172,9 @@ def load_eval_set(path: str, modality: str, attack: str, size: Optional[int] = N
             patches, labels = z["patches"].astype(np.float32), parse_labels(z["labels"], source=path)
             meta = {k: z[k] for k in z.files if k not in ("patches", "labels")}
     else:
-        ts = datasets.load_testset(path, modality, attack, size=size)
+        ts = datasets.load_testset(path, modality, attack, size=size, strict=skipped is None)
+        if skipped is not None:
+            skipped.extend(ts.skipped)
         patches, labels = np.asarray(ts.patches, np.float32), parse_labels(ts.labels, source=path)
         meta = {k: np.asarray(v) for k, v in dict(getattr(ts, "columns", None) or ts.metadata).items()}
     for k, v in meta.items():

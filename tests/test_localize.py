@@ -160,7 +160,7 @@ def test_localize_command_on_tiny_workdir(tmp_path):
     assert open(out / "overlay.png", "rb").read(4) == b"\x89PNG"
     bad = sub.choices["localize"].parse_args(
         ["--workdir", workdir, "--input", str(tmp_path / "vol.npy"), "--units", "unit", "--slices", "2:9", "--center", "8",
-         "--out", str(out)])
+         "--out", str(out), "--overwrite"])
     with pytest.raises(ValueError, match="not a valid range"):
         cmd.run(bad)
 

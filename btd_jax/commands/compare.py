@@ -8,7 +8,8 @@ size) and scored on ``--dataset`` (authors' layout, or a .npz with patches/label
 ``--workdir`` adds BTD itself and lets OOD-DDPM reuse BTD's DDPM. Writes ``results.md`` /
 ``results.csv`` / ``results.json`` (AUC/EER per dataset, scanner-balanced bootstrap mean and 95%
 CI), ``scores.csv``, ``comparison.png`` (bar chart) and the fitted baselines under
-``DIR/baselines/`` (``--reuse`` loads them instead of fitting again).
+``DIR/baselines/`` (``--reuse`` loads them instead of fitting again). Existing results are replaced
+only with ``--overwrite``; ``--lenient`` skips bad test-set rows and lists them in ``DIR/skipped.csv``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from btd_jax import baselines, evaluate
 from btd_jax.baselines import comparison
 from btd_jax.commands._flags import add_deprecated_alias
+from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, check_outputs, report_skipped
 from btd_jax.data import datasets
 from btd_jax.score import Scorer
 
@@ -50,6 +52,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch_size", "--batch-size", type=int, default=256)
     p.add_argument("--reuse", action="store_true", help="load baselines already saved under OUT/baselines/")
+    add_overwrite_flag(p)
+    add_lenient_flag(p)
     return p
 
 
@@ -59,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     methods = tuple(args.methods) if args.methods is not None else baselines.NAMES
     for m in methods:
         baselines.get(m)  # unknown names fail before any work
+    names = ("results.md", "results.csv", "results.json", "scores.csv", "comparison.png")
+    check_outputs(args, files=[os.path.join(args.out, n) for n in names], inputs=[args.dataset, args.train],
+                  workdirs=[args.workdir])
     scorer = None
     if args.workdir:
         scorer = Scorer.load(args.workdir)
@@ -66,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
     if args.max_train and len(train) > args.max_train:
         train = train[np.random.default_rng(args.seed).choice(len(train), args.max_train, replace=False)]
     size = args.size or (scorer.cfg.image_size if scorer is not None else train.shape[1])
-    patches, labels, meta = evaluate.load_eval_set(args.dataset, args.modality, args.attack, size=size)
+    skipped = [] if args.lenient else None
+    patches, labels, meta = evaluate.load_eval_set(args.dataset, args.modality, args.attack, size=size,
+                                                   skipped=skipped)
+    report_skipped("compare", args.out, skipped or [], folder=True)
     result = comparison.compare(
         train, patches, labels, meta, modality=args.modality, attack=args.attack, scorer=scorer, methods=methods,
         tamper=args.tamper, preset=args.preset, baseline_steps=args.baseline_steps, center=args.center,

@@ -14,6 +14,7 @@ import dataclasses
 import sys
 
 from btd_jax import checkpoints, configs, convert
+from btd_jax.runtime import lock_workdir
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if changed:
         print(f"note: the checkpoint's architecture differs from preset {args.config!r}: " + ", ".join(changed),
               file=sys.stderr)
-    checkpoints.save_params_checkpoint(args.workdir, params, cfg)
+    with lock_workdir(args.workdir):  # no training may write there meanwhile
+        checkpoints.save_params_checkpoint(args.workdir, params, cfg)
     print(f"converted {args.torch} ({args.which}): lucidrains {m.version} Unet dim={m.dim} dim_mults={m.dim_mults} "
           f"channels={m.channels}; schedule {d.beta_schedule} x {d.timesteps}, objective {d.objective}"
           f"{', min-SNR' if d.min_snr_loss_weight else ''} -> {args.workdir}")

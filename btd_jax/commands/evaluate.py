@@ -7,7 +7,9 @@ Writes ``results.md`` / ``results.csv`` / ``results.json`` (AUC and EER per data
 CTGAN-CT-Inject, full-patch and centre reductions, scanner-balanced bootstrap mean and 95% CI),
 ``scores.csv`` (per-sample scores, re-usable with ``--scores``), ``roc_<dataset>.png`` and
 ``hist_<dataset>_<reduction>.png``. With ``--calibrate VAL`` (real-only validation patches) it
-also fits a threshold at ``--target-fpr`` and saves ``calibration.json`` in the workdir.
+also fits a threshold at ``--target-fpr`` and saves ``calibration.json`` in the workdir. Existing
+results (or calibration) are replaced only with ``--overwrite``; ``--lenient`` skips bad test-set
+rows and lists them in ``OUT/skipped.csv``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tqdm import tqdm
 
 from btd_jax import calibration, evaluate
 from btd_jax.commands._flags import add_deprecated_alias
+from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, check_outputs, report_skipped
 from btd_jax.data import datasets
 from btd_jax.score import Scorer
 
@@ -54,6 +57,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_deprecated_alias(p, "--clip", "--clip_inputs", "clip_inputs", flag=True)
     p.add_argument("--calibrate", default=None, help="real-only validation patches (.npy/.npz) to fit calibration.json")
     p.add_argument("--target_fpr", "--target-fpr", type=float, default=0.1, help="calibration FPR (paper Fig. 4: 0.1)")
+    add_overwrite_flag(p)
+    add_lenient_flag(p)
     return p
 
 
@@ -61,8 +66,10 @@ def _score_testset(args, centers):
     if not args.workdir or not args.dataset:
         raise ValueError("need --workdir and --dataset (or --scores scored.csv)")
     scorer = Scorer.load(args.workdir)
+    skipped = [] if args.lenient else None
     patches, labels, meta = evaluate.load_eval_set(args.dataset, args.modality, args.attack,
-                                                   size=scorer.cfg.image_size)
+                                                   size=scorer.cfg.image_size, skipped=skipped)
+    report_skipped("evaluate", args.out, skipped or [], folder=True)
     given = dict(steps=args.reverse_steps, reduction=args.reduction, batch_size=args.batch_size,
                  clip_inputs=args.clip_inputs or None)
     s = scorer.settings(**{k: v for k, v in given.items() if v is not None})
@@ -105,6 +112,11 @@ def run(args) -> int:
     if args.n_boot < 1:
         raise ValueError(f"--n_boot must be >= 1, got {args.n_boot}")
     centers = [None] + [int(c) for c in args.centers]
+    names = ("results.md", "results.csv", "results.json") + (() if args.scores else ("scores.csv",))
+    results = [os.path.join(args.out, n) for n in names]
+    cal = os.path.join(args.workdir, calibration.FILENAME) if args.calibrate and args.workdir else None
+    check_outputs(args, files=results + [cal], inputs=[args.dataset, args.scores, args.calibrate],
+                  workdirs=[args.workdir])
     if args.scores:
         if args.calibrate:
             raise ValueError("--calibrate needs a model (--workdir), not --scores")

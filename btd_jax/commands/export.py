@@ -5,14 +5,17 @@
 
 Writes ``scorer/scorer.jaxexport`` (symbolic batch dimension, parameters inside), ``scorer.json``
 (input/output shapes, settings, config) and copies the workdir's calibration files. Serve it with
-``jax.export.deserialize(open(path, 'rb').read()).call(images)`` -> (scores, maps).
+``jax.export.deserialize(open(path, 'rb').read()).call(images)`` -> (scores, maps). An existing
+export is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from btd_jax import export
+from btd_jax.commands._safety import add_overwrite_flag, check_outputs
 from btd_jax.score import Scorer
 
 
@@ -25,10 +28,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--reduction", default=None, help="'mean', 'max' or 'percentile:Q' (default: config)")
     p.add_argument("--platforms", default=",".join(export.DEFAULT_PLATFORMS),
                    help="comma-separated lowering platforms (cpu, cuda, rocm, tpu)")
+    add_overwrite_flag(p)
     return p
 
 
 def run(args) -> int:
+    check_outputs(args, files=[os.path.join(args.out, n) for n in (export.ARTIFACT, export.MANIFEST)],
+                  workdirs=[args.workdir])
     scorer = Scorer.load(args.workdir)
     plats = [p.strip() for p in args.platforms.split(",") if p.strip()]
     m = export.export_scorer(scorer, args.out, center=args.center, reduction=args.reduction, platforms=plats)

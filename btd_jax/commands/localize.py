@@ -7,7 +7,8 @@
 (HU for CT, windowed to [-700, 2000]; MRI standardised) unless ``--units unit`` says they are
 already in [0, 1]. Writes ``suspicion.npy`` ((H, W) or (S, H, W)), ``localize.json`` (top-k
 locations as slice/row/col/score, plus p-values when the workdir has a matching calibration.json)
-and ``overlay.png`` (the slice holding the best location).
+and ``overlay.png`` (the slice holding the best location); existing ones are replaced only with
+``--overwrite``. ``--lenient`` skips unreadable DICOM files and lists them in ``OUT/skipped.csv``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 from btd_jax import calibration, localize
 from btd_jax.commands._flags import add_deprecated_alias
+from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, check_outputs, report_skipped
 from btd_jax.data import dicom, preprocess
 from btd_jax.data.errors import DataError
 from btd_jax.score import Scorer
@@ -48,11 +50,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--clip_inputs", action="store_true", help="clip values to [0, 1] instead of refusing them")
     add_deprecated_alias(p, "--clip", "--clip_inputs", "clip_inputs", flag=True)
     p.add_argument("--seed", type=int, default=0, help="noise key for d > 1")
+    add_overwrite_flag(p)
+    add_lenient_flag(p)
     return p
 
 
-def _load_input(path: str, modality: str, units: str):
-    """-> float32 (S, H, W) in [0, 1] and whether the input was a single 2-D slice."""
+def _load_input(path: str, modality: str, units: str, skipped=None):
+    """-> float32 (S, H, W) in [0, 1] and whether the input was a single 2-D slice.
+
+    With a list ``skipped``, unreadable DICOM files are left out and recorded there."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or folder")
     if path.endswith(".npy"):
@@ -61,7 +67,10 @@ def _load_input(path: str, modality: str, units: str):
         except ValueError as e:
             raise DataError(f"{path}: not a readable .npy array ({e})") from None
     else:
-        x = dicom.load_series(path, modality=modality).pixels  # (S, H, W), HU for CT
+        series = dicom.load_series(path, modality=modality, strict=skipped is None)
+        x = series.pixels  # (S, H, W), HU for CT
+        if skipped is not None:
+            skipped.extend(series.skipped)
     x = np.asarray(x, dtype=np.float32)
     single = x.ndim == 2
     if single:
@@ -90,10 +99,14 @@ def run(args) -> int:
     if args.stride < 1 or args.top_k < 1:
         raise ValueError("--stride and --top_k must be >= 1")
     center = args.center or None
+    check_outputs(args, files=[os.path.join(args.out, n) for n in ("suspicion.npy", "overlay.png", "localize.json")],
+                  inputs=[args.input], workdirs=[args.workdir])
     scorer = Scorer.load(args.workdir)
     if center is not None and center > scorer.cfg.image_size:
         raise ValueError(f"--center {center} is larger than the model's patch size {scorer.cfg.image_size}")
-    vol, single = _load_input(args.input, scorer.cfg.modality, args.units)
+    skipped = [] if args.lenient else None
+    vol, single = _load_input(args.input, scorer.cfg.modality, args.units, skipped)
+    report_skipped("localize", args.out, skipped or [], folder=True)
     if args.clip_inputs:
         vol = np.clip(vol, 0.0, 1.0)  # NaN stays NaN and is still refused
     steps = args.reverse_steps if args.reverse_steps is not None else scorer.cfg.score.steps

@@ -8,7 +8,9 @@
 or a DICOM file/folder. With ``--locations`` (CSV with columns ``path, x, y`` and optional ``frame``; paths
 relative to the CSV or to ``--input``) the patches are cut around those points; without it a DICOM folder
 gives ``--n_per_slice`` random patches per slice. The CSV has ``id, score``, ``label`` for test sets, and
-every metadata column of the input (scanner, method, patient, path, x, y, ...).
+every metadata column of the input (scanner, method, patient, path, x, y, ...). Existing outputs are
+replaced only with ``--overwrite`` (never the input or the workdir's files); ``--lenient`` skips bad
+DICOM files and rows and lists them in ``OUT.skipped.csv``. Scores that are NaN/inf are never written.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from tqdm import tqdm
 
 from btd_jax import plots
 from btd_jax.commands._flags import add_deprecated_alias
+from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, check_outputs, report_skipped
 from btd_jax.data import datasets, dicom, preprocess
 from btd_jax.data.errors import DataError
+from btd_jax.data.records import Skipped
+from btd_jax.runtime.errors import NonFiniteError
 from btd_jax.score import Scorer
 from btd_jax.scoring import variants
 
@@ -63,6 +68,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--attack", default=None, help="injection or removal (picks the test set)")
     p.add_argument("--tamper", default=None, help="test sets: only this tamper method, e.g. CTGAN")
     p.add_argument("--n_per_slice", type=int, default=4, help="DICOM without --locations: random patches per slice")
+    add_overwrite_flag(p)
+    add_lenient_flag(p)
     return p
 
 
@@ -75,8 +82,11 @@ def _resolve(path: str, csv_path: str, root: str) -> str:
     return os.path.join(os.path.dirname(csv_path), path)
 
 
-def patches_from_locations(csv_path: str, root: str, size: int, modality=None):
+def patches_from_locations(csv_path: str, root: str, size: int, modality=None, skipped=None):
     """Cuts (size, size) patches around the CSV's (x = column, y = row) points of DICOM slices.
+
+    With a list ``skipped``, bad rows are left out and recorded there (:class:`Skipped`) instead of
+    raising.
 
     Returns (patches (N, size, size) float32 in [0, 1], columns {name: (N,) array}). Values are mapped
     per slice with the paper's rule (CT: HU window; MR: standardised over the slice, since a CSV of
@@ -93,7 +103,7 @@ def patches_from_locations(csv_path: str, root: str, size: int, modality=None):
         raise DataError(f"{csv_path}: missing column(s) {missing}; found {header}")
     if not rows:
         raise DataError(f"{csv_path}: no rows")
-    cache, patches = {}, []
+    cache, patches, kept = {}, [], []
     for i, r in enumerate(rows):
         try:
             path = _resolve(r["path"], csv_path, root)
@@ -107,26 +117,32 @@ def patches_from_locations(csv_path: str, root: str, size: int, modality=None):
             if frame not in mapped:
                 mapped[frame] = preprocess.to_unit_range(sl.pixels[frame], modality or sl.modality)
             patches.append(preprocess.extract_patch(mapped[frame], r["x"], r["y"], size))
+            kept.append(r)
         except DataError as e:
-            raise DataError(f"{csv_path} row {i + 2} ({r['path']}): {e}") from None
-    columns = {k: np.array([r.get(k, "") for r in rows]) for k in header}
+            if skipped is None:
+                raise DataError(f"{csv_path} row {i + 2} ({r['path']}): {e}") from None
+            skipped.append(Skipped(f"{csv_path} row {i + 2} ({r['path']})", str(e)))
+    if not patches:
+        raise DataError(f"{csv_path}: no usable row (all {len(rows)} skipped)")
+    columns = {k: np.array([r.get(k, "") for r in kept]) for k in header}
     return np.stack(patches).astype(np.float32), columns
 
 
 def _load_input(args, size):
-    """-> (patches (N, size, size), labels (N,) or None, columns dict)."""
+    """-> (patches (N, size, size), labels (N,) or None, columns dict, skipped items)."""
+    strict = not args.lenient
     if args.locations:
-        patches, columns = patches_from_locations(args.locations, args.input, size, args.modality)
-        return patches, None, columns
+        skipped = [] if args.lenient else None
+        patches, columns = patches_from_locations(args.locations, args.input, size, args.modality, skipped)
+        return patches, None, columns, skipped or []
     data = datasets.load_data(args.input, modality=args.modality, attack=args.attack, size=size,
-                              n_per_slice=args.n_per_slice, seed=args.seed)
+                              n_per_slice=args.n_per_slice, seed=args.seed, strict=strict)
     labels = getattr(data, "labels", None)
     if args.tamper and labels is not None:  # load_data has no tamper filter; reload the one set
-        data = datasets.load_testset(args.input, data.modality, data.attack, tamper=args.tamper, size=size)
+        data = datasets.load_testset(args.input, data.modality, data.attack, tamper=args.tamper, size=size,
+                                     strict=strict)
         labels = data.labels
-    for s in data.skipped:
-        print(f"skipped {s.item}: {s.reason}", file=sys.stderr)
-    return data.patches, labels, dict(data.columns)
+    return data.patches, labels, dict(data.columns), list(data.skipped)
 
 
 def write_scores_csv(path: str, scores, labels=None, columns=None) -> None:
@@ -162,9 +178,12 @@ def _variant_options(args, scorer, patches, s, kw, want_maps) -> None:
 def run(args) -> int:
     if args.png_max < 0:
         raise ValueError(f"--png_max must be >= 0, got {args.png_max}")
+    check_outputs(args, files=[args.out, args.maps, args.fit_reference], folders=[args.png],
+                  inputs=[args.input, args.locations, args.reference], workdirs=[args.workdir])
     scorer = Scorer.load(args.workdir)
     cfg = scorer.cfg
-    patches, labels, columns = _load_input(args, cfg.image_size)
+    patches, labels, columns, skipped = _load_input(args, cfg.image_size)
+    report_skipped("score", args.out, skipped)
     given = dict(steps=args.reverse_steps, center=args.center, reduction=args.reduction, sampler=args.sampler,
                  start_t=args.start_t, batch_size=args.batch_size, clip_inputs=args.clip_inputs or None)
     kw = {k: v for k, v in given.items() if v is not None}
@@ -176,6 +195,10 @@ def run(args) -> int:
         _variant_options(args, scorer, patches, s, kw, want_maps)
     with tqdm(total=len(patches), desc="scoring", unit="patch", file=sys.stderr, dynamic_ncols=True) as bar:
         scores, maps = scorer.run(patches, maps=want_maps, progress=bar.update, **kw)
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if len(bad):
+        raise NonFiniteError(f"{len(bad)} of {len(scores)} scores are NaN/inf (first: patch {bad[0]}); nothing "
+                             f"written to {args.out}. The model's weights or these inputs are unusable")
     write_scores_csv(args.out, scores, labels, columns)
     print(f"scored {len(scores)} patches ({args.variant}, d={s.steps}, center={s.center}, {s.reduction}) -> {args.out}")
     ids = np.arange(len(scores))

@@ -159,7 +159,8 @@ def _scan(folder: Path, strict: bool) -> tuple[list[tuple[Path, Any, str | None]
             ds = read_header(p)
         except DataError as e:
             if strict:
-                raise DataError(f"{e} (strict mode; pass strict=False to skip bad files)") from None
+                raise DataError(f"{e} (strict mode; pass strict=False, or --lenient on the command line, "
+                                "to skip bad files)") from None
             skipped.append(Skipped(str(p), str(e).removeprefix(f"{p}: ")))
             continue
         found.append((p, ds, image_problem(ds)))
@@ -273,7 +274,7 @@ def _usable(path: Path, series_uid: str | None, modality: str | None,
                                            f"not {_mod(modality)}"))
         elif problem and strict and "DICOMDIR" not in problem:
             raise DataError(f"{p}: {problem}" + ("" if path.is_file() else
-                            " (strict mode; pass strict=False to skip it, or series_uid=/modality="
+                            " (strict mode; pass strict=False or --lenient to skip it, or series_uid=/modality="
                             " to choose the images)"))
         elif problem:
             skipped.append(Skipped(str(p), problem))

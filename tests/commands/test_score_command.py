@@ -113,7 +113,8 @@ def test_reverse_steps_and_clip_inputs_with_deprecated_aliases(tmp_path, workdir
     expected = scorer.score(x, steps=2, key=jax.random.key(0), center=8)
     for flags in (["--reverse_steps", 2, "--clip_inputs"], ["--steps", 2, "--clip"]):
         out = tmp_path / "s.csv"
-        assert _run("--workdir", workdir, "--input", tmp_path / "p.npy", "--out", out, "--center", 8, *flags) == 0
+        assert _run("--workdir", workdir, "--input", tmp_path / "p.npy", "--out", out, "--center", 8, "--overwrite",
+                    *flags) == 0
         np.testing.assert_allclose([float(r["score"]) for r in _read(out)], expected, rtol=1e-5)
     err = capsys.readouterr().err
     assert "btd-jax score: --steps is deprecated, use --reverse_steps" in err
