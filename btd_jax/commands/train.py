@@ -9,7 +9,8 @@ an ``.npz``, a folder of DICOM files (random patch centres, ``--n_per_slice`` pe
 in the authors' test-set layout (its real rows only). Validation patches come from ``--val_data`` or are held out by patient
 (``--val_fraction``). ``--config`` is a preset name or a JSON config file; ``--set KEY=VALUE``
 changes one field (parsed by its type). A workdir with a run continues from its newest checkpoint;
-``--config`` may then be left out. Multi-host: start one process per host with
+``--config`` may then be left out; ``--lenient`` skips unreadable DICOM files and bad test-set rows
+(listed in ``WORKDIR/skipped.csv``). Multi-host: start one process per host with
 ``--coordinator_address``, ``--num_processes`` and ``--process_id`` (or ``--distributed`` on TPU
 pods / SLURM).
 """
@@ -19,6 +20,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+from btd_jax.commands._safety import report_skipped
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -47,6 +50,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="slice stores: worker processes cutting crops (grain; 0: a background thread)")
     p.add_argument("--stop_at", "--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step")
     p.add_argument("--no_progress", "--no-progress", action="store_true", help="log lines instead of a progress bar")
+    p.add_argument("--lenient", action="store_true",
+                   help="skip unreadable DICOM files and bad test-set rows; list them in WORKDIR/skipped.csv")
     g = p.add_argument_group("multi-host")
     g.add_argument("--coordinator_address", default=None, help="host:port of process 0")
     g.add_argument("--num_processes", type=int, default=None)
@@ -84,12 +89,16 @@ def _num_steps(args):
     return args.steps_alias
 
 
-def _real_patches(path: str, cfg, n_per_slice: int, seed: int):
-    """(patches (N,H,W), patient ids or None) of real images from any --data format."""
+def _real_patches(path: str, cfg, n_per_slice: int, seed: int, skipped=None):
+    """(patches (N,H,W), patient ids or None) of real images from any --data format; with a list
+    ``skipped``, bad files and rows are left out and recorded there."""
     from btd_jax.data import datasets
     from btd_jax.train.feed import check_patches
 
-    ps = datasets.load_data(path, modality=cfg.modality, size=cfg.image_size, n_per_slice=n_per_slice, seed=seed)
+    ps = datasets.load_data(path, modality=cfg.modality, size=cfg.image_size, n_per_slice=n_per_slice, seed=seed,
+                            strict=skipped is None)
+    if skipped is not None:
+        skipped.extend(ps.skipped)
     x, cols = check_patches(ps.patches, cfg, path)[..., 0] if cfg.model.channels == 1 else ps.patches, ps.columns
     if isinstance(ps, datasets.TestSet):
         real = ps.labels == 0
@@ -144,7 +153,7 @@ def _slice_data(args, cfg):
     return tr, va, note
 
 
-def _array_data(args, cfg):
+def _array_data(args, cfg, skipped=None):
     """Patches (memory-mapped for .npy) split into (data, train rows, validation patches, note)."""
     import numpy as np
 
@@ -163,9 +172,10 @@ def _array_data(args, cfg):
                              owner=f"config {cfg.name!r}")
         patients = scanners = None
     else:
-        x, patients, scanners = _real_patches(args.data, cfg, args.n_per_slice, cfg.train.seed)
+        x, patients, scanners = _real_patches(args.data, cfg, args.n_per_slice, cfg.train.seed, skipped)
     if args.val_data:
-        train_rows, (val_x, _, _) = None, _real_patches(args.val_data, cfg, args.n_per_slice, cfg.train.seed + 1)
+        train_rows, (val_x, _, _) = None, _real_patches(args.val_data, cfg, args.n_per_slice, cfg.train.seed + 1,
+                                                        skipped)
     else:
         train_rows, val_rows = _split_rows(len(x), patients, scanners, args.val_fraction, cfg.train.seed)
         val_x = None if val_rows is None else np.asarray(x[np.sort(val_rows)[:2048]])
@@ -216,7 +226,10 @@ def run(args) -> int:
         train_x, val_x, what = sliced
         train_rows = None
     else:
-        train_x, train_rows, val_x, what = _array_data(args, cfg)
+        skipped = [] if args.lenient else None
+        train_x, train_rows, val_x, what = _array_data(args, cfg, skipped)
+        if skipped and jax.process_index() == 0:
+            report_skipped("train", args.workdir, skipped, folder=True)
     if jax.process_index() == 0:
         print(f"btd-jax train: {cfg.name} ({cfg.model.version} dim={cfg.model.dim} {cfg.image_size}px, "
               f"{cfg.model.dtype}) on {what}, "
