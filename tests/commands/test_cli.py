@@ -41,3 +41,12 @@ def test_compare_steps_is_a_deprecated_alias_of_reverse_steps(capsys):
     assert cli.build_parser().parse_args(base + ["--reverse_steps", "4"]).reverse_steps == 4
     assert cli.build_parser().parse_args(base + ["--steps", "3"]).reverse_steps == 3
     assert "--steps is deprecated, use --reverse_steps" in capsys.readouterr().err
+
+
+def test_a_run_imports_only_its_command():
+    code = ("import sys; from btd_jax import cli; p = cli.build_parser(only='convert'); "
+            "print(sorted(m for m in sys.modules if m.startswith('btd_jax.commands.') and not m.endswith('._flags'))); "
+            "print(p.parse_args(['convert', '--torch', 'a.npz', '--workdir', 'w']).command)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["['btd_jax.commands.convert']", "convert"]
