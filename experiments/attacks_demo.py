@@ -29,6 +29,7 @@ from typing import Any, Dict, List
 
 import jax
 import numpy as np
+from scipy import ndimage as ndi
 
 from btd_jax import baselines, evaluate
 from btd_jax.attacks import suite
@@ -90,6 +91,38 @@ def _baseline_rows(work: Path, root: Path, attack: str, demo_wd: Path, steps: in
     cmd = (f"btd-jax compare --dataset {root} --train {work}/data/train.npz --workdir {demo_wd} --attack {attack} "
            f"--preset tiny --baseline_steps {steps} --center 16 --out OUT")
     return [dict(r, command=cmd) for r in res.rows if r["method"] != "BTD"], res.seconds
+
+
+def _highpass(a: np.ndarray) -> np.ndarray:
+    return a - ndi.gaussian_filter(a.astype(np.float64), 1.0)
+
+
+def _describe(root: Path) -> Dict[str, Dict[str, float]]:
+    """What each generative attack did to its pixels (HU, inside its mask): mean change, and the
+    high-pass noise level (x - gaussian(x, 1)) of the fake vs the original and vs real pixels."""
+    sources = {(s.name, s.frame): s for s in demo_data_lib.load_sources("CT", 0.35, 32)}
+    out = {}
+    for attack in ATTACKS:
+        patches, labels, meta = evaluate.load_eval_set(str(root), "CT", attack, size=32)
+        csv_dir = root / "CT" / ("Inject" if attack == "injection" else "Remove")
+        for name, idx in evaluate.dataset_indices(labels, meta, "CT", attack).items():
+            stats: Dict[str, List[float]] = {"mean_change_hu": [], "noise_fake_hu": [], "noise_orig_hu": [],
+                                             "painted_contrast_hu": []}
+            for i in idx[labels[idx] == 1]:
+                src = sources[(str(meta["source"][i]), int(meta["frame"][i]))]
+                y, x = int(meta["src_y"][i]), int(meta["src_x"][i])
+                crop = np.load(str(meta["path"][i]))
+                mask = np.load(csv_dir / str(meta["mask"][i]))
+                cy, cx = int(meta["y"][i]), int(meta["x"][i])
+                fake = crop[cy - 16:cy + 16, cx - 16:cx + 16]
+                m = mask[cy - 16:cy + 16, cx - 16:cx + 16]
+                orig = src.image[y - 16:y + 16, x - 16:x + 16]
+                stats["mean_change_hu"].append(float((fake - orig)[m].mean()))
+                stats["noise_fake_hu"].append(float(_highpass(fake)[m].std()))
+                stats["noise_orig_hu"].append(float(_highpass(orig)[m].std()))
+                stats["painted_contrast_hu"].append(float(meta["contrast"][i]))
+            out[name] = {k: round(float(np.mean(v)), 2) for k, v in stats.items()}
+    return out
 
 
 def _markdown(rows: List[Dict[str, Any]]) -> str:
@@ -154,6 +187,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     detectors = {k: json.loads((v / "done.json").read_text()) for k, v in wds.items()}
     out.write_text(json.dumps({"rows": rows, "attacker": attacker_info, "attack_seconds": attack_seconds,
+                               "what_the_attacks_did": _describe(root),
                                "detectors": detectors, "baseline_seconds": seconds, "args": vars(args),
                                "command": f"python -m experiments.attacks_demo --work {args.work}",
                                "total_seconds": time.perf_counter() - t0}, indent=2, default=str))

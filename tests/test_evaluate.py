@@ -283,18 +283,6 @@ def test_ablation_size_on_scored_csv(tmp_path):
 
 # --- the full command on a tiny model -----------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_workdir(tmp_path_factory):
-    jax = pytest.importorskip("jax")
-    from btd_jax import configs, train
-    from btd_jax.models import unet
-
-    cfg = configs.get("tiny")
-    wd = str(tmp_path_factory.mktemp("wd") / "tiny")
-    train.save_params_checkpoint(wd, unet.init_params(cfg.model, cfg.image_size, jax.random.key(0)), cfg)
-    return wd
-
-
 def test_command_scores_a_testset_with_a_tiny_model(tmp_path, tiny_workdir):
     from btd_jax import score
 

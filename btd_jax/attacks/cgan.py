@@ -2,9 +2,10 @@
 
 As CT-GAN (a pix2pix GAN: U-Net generator, PatchGAN discriminator, L1 + adversarial loss) the
 generator in-paints the centre of a patch from its surroundings; here one generator serves both
-attacks through a condition channel. Its input is (masked patch, mask, condition, noise) with
-condition +1 = inject, -1 = remove; its transposed-convolution decoder is what a real GAN uses
-(and what leaves its upsampling traces).
+attacks through a condition channel. Its input is (masked patch, mask, condition) with condition
++1 = inject, -1 = remove, plus an optional noise channel (``noise_std`` > 0; off by default: as
+pix2pix found, a short training learns to paint the noise rather than to ignore it); its
+transposed-convolution decoder is what a real GAN uses (and what leaves its upsampling traces).
 
 Training targets, from real patches of the attacker's own slices:
 * remove: the real patch itself (healthy tissue behind the hole);
@@ -59,7 +60,12 @@ class GanConfig:
     num_steps: int = 600
     radius: Tuple[float, float] = RADIUS_PX
     contrast_hu: Tuple[float, float] = CONTRAST_HU
+    noise_std: float = 0.0  # > 0: a noise channel of this std (item i draws from fold_in(key, i))
     modality: str = "CT"  # of the patches it was trained on
+
+    @property
+    def in_channels(self) -> int:
+        return 3 + int(self.noise_std > 0)
 
     def __post_init__(self):
         if self.image_size % 8 or self.image_size < 8:
@@ -110,20 +116,21 @@ def hole_mask(cfg: GanConfig) -> np.ndarray:
     return m
 
 
-def _gen_input(x01, mask, cond, z):
-    """(N,S,S,1) patch, (S,S) mask, (N,) condition, (N,S,S,1) noise -> (N,S,S,4) generator input."""
+def _gen_input(x01, mask, cond, z, noise_std: float = 0.0):
+    """(N,S,S,1) patch, (S,S) mask, (N,) condition, (N,S,S,1) noise -> (N,S,S,3 or 4) generator input."""
     x = (x01 * 2.0 - 1.0) * (1.0 - mask[..., None])
     m = jnp.broadcast_to(mask[None, ..., None], x.shape)
     c = jnp.broadcast_to(cond[:, None, None, None], x.shape)
-    return jnp.concatenate([x, m, c, z], axis=-1)
+    return jnp.concatenate([x, m, c] + ([noise_std * z] if noise_std > 0 else []), axis=-1)
 
 
 def init(cfg: GanConfig, key: jax.Array) -> Dict[str, Any]:
     """{'gen': ..., 'disc': ...} parameters."""
     kg, kd = jax.random.split(key)
     s = cfg.image_size
-    return {"gen": Generator(cfg.features).init(kg, jnp.zeros((1, s, s, 4)))["params"],
-            "disc": Discriminator(cfg.disc_features).init(kd, jnp.zeros((1, s, s, 5)))["params"]}
+    c = cfg.in_channels
+    return {"gen": Generator(cfg.features).init(kg, jnp.zeros((1, s, s, c)))["params"],
+            "disc": Discriminator(cfg.disc_features).init(kd, jnp.zeros((1, s, s, c + 1)))["params"]}
 
 
 def make_targets(patches01: np.ndarray, cond: np.ndarray, cfg: GanConfig, rng: np.random.Generator) -> np.ndarray:
@@ -154,7 +161,7 @@ def _make_step(cfg: GanConfig, tx: optax.GradientTransformation):
     gen, disc = Generator(cfg.features), Discriminator(cfg.disc_features)
 
     def step(params, opt_state, x01, target, cond, z):
-        gin = _gen_input(x01, m, cond, z)
+        gin = _gen_input(x01, m, cond, z, cfg.noise_std)
         t = target * 2.0 - 1.0
 
         def g_fn(gp):
@@ -225,7 +232,7 @@ def train(patches01: np.ndarray, cfg: GanConfig, key: jax.Array, progress: Optio
 def _generate_local(gen_params, x01, cond, idx, key, *, cfg: GanConfig):
     z = jax.vmap(lambda k: jax.random.normal(k, x01.shape[1:]))(keys.item_keys(key, idx))
     m = jnp.asarray(hole_mask(cfg))
-    g = Generator(cfg.features).apply({"params": gen_params}, _gen_input(x01, m, cond, z))
+    g = Generator(cfg.features).apply({"params": gen_params}, _gen_input(x01, m, cond, z, cfg.noise_std))
     return jnp.clip((g + 1.0) * 0.5, 0.0, 1.0)
 
 
@@ -241,7 +248,7 @@ def _compiled(mesh, cfg: GanConfig) -> Callable:
 
 def _check_gen_params(gen_params, cfg: GanConfig) -> None:
     want = jax.eval_shape(lambda: Generator(cfg.features).init(
-        jax.random.PRNGKey(0), jnp.zeros((1, cfg.image_size, cfg.image_size, 4)))["params"])
+        jax.random.PRNGKey(0), jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.in_channels)))["params"])
     want = traverse_util.flatten_dict(dict(want), sep="/")
     have = traverse_util.flatten_dict(dict(gen_params), sep="/")
     bad = sorted(set(want) ^ set(have)) or [k for k in sorted(want) if tuple(np.shape(have[k])) != want[k].shape]

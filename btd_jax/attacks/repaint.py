@@ -33,7 +33,7 @@ from btd_jax.configs import Config, ModelConfig
 from btd_jax.data.errors import DataError
 from btd_jax.models.unet import Unet, abstract_params
 
-__all__ = ["SAMPLERS", "RePaintOptions", "time_grid", "respaced_schedule", "jump_schedule", "check_params",
+__all__ = ["SAMPLERS", "RePaintOptions", "REMOVAL", "INJECTION", "time_grid", "respaced_schedule", "jump_schedule", "check_params",
            "check_inputs", "inpaint"]
 
 SAMPLERS = ("ddpm", "ddim")
@@ -61,6 +61,13 @@ class RePaintOptions:
         if self.steps < 1 or self.jump_length < 1 or self.resamplings < 1:
             raise DataError(f"steps, jump_length and resamplings must be >= 1, got {self.steps}, "
                             f"{self.jump_length}, {self.resamplings}")
+
+
+# Defaults measured on the demo's attacker: RePaint from noise needs the stochastic sampler and a few
+# resamplings to harmonise with its context (DDIM with r = 2 left bright, unrelated blobs); SDEdit
+# needs DDIM, whose deterministic path keeps the painted nodule (the DDPM posterior noise erased it).
+REMOVAL = RePaintOptions(sampler="ddpm", steps=30, jump_length=5, resamplings=3)
+INJECTION = RePaintOptions(sampler="ddim", steps=15, jump_length=5, resamplings=2)
 
 
 def time_grid(num_timesteps: int, steps: int, t_start: Optional[int] = None) -> np.ndarray:

@@ -41,10 +41,8 @@ class SuiteConfig:
     n_patches: int = 4096
     n: int = 150
     strength: float = 0.15
-    repaint_options: repaint.RePaintOptions = repaint.RePaintOptions(sampler="ddim", steps=25, jump_length=5,
-                                                                     resamplings=2)
-    sdedit_options: repaint.RePaintOptions = repaint.RePaintOptions(sampler="ddim", steps=15, jump_length=5,
-                                                                    resamplings=2)
+    repaint_options: repaint.RePaintOptions = repaint.REMOVAL
+    sdedit_options: repaint.RePaintOptions = repaint.INJECTION
 
 
 # A pipeline check in seconds (tests, ``btd-jax demo --quick``): 16 px, a few steps.

@@ -19,6 +19,7 @@ the CSV ``ROOT/CT/<Inject|Remove>/CT_<...>.csv`` has columns ``path, x, y, type`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from btd_jax import configs, train
@@ -48,10 +49,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--attacker_patches", type=int, default=2048, help="training patches cut from the attacker data")
     p.add_argument("--config", default="demo", help="DDPM preset (or JSON) of a DDPM attacker trained here")
     p.add_argument("--size", type=int, default=32, help="patch side of a cGAN attacker trained here")
-    p.add_argument("--sampler", default="ddim", choices=("ddpm", "ddim"), help="RePaint/SDEdit sampler")
-    p.add_argument("--steps", type=int, default=None, help="reverse-grid size (default 25 RePaint, 15 SDEdit)")
-    p.add_argument("--jump_length", type=int, default=5, help="RePaint jump length j")
-    p.add_argument("--resamplings", type=int, default=2, help="RePaint resamplings r (1 = none)")
+    p.add_argument("--sampler", default=None, choices=("ddpm", "ddim"),
+                   help="RePaint/SDEdit sampler (default: ddpm for repaint, ddim for sdedit)")
+    p.add_argument("--steps", type=int, default=None, help="reverse-grid size (default 30 repaint, 15 sdedit)")
+    p.add_argument("--jump_length", type=int, default=None, help="RePaint jump length j (default 5)")
+    p.add_argument("--resamplings", type=int, default=None,
+                   help="RePaint resamplings r, 1 = none (default 3 repaint, 2 sdedit)")
     p.add_argument("--strength", type=float, default=0.15, help="SDEdit t* as a fraction of the schedule")
     p.add_argument("--batch_size", type=int, default=64, help="patches per compiled call")
     return p
@@ -92,9 +95,10 @@ def _load(args):
         params, cfg = cgan.load(args.model)
         return pipeline.Attacker("cgan", params, cfg), cfg.modality
     params, cfg = train.load_params(args.model)
-    steps = args.steps or (25 if args.method == "repaint" else 15)
-    opts = repaint.RePaintOptions(sampler=args.sampler, steps=steps, jump_length=args.jump_length,
-                                  resamplings=args.resamplings)
+    base = repaint.REMOVAL if args.method == "repaint" else repaint.INJECTION
+    given = {"sampler": args.sampler, "steps": args.steps, "jump_length": args.jump_length,
+             "resamplings": args.resamplings}
+    opts = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
     return pipeline.Attacker(args.method, params, cfg, options=opts, strength=args.strength), cfg.modality
 
 

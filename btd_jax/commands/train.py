@@ -52,6 +52,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no_progress", "--no-progress", action="store_true", help="log lines instead of a progress bar")
     p.add_argument("--lenient", action="store_true",
                    help="skip unreadable DICOM files and bad test-set rows; list them in WORKDIR/skipped.csv")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log metrics as TensorBoard events in WORKDIR/tensorboard (needs tensorboardX)")
     g = p.add_argument_group("multi-host")
     g.add_argument("--coordinator_address", default=None, help="host:port of process 0")
     g.add_argument("--num_processes", type=int, default=None)
@@ -237,7 +239,7 @@ def run(args) -> int:
               f"{cfg.train.grad_accum}, {cfg.train.num_steps} steps -> {args.workdir}", file=sys.stderr)
     state = train.train_and_evaluate(cfg, args.workdir, train_x, val_x, stop_at=args.stop_at,
                                      progress=not args.no_progress, train_rows=train_rows,
-                                     workers=args.workers)
+                                     workers=args.workers, tensorboard=args.tensorboard)
     if jax.process_index() == 0:
         print(f"trained to step {int(state.step)}; checkpoints in {os.path.join(args.workdir, 'checkpoints')}")
     return 0

@@ -1,24 +1,19 @@
 """Shared fixtures: a tiny (16 px) DDPM, in memory and as a workdir, and small HU slices."""
 
-import jax
 import numpy as np
 import pytest
 
 from btd_jax import configs
-from btd_jax.checkpoints import save_params_checkpoint
-from btd_jax.models.unet import init_params
 
 
 @pytest.fixture(scope="session")
-def tiny():
-    cfg = configs.get("tiny")
-    return init_params(cfg.model, cfg.image_size, jax.random.key(0)), cfg
+def tiny(tiny_params):
+    return tiny_params, configs.get("tiny")
 
 
 @pytest.fixture(scope="session")
-def ddpm_workdir(tmp_path_factory, tiny):
-    params, cfg = tiny
-    return save_params_checkpoint(str(tmp_path_factory.mktemp("ddpm")), params, cfg)
+def ddpm_workdir(tiny_workdir):
+    return tiny_workdir
 
 
 @pytest.fixture(scope="session")

@@ -6,18 +6,15 @@ import jax
 import numpy as np
 import pytest
 
-from btd_jax import checkpoints, cli, configs, score
-from btd_jax.models.unet import init_params
+from btd_jax import cli, configs, score
 
 CFG = configs.get("tiny")
 SIZE = CFG.image_size
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    wd = str(tmp_path_factory.mktemp("model"))
-    checkpoints.save_params_checkpoint(wd, init_params(CFG.model, SIZE, jax.random.key(0)), CFG)
-    return wd
+@pytest.fixture
+def workdir(tiny_workdir):
+    return tiny_workdir
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,16 @@ import pytest
 
 from btd_jax import configs, diffusion, parallel, score
 from btd_jax.data.errors import DataError
-from btd_jax.models.unet import Unet, init_params
+from btd_jax.models.unet import Unet
 from btd_jax.scoring import stream
 
 CFG = configs.get("tiny")
 SIZE = CFG.image_size
 
 
-@pytest.fixture(scope="module")
-def params():
-    return init_params(CFG.model, SIZE, jax.random.key(0))
+@pytest.fixture
+def params(tiny_params):
+    return tiny_params
 
 
 def _images(n, seed=0):

@@ -15,9 +15,9 @@ CFG = configs.get("tiny")
 SIZE = CFG.image_size
 
 
-@pytest.fixture(scope="module")
-def params():
-    return init_params(CFG.model, SIZE, jax.random.key(0))
+@pytest.fixture
+def params(tiny_params):
+    return tiny_params
 
 
 def _images(n, seed=0):

@@ -16,9 +16,9 @@ CFG = configs.get("tiny")
 SIZE = CFG.image_size
 
 
-@pytest.fixture(scope="module")
-def scorer():
-    return score.Scorer.from_params(init_params(CFG.model, SIZE, jax.random.key(0)), CFG)
+@pytest.fixture
+def scorer(tiny_scorer):
+    return tiny_scorer
 
 
 def _images(n, seed=0):

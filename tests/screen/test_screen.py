@@ -2,24 +2,21 @@
 
 import json
 
-import jax
 import numpy as np
 import pytest
 
 from btd_jax import calibration, configs, localize, screen
 from btd_jax.data import volume as volume_io
 from btd_jax.data.errors import DataError
-from btd_jax.models import unet
-from btd_jax.score import Scorer
 
 from _volumes import StubScorer, planted_volume, write_series
 
 CFG = configs.get("tiny")  # 16 px patches
 
 
-@pytest.fixture(scope="module")
-def scorer():
-    return Scorer.from_params(unet.init_params(CFG.model, CFG.image_size, jax.random.key(0)), CFG)
+@pytest.fixture
+def scorer(tiny_scorer):
+    return tiny_scorer
 
 
 def test_cascade_finds_planted_tamper_and_matches_exhaustive_top1():
