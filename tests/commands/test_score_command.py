@@ -12,7 +12,7 @@ CFG = configs.get("tiny")
 SIZE = CFG.image_size
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def workdir(tiny_workdir):
     return tiny_workdir
 
