@@ -1,7 +1,9 @@
 """Input pipeline at scale: prepare slices/s, crops/s per host, memory while training, H200 headroom.
 
-    python -m experiments.bench_input --out experiments/results/bench_input_cpu.json \
-        [--tmp /tmp --gb 4 --parts prepare,crops,flops,memory]
+    python -m experiments.bench_input --parts prepare,crops,flops --slices 300 --crop_steps 30 \
+        --out experiments/results/bench_input_cpu_speed.json
+    python -m experiments.bench_input --parts memory --gb 4 --mem_steps 10 \
+        --out experiments/results/bench_input_cpu_memory.json
 
 Parts (JSON keys):
 
@@ -10,10 +12,12 @@ Parts (JSON keys):
   ``CT_small.dcm``, 128 x 128).
 * ``crops``: training crops/s of one host from a store of 512 x 512 slices, for 0 (background
   thread), 1 and 2 grain worker processes, with the ``ct`` preset's step (2 x 64 crops of 96 px,
-  flips on); worker start-up is reported apart.
+  flips on); worker start-up is reported apart. ``one_core_crops_per_cpu_s`` is the rate per
+  second of CPU time in one process, which a shared machine's wall clock hides.
 * ``flops``: FLOPs of one ``ct`` optimiser step from XLA's ``cost_analysis`` of the compiled step;
-  the crops/s one H200 would consume at an ASSUMED 30% of its dense bf16 peak (989 TFLOP/s), and
-  the loader's headroom = measured crops/s / that rate.
+  the crops/s one H200 would consume at an ASSUMED 30% of its dense bf16 peak (989 TFLOP/s), the
+  loader's headroom on this machine (best measured crops/s / that rate) and the CPU cores a host
+  needs for 3x headroom at the one-core rate.
 * ``memory``: peak anonymous memory (RssAnon sampled every 20 ms, and VmHWM) of a child process
   that trains the ``tiny`` preset for a few steps from a ``--gb`` GB store and from a ``--gb`` GB
   ``.npy`` of patches, next to the same run on a small file: the data path should add nothing
@@ -119,17 +123,24 @@ def bench_crops(store_path: str, steps: int, workers=(0, 1, 2)) -> dict:
         next(it)
         t1 = time.perf_counter()
         next(it)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         for _ in range(steps):
             next(it)
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.process_time()
         it.close()
         out[f"workers_{w}"] = {"startup_s": round(t1 - t0, 2),
-                               "crops_per_s": round(steps * accum * batch / (t3 - t2), 1)}
+                               "crops_per_s": round(steps * accum * batch / (t3 - t2), 1),
+                               "main_process_cpu_s": round(c3 - c2, 2)}
+    # One core's rate, from CPU time rather than wall time (the machine is shared): cutting in
+    # this process without a thread.
+    c0 = time.process_time()
+    for s in range(steps):
+        make(s)
+    out["one_core_crops_per_cpu_s"] = round(steps * accum * batch / (time.process_time() - c0), 1)
     return out
 
 
-def bench_flops(crops_per_s: float | None) -> dict:
+def bench_flops(crops_per_s: float | None, per_core: float | None = None) -> dict:
     import jax
 
     from btd_jax import configs, parallel, train
@@ -154,8 +165,11 @@ def bench_flops(crops_per_s: float | None) -> dict:
            "h200_steps_per_s": round(ASSUMED_MFU * H200_BF16_DENSE_FLOPS / flops, 2),
            "h200_crops_per_s": round(rate, 1)}
     if crops_per_s:
-        out["loader_crops_per_s"] = crops_per_s
-        out["headroom"] = round(crops_per_s / rate, 2)
+        out["loader_crops_per_s_this_machine"] = crops_per_s
+        out["headroom_this_machine"] = round(crops_per_s / rate, 2)
+    if per_core:
+        out["one_core_crops_per_cpu_s"] = per_core
+        out["cores_for_3x_headroom"] = round(3 * rate / per_core, 1)
     return out
 
 
@@ -294,9 +308,10 @@ def main(argv=None) -> int:
         if "crops" in parts:
             res["crops"] = bench_crops(store_path, a.crop_steps)
         if "flops" in parts:
-            best = max((v["crops_per_s"] for k, v in res.get("crops", {}).items()
-                        if k.startswith("workers_")), default=None)
-            res["flops"] = bench_flops(best)
+            crops = res.get("crops", {})
+            best = max((v["crops_per_s"] for k, v in crops.items() if k.startswith("workers_")),
+                       default=None)
+            res["flops"] = bench_flops(best, crops.get("one_core_crops_per_cpu_s"))
         if "memory" in parts:
             res["memory"] = bench_memory(tmp, a.gb, a.mem_steps)
     finally:
