@@ -76,7 +76,7 @@ def test_signal_finishes_the_step_saves_it_and_exits_with_one_line(tmp_path, env
     try:
         _wait_for_step(wd / "metrics.jsonl", 2, proc)
         if sig == signal.SIGTERM:  # meanwhile a second run on the same workdir stops at once
-            second = subprocess.run(CLI + _train(data, wd, "--num_steps", 10), capture_output=True, text=True,
+            second = subprocess.run(CLI + _train(data, wd, "--num_steps", "10"), capture_output=True, text=True,
                                     env=env, timeout=900)
             assert second.returncode == 1, second.stderr[-2000:]
             assert re.search(rf"error: workdir .* is in use by pid {proc.pid} on host", second.stderr)
@@ -103,10 +103,10 @@ def test_divergence_stops_with_one_line_and_keeps_the_good_checkpoints(tmp_path,
     data = _patches(tmp_path / "x.npy", 16)
     wd = tmp_path / "w"
     base = _train(data, wd, "--set", "train.log_every=2", "--set", "train.keep_checkpoints=2")
-    good = subprocess.run(CLI + base + ["--num_steps", 4, "--set", "train.checkpoint_every=2"], capture_output=True,
+    good = subprocess.run(CLI + base + ["--num_steps", "4", "--set", "train.checkpoint_every=2"], capture_output=True,
                           text=True, env=env, timeout=900)
     assert good.returncode == 0, good.stderr[-2000:]
-    bad = subprocess.run(CLI + base + ["--num_steps", 40, "--lr", "1e30", "--set", "train.checkpoint_every=1"],
+    bad = subprocess.run(CLI + base + ["--num_steps", "40", "--lr", "1e30", "--set", "train.checkpoint_every=1"],
                          capture_output=True, text=True, env=env, timeout=900)
     assert bad.returncode == 1, bad.stderr[-2000:]
     last = bad.stderr.strip().splitlines()[-1]
