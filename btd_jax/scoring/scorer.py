@@ -23,6 +23,8 @@ import numpy as np
 from btd_jax import checkpoints
 from btd_jax.calibration import Calibration, score_and_decide
 from btd_jax.configs import Config
+from btd_jax.data.errors import DataError
+from btd_jax.runtime.finite import all_finite, nonfinite_leaves
 from btd_jax.scoring import variants
 from btd_jax.scoring.interfaces import ResidualModel, ScoreResult
 from btd_jax.scoring.stream import ModelStream
@@ -41,6 +43,9 @@ class Scorer(ModelStream):
 
     def __init__(self, params, cfg: Config, mesh=None):
         super().__init__(params, cfg, mesh)
+        if not bool(all_finite(self.params)):  # NaN weights would only ever give NaN scores
+            bad = ", ".join(nonfinite_leaves(self.params)[:3])
+            raise DataError(f"the model's parameters hold NaN/inf values (in {bad}); refusing to score with them")
         self.workdir: Optional[str] = None
 
     @classmethod
