@@ -87,7 +87,7 @@ def _baseline_rows(work: Path, root: Path, attack: str, demo_wd: Path, steps: in
     patches, labels, meta = evaluate.load_eval_set(str(root), "CT", attack, size=32)
     res = comparison.compare(train, patches, labels, meta, modality="CT", attack=attack, scorer=Scorer.load(
         str(demo_wd)), methods=baselines.NAMES, preset="tiny", baseline_steps=steps, center=16, n_boot=n_boot,
-        checkpoint_dir=str(work / "baselines"), reuse=True, progress=common.log)
+        checkpoint_dir=str(work / f"baselines_{attack}"), reuse=True, progress=common.log)
     cmd = (f"btd-jax compare --dataset {root} --train {work}/data/train.npz --workdir {demo_wd} --attack {attack} "
            f"--preset tiny --baseline_steps {steps} --center 16 --out OUT")
     return [dict(r, command=cmd) for r in res.rows if r["method"] != "BTD"], res.seconds

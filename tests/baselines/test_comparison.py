@@ -77,7 +77,7 @@ def test_compare_command_end_to_end(task, tmp_path, capsys):
         assert (out / name).exists(), name
     # --reuse loads the saved baselines: the same scores.
     first = (out / "scores.csv").read_text()
-    args = cli.build_parser().parse_args(argv[1:] + ["--reuse"])
+    args = cli.build_parser().parse_args(argv[1:] + ["--reuse", "--overwrite"])
     assert cli._main(args) == 0
     assert (out / "scores.csv").read_text() == first
     # Bad input: one clear line, exit status 2.
