@@ -329,7 +329,7 @@ def run_demo(out_dir: str | os.PathLike = "btd_demo", config: str = "demo", minu
     info = {
         "command": f"btd-jax demo --out {out} --config {config} --minutes {minutes:g} --seed {seed}"
                    + (f" --modality {cfg.modality}" if cfg.modality != "CT" else "")
-                   + (f" --steps {steps}" if steps else "") + (" --quick" if quick else ""),
+                   + (f" --num_steps {steps}" if steps else "") + (" --quick" if quick else ""),
         "config": cfg.name, "model": f"dim {m.dim}, dim_mults {m.dim_mults}, T={cfg.diffusion.timesteps} "
                                      f"{cfg.diffusion.beta_schedule}, t_sampling {cfg.train.t_sampling}",
         "data": data.summary, "train": train_info, "timings": timings,

@@ -52,7 +52,7 @@ def test_mri_demo_runs_and_reports_its_command(tmp_path):
     assert {r["dataset"] for r in rep["results"]} >= {"GAN-MRI-Inject", "CTGAN-MRI-Remove"}
     assert all(0.0 <= r["auc"] <= 1.0 for r in rep["results"])
     js = json.loads((tmp_path / "report" / "results.json").read_text())
-    assert "--modality MRI" in js["demo"]["command"] and "--steps 2" in js["demo"]["command"]
+    assert "--modality MRI" in js["demo"]["command"] and "--num_steps 2" in js["demo"]["command"]
 
 
 def demo_data_methods(attack):

@@ -18,6 +18,7 @@ import argparse
 from absl import logging
 
 from btd_jax import demo
+from btd_jax.commands._flags import add_deprecated_alias
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -27,7 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--config", default="demo",
                    help="preset (demo: 32 px, default; tiny: 16 px; ct8: 96 px; ...) or JSON config file")
     p.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of the whole demo (default 10)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's, budget permitting)")
+    p.add_argument("--num_steps", "--num-steps", type=int, default=None,
+                   help="optimiser steps of the detector (default: the preset's, budget permitting)")
+    add_deprecated_alias(p, "--steps", "--num_steps", "num_steps", type=int)
     p.add_argument("--modality", choices=("CT", "MRI"), default="CT", help="CT (default) or MRI slices")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny model, few steps and patches: a pipeline check")
@@ -40,13 +43,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     if args.minutes <= 0:
         raise ValueError(f"--minutes must be > 0, got {args.minutes}")
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.num_steps is not None and args.num_steps < 1:
+        raise ValueError(f"--num_steps must be >= 1, got {args.num_steps}")
     if not args.verbose:  # orbax logs every checkpoint at INFO; the progress bar says enough
         logging.set_verbosity(logging.WARNING)
 
     rep = demo.run_demo(args.out, config=args.config, minutes=args.minutes, seed=args.seed, quick=args.quick,
-                        modality=args.modality, steps=args.steps, progress=not args.no_progress)
+                        modality=args.modality, steps=args.num_steps, progress=not args.no_progress)
     print()
     for r in (r for r in rep["results"] if r["reduction"] == rep["reduction"]):
         print(f"  {r['dataset']:22s} {r['reduction']} AUC {r['auc']:.3f} (bootstrap {r['auc_mean']:.3f} "

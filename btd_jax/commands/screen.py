@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-import warnings
 
 import jax
 import numpy as np
 
 from btd_jax import calibration, clinical_io, configs, screen
+from btd_jax.commands._flags import add_deprecated_alias
 from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, check_outputs, report_skipped
 from btd_jax.data import volume as volume_io
 from btd_jax.data.errors import DataError
@@ -47,7 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--top_k", type=int, default=10)
     p.add_argument("--center", type=int, default=None, help="central window k (0: whole window; default: config)")
     p.add_argument("--reverse_steps", type=int, default=None, help="backward diffusion steps d (default: config)")
-    p.add_argument("--steps", type=int, default=None, dest="steps_deprecated", help=argparse.SUPPRESS)
+    add_deprecated_alias(p, "--steps", "--reverse_steps", "reverse_steps", type=int)
     p.add_argument("--reduction", default=None, help="'mean', 'max' or 'percentile:Q' (default: config)")
     p.add_argument("--proposal", choices=screen.PROPOSALS, default="grid", help="first, cheap pass")
     p.add_argument("--stride", type=int, default=16, help="grid of the exact windows (as btd-jax localize)")
@@ -76,10 +75,6 @@ def _scorer(args) -> Scorer:
 
 
 def _screen_kw(args) -> dict:
-    if args.steps_deprecated is not None:
-        warnings.warn("--steps is deprecated for screen; use --reverse_steps", DeprecationWarning)
-        print("btd-jax screen: --steps is deprecated, use --reverse_steps", file=sys.stderr)
-        args.reverse_steps = args.reverse_steps or args.steps_deprecated
     kw = dict(center=args.center, steps=args.reverse_steps, reduction=args.reduction, batch_size=args.batch_size,
               proposal=args.proposal, stride=args.stride, proposal_stride=args.proposal_stride,
               per_slice=args.per_slice, max_candidates=args.max_candidates, refine=args.refine,

@@ -43,6 +43,16 @@ def test_compare_steps_is_a_deprecated_alias_of_reverse_steps(capsys):
     assert "--steps is deprecated, use --reverse_steps" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, dest, new", [
+    (["demo"], "num_steps", "--num_steps"),
+    (["screen", "--workdir", "w", "--input", "v.npy"], "reverse_steps", "--reverse_steps"),
+])
+def test_steps_alias_names_what_it_counts(argv, dest, new, capsys):
+    assert getattr(cli.build_parser().parse_args(argv + [new, "4"]), dest) == 4
+    assert getattr(cli.build_parser().parse_args(argv + ["--steps", "3"]), dest) == 3
+    assert f"--steps is deprecated, use {new}" in capsys.readouterr().err
+
+
 def test_a_run_imports_only_its_command():
     code = ("import sys; from btd_jax import cli; p = cli.build_parser(only='convert'); "
             "print(sorted(m for m in sys.modules if m.startswith('btd_jax.commands.') and not m.endswith('._flags'))); "
