@@ -53,8 +53,11 @@ def _from_store(path: Path, mod: str, max_slices: Optional[int]) -> List[demo_da
     return out
 
 
-def _from_dicom(path: Path, mod: str, max_slices: Optional[int]) -> List[demo_data.SourceImage]:
-    series_list, _ = dicom.load_all_series(path, modality="CT" if mod == "CT" else "MR")
+def _from_dicom(path: Path, mod: str, max_slices: Optional[int],
+                skipped: Optional[list] = None) -> List[demo_data.SourceImage]:
+    series_list, bad = dicom.load_all_series(path, modality="CT" if mod == "CT" else "MR", strict=skipped is None)
+    if skipped is not None:
+        skipped.extend(bad)
     out = []
     for s in series_list:
         px = s.pixels.astype(np.float32)
@@ -66,9 +69,13 @@ def _from_dicom(path: Path, mod: str, max_slices: Optional[int]) -> List[demo_da
     return out[:max_slices] if max_slices else out
 
 
-def load_sources(path: str | os.PathLike, modality: str = "CT",
-                 max_slices: Optional[int] = None) -> List[demo_data.SourceImage]:
-    """Slices to attack from ``path``: a ``.npy`` array, a slice store, or a DICOM file/folder."""
+def load_sources(path: str | os.PathLike, modality: str = "CT", max_slices: Optional[int] = None,
+                 skipped: Optional[list] = None) -> List[demo_data.SourceImage]:
+    """Slices to attack from ``path``: a ``.npy`` array, a slice store, or a DICOM file/folder.
+
+    By default a bad DICOM file stops with a :class:`DataError`; with a list ``skipped``, bad files
+    and series are left out and recorded there (``.item``, ``.reason``).
+    """
     p = Path(path)
     mod = "CT" if preprocess.canonical_modality(modality) == "CT" else "MRI"
     if not p.exists():
@@ -78,7 +85,7 @@ def load_sources(path: str | os.PathLike, modality: str = "CT",
     elif p.is_dir() and store.is_store(p):
         out = _from_store(p, mod, max_slices)
     else:
-        out = _from_dicom(p, mod, max_slices)
+        out = _from_dicom(p, mod, max_slices, skipped)
     if not out:
         raise DataError(f"{p}: no {mod} slice to attack")
     return out[:max_slices] if max_slices else out

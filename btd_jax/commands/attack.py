@@ -13,18 +13,25 @@ detector never sees (``btd_jax.attacks.attacker.ATTACKER_SOURCES``). ``--input``
 (CT) or raw/[0, 1] intensities (MRI). ``--n`` sites are attacked and ``--n`` other sites kept real;
 the CSV ``ROOT/CT/<Inject|Remove>/CT_<...>.csv`` has columns ``path, x, y, type``, an indicator
 ``<Method>-CT-<Inject|Remove>`` and the site's scanner/patient/radius/mask, and is read unchanged by
-``btd-jax evaluate --dataset ROOT``.
+``btd-jax evaluate --dataset ROOT``. Rows this method wrote there before are replaced only with
+``--overwrite``; ``ROOT`` may not be (inside) the input or the model folder. ``--lenient`` skips
+unreadable DICOM files of ``--input``/``--attacker_data`` and lists them in
+``<Method>-<CT|MRI>-<Inject|Remove>.skipped.csv`` next to the CSV.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import sys
 
 from btd_jax import configs, train
 from btd_jax.attacks import attacker, cgan, inputs, pipeline, repaint
+from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, report_skipped
+from btd_jax.data import testset
 from btd_jax.data.errors import DataError
+from btd_jax.runtime.outputs import check_output_dir
 
 _METHODS = ("repaint", "sdedit", "cgan")
 
@@ -57,6 +64,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="RePaint resamplings r, 1 = none (default 3 repaint, 2 sdedit)")
     p.add_argument("--strength", type=float, default=0.15, help="SDEdit t* as a fraction of the schedule")
     p.add_argument("--batch_size", type=int, default=64, help="patches per compiled call")
+    add_overwrite_flag(p)
+    add_lenient_flag(p)
     return p
 
 
@@ -72,9 +81,24 @@ def _check_choice(args) -> None:
         raise DataError(f"--n must be >= 1, got {args.n}")
 
 
-def _train(args, modality: str) -> None:
+def _check_out(args, modality: str) -> None:
+    """Refuses ``--out`` inside an input or the model folder, and (without ``--overwrite``) a CSV that
+    already holds rows of this method, before any work."""
+    # ROOT collects several methods' rows: only this method's own rows need --overwrite (below).
+    check_output_dir(args.out, overwrite=True, inputs=[args.input, args.attacker_data], workdirs=[args.model])
+    path = testset.testset_csv_path(args.out, modality, args.attack)
+    own = pipeline.dataset_name(args.method, modality, args.attack)
+    if path.is_file() and not args.overwrite:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if own in (reader.fieldnames or []) and any(str(r.get(own, "")).strip() in ("1", "1.0") for r in reader):
+                raise DataError(f"{path}: already holds {own} rows; pass --overwrite to replace them "
+                                "(rows of other methods are kept)")
+
+
+def _train(args, modality: str, skipped=None) -> None:
     size = args.size if args.method == "cgan" else configs.load(args.config).image_size
-    sources = (inputs.load_sources(args.attacker_data, modality) if args.attacker_data
+    sources = (inputs.load_sources(args.attacker_data, modality, skipped=skipped) if args.attacker_data
                else attacker.attacker_sources(modality))
     patches = attacker.attacker_patches(sources, size, args.attacker_patches, seed=args.seed + 1)
     print(f"attacker: {len(patches)} training patches of {size} px from "
@@ -105,15 +129,20 @@ def _load(args):
 def run(args) -> int:
     _check_choice(args)
     modality = args.modality or "CT"
+    skipped = [] if args.lenient else None
     if args.train_attacker:
-        _train(args, modality)
+        _check_out(args, modality)  # the trained model has this modality
+        _train(args, modality, skipped)
     atk, model_modality = _load(args)
     modality = args.modality or model_modality
-    sources = inputs.load_sources(args.input, modality, args.max_slices)
+    _check_out(args, modality)
+    sources = inputs.load_sources(args.input, modality, args.max_slices, skipped=skipped)
     items, masks = pipeline.attack_sources(atk, args.attack, sources, args.n, seed=args.seed, modality=modality,
                                            batch_size=args.batch_size)
     name = pipeline.METHODS[args.method]
     csv_path = pipeline.write_layout(args.out, modality, args.attack, items, masks, name)
+    report_skipped("attack", str(csv_path.parent / pipeline.dataset_name(args.method, modality, args.attack)),
+                   skipped or [])
     print(f"wrote {len(items)} rows ({args.n} {name} fakes, {args.n} real) to {csv_path}")
     print(f"evaluate: btd-jax evaluate --workdir DETECTOR --dataset {args.out} --modality {modality} "
           f"--attack {args.attack} --tamper {name} --out RESULTS")

@@ -84,3 +84,49 @@ def test_inputs_read_dicom_and_npy(hu_slices):
     path, hu = hu_slices
     got = inputs.load_sources(path, "CT", max_slices=1)
     assert len(got) == 1 and np.array_equal(got[0].image, hu[0])
+
+
+_SDEDIT = ["attack", "--method", "sdedit", "--attack", "injection", "--n", "1", "--steps", "2", "--resamplings", "1",
+           "--strength", "0.3"]
+
+
+def test_rerun_needs_overwrite_and_never_writes_into_the_model(written, ddpm_workdir, hu_slices, capsys):
+    csv_path = written / "CT" / "Inject" / "CT_Inject.csv"
+    before = csv_path.read_text()
+    rc = _run([*_SDEDIT, "--input", str(hu_slices[0]), "--model", ddpm_workdir, "--out", str(written)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].endswith("already holds SDEdit-CT-Inject rows; pass --overwrite to replace them "
+                                        "(rows of other methods are kept)")
+    assert csv_path.read_text() == before
+    rc = _run([*_SDEDIT, "--input", str(hu_slices[0]), "--model", ddpm_workdir, "--out", ddpm_workdir, "--overwrite"])
+    assert rc == 2 and "refusing to write outputs there: it is the workdir" in capsys.readouterr().err
+
+
+@pytest.fixture
+def dicom_with_junk(tmp_path):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "data"))
+    try:
+        from _dicom_files import write_ct_series
+    finally:
+        sys.path.pop(0)
+    folder = tmp_path / "dicom"
+    write_ct_series(folder, [0, 1])
+    (folder / "junk.dcm").write_bytes(b"not a DICOM file at all")
+    return folder
+
+
+def test_lenient_skips_bad_dicom_files_and_lists_them_next_to_the_csv(dicom_with_junk, ddpm_workdir, tmp_path,
+                                                                      capsys):
+    out = tmp_path / "root"
+    argv = [*_SDEDIT, "--input", str(dicom_with_junk), "--model", ddpm_workdir, "--out", str(out)]
+    rc = _run(argv)
+    assert rc == 2 and "--lenient" in capsys.readouterr().err and not (out / "CT").exists()
+    rc = _run(argv + ["--lenient"])
+    assert rc == 0, capsys.readouterr().err
+    assert "btd-jax attack: skipped 1 item(s)" in capsys.readouterr().err
+    listed = (out / "CT" / "Inject" / "SDEdit-CT-Inject.skipped.csv").read_text().splitlines()
+    assert listed[0] == "item,reason" and len(listed) == 2 and "junk.dcm" in listed[1]
+    assert len((out / "CT" / "Inject" / "CT_Inject.csv").read_text().splitlines()) == 3  # 1 fake + 1 real
