@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from btd_jax.data import sources
+
 
 FORMATS = ("auto", "authors_ct", "images", "dicom", "nifti", "fastmri")  # btd_jax.data.sources.FORMATS
 
@@ -42,8 +44,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from btd_jax.data import sources
-
     s = sources.prepare(args.input, args.out, fmt=args.format, modality=args.modality, size=args.size,
                         dtype=args.dtype, resize=args.resize, shard_rows=args.shard_rows,
                         strict=not args.lenient, progress=not args.no_progress)

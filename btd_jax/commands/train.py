@@ -18,10 +18,19 @@ pods / SLURM).
 from __future__ import annotations
 
 import argparse
+import logging as pylogging
 import os
 import sys
 
+import jax
+import numpy as np
+from absl import logging
+
+from btd_jax import checkpoints, configs, parallel, train
 from btd_jax.commands._safety import report_skipped
+from btd_jax.data import crops, datasets, sources, validate
+from btd_jax.data.errors import DataError
+from btd_jax.train.feed import check_patches
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -63,9 +72,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _config(args):
-    from btd_jax import configs
-    from btd_jax import checkpoints
-
     saved = os.path.isfile(os.path.join(args.workdir, checkpoints.CONFIG_FILE))
     if args.config is not None:
         cfg = configs.load(args.config)
@@ -94,9 +100,6 @@ def _num_steps(args):
 def _real_patches(path: str, cfg, n_per_slice: int, seed: int, skipped=None):
     """(patches (N,H,W), patient ids or None) of real images from any --data format; with a list
     ``skipped``, bad files and rows are left out and recorded there."""
-    from btd_jax.data import datasets
-    from btd_jax.train.feed import check_patches
-
     ps = datasets.load_data(path, modality=cfg.modality, size=cfg.image_size, n_per_slice=n_per_slice, seed=seed,
                             strict=skipped is None)
     if skipped is not None:
@@ -115,10 +118,6 @@ def _real_patches(path: str, cfg, n_per_slice: int, seed: int, skipped=None):
 
 def _split_rows(n: int, patients, scanners, fraction: float, seed: int):
     """(train rows, validation rows or None) of n patches; by patient when there are several."""
-    import numpy as np
-
-    from btd_jax.data import datasets
-
     rows = np.arange(n)
     if fraction <= 0:
         return rows, None
@@ -135,8 +134,6 @@ def _split_rows(n: int, patients, scanners, fraction: float, seed: int):
 
 def _slice_data(args, cfg):
     """--data as a slice store or the authors' CT folder -> (train, validation, note); None otherwise."""
-    from btd_jax.data import crops, sources
-
     src = sources.open_slices(args.data, cfg.image_size)
     if src is None:
         return None
@@ -157,12 +154,7 @@ def _slice_data(args, cfg):
 
 def _array_data(args, cfg, skipped=None):
     """Patches (memory-mapped for .npy) split into (data, train rows, validation patches, note)."""
-    import numpy as np
-
     if args.data.lower().endswith(".npy"):
-        from btd_jax.data import validate
-        from btd_jax.data.errors import DataError
-
         try:
             x = np.load(args.data, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
@@ -190,10 +182,6 @@ _CHATTY = ("orbax", "xla_bridge")
 
 def _quiet_orbax() -> None:
     """Keeps orbax's per-save and JAX's backend-probe INFO lines (absl logging) off the terminal."""
-    import logging as pylogging
-
-    from absl import logging
-
     class _Filter(pylogging.Filter):
         def filter(self, record):
             return record.levelno >= pylogging.WARNING or not any(n in record.pathname for n in _CHATTY)
@@ -209,18 +197,12 @@ _CPU_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=dot"
 def run(args) -> int:
     if "ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):  # read when the backend starts, below
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _CPU_CONV_FLAG).strip()
-    from btd_jax import parallel
-
     _quiet_orbax()
 
     if args.distributed:
         os.environ["BTD_DISTRIBUTED"] = "1"
     # Before any computation: joins the other processes of a multi-host run (no-op otherwise).
     parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
-
-    import jax
-
-    from btd_jax import train
 
     cfg = _config(args)
     sliced = _slice_data(args, cfg)

@@ -20,22 +20,21 @@ from btd_jax.data.datasets import (
     PatchSet, Skipped, TestSet, load_data, load_patches, load_testset, patches_from_dicom,
     split_patients, write_manifest, write_testset,
 )
+from btd_jax.data.dicom import Series, list_series, load_all_series, load_series, read_slice
 
-_LAZY = {"Series": "dicom", "load_series": "dicom", "load_all_series": "dicom",
-         "list_series": "dicom", "read_slice": "dicom", "SliceStore": "store",
-         "prepare": "sources", "open_slices": "sources", "SliceSet": "crops",
+_LAZY = {"SliceStore": "store", "prepare": "sources", "open_slices": "sources", "SliceSet": "crops",
          "split_slices": "crops"}
 
 __all__ = [
     "DataError", "window_ct", "normalize_mri", "to_unit_range", "extract_patch", "extract_patches",
     "random_locations", "resample", "PatchSet", "TestSet", "Skipped", "load_patches",
     "load_testset", "write_testset", "split_patients", "patches_from_dicom", "write_manifest",
-    "load_data", *_LAZY,
+    "load_data", "Series", "load_series", "load_all_series", "list_series", "read_slice", *_LAZY,
 ]
 
 
 def __getattr__(name):
-    # pydicom is imported only when DICOM is actually read.
+    # The slice-store modules pull in etils (cloud paths): imported only when a store is used.
     if name in _LAZY:
         return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

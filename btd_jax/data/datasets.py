@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from btd_jax.data import preprocess
+from btd_jax.data import dicom, preprocess
 from btd_jax.data.errors import DataError
 from btd_jax.data.records import PatchSet, Skipped, TestSet
 from btd_jax.data.testset import ATTACKS, LABELS, load_testset, testset_csv_path, write_testset
@@ -182,8 +182,6 @@ def patches_from_dicom(folder: str | os.PathLike, size: int | None = None, n_per
       :class:`PatchSet`: patches (N, size, size) float32 and columns patient, series, scanner,
       modality, slice, frame, x, y, path.
     """
-    from btd_jax.data import dicom
-
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     series, skipped = dicom.load_all_series(folder, modality=modality, strict=strict)
     patches, rows = [], []

@@ -36,7 +36,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from scipy import ndimage as ndi
 
-from btd_jax.data import datasets, preprocess, tamper
+from btd_jax.data import datasets, dicom, preprocess, tamper
 from btd_jax.data.errors import DataError
 
 __all__ = [
@@ -122,8 +122,6 @@ def split_columns(shape: Tuple[int, int], test_frac: float, min_width: int = 1) 
 def load_sources(modality: str = "CT", test_frac: float = 0.35, min_width: int = 32) -> List[SourceImage]:
     """Every slice/frame of the shipped ``modality`` files with body mask and split regions (each
     region at least ``min_width`` columns wide: the patch size)."""
-    from btd_jax.data import dicom
-
     mod = "CT" if preprocess.canonical_modality(modality) == "CT" else "MRI"
     out = []
     for filename, scanner in SOURCES[mod]:

@@ -27,6 +27,7 @@ from btd_jax.data.dicom_io import (
     nframes, read_header, scanner,
 )
 from btd_jax.data.errors import DataError
+from btd_jax.data.preprocess import canonical_modality
 from btd_jax.data.records import Skipped
 
 __all__ = ["Slice", "Series", "SeriesInfo", "read_slice", "load_series", "load_files",
@@ -269,9 +270,9 @@ def _usable(path: Path, series_uid: str | None, modality: str | None,
     for p, ds, problem in found:
         if series_uid is not None and attr(ds, "SeriesInstanceUID") != series_uid:
             continue
-        if modality is not None and attr(ds, "Modality").upper() != _mod(modality):
+        if modality is not None and attr(ds, "Modality").upper() != canonical_modality(modality):
             skipped.append(Skipped(str(p), f"modality {attr(ds, 'Modality') or '?'}, "
-                                           f"not {_mod(modality)}"))
+                                           f"not {canonical_modality(modality)}"))
         elif problem and strict and "DICOMDIR" not in problem:
             raise DataError(f"{p}: {problem}" + ("" if path.is_file() else
                             " (strict mode; pass strict=False or --lenient to skip it, or series_uid=/modality="
@@ -287,7 +288,7 @@ def _usable(path: Path, series_uid: str | None, modality: str | None,
     if not images:
         first = f"; first skipped: {skipped[0].item}: {skipped[0].reason}" if skipped else ""
         raise DataError(f"{path}: no usable DICOM image"
-                        + (f" of modality {_mod(modality)}" if modality else "") + first)
+                        + (f" of modality {canonical_modality(modality)}" if modality else "") + first)
     return images, skipped
 
 
@@ -377,8 +378,3 @@ def load_all_series(path: str | os.PathLike, modality: str | None = None,
                 raise
             skipped.append(Skipped(f"series {key[1]}", str(e)))
     return out, skipped
-
-
-def _mod(modality: str) -> str:
-    from btd_jax.data.preprocess import canonical_modality
-    return canonical_modality(modality)

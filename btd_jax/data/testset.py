@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from btd_jax.data import preprocess
+from btd_jax.data import dicom, preprocess
 from btd_jax.data.errors import DataError
 from btd_jax.data.records import Skipped, TestSet
 
@@ -87,7 +87,6 @@ def _read_image(path: Path, mod: str) -> np.ndarray:
     """One test-set image in [0, 1]: CT .npy in HU (windowed here) or .dcm; MRI .npy/.png."""
     suffix = path.suffix.lower()
     if suffix == ".dcm" or (mod == "CT" and suffix == ""):
-        from btd_jax.data import dicom
         img = dicom.read_slice(path).pixels[0]
     elif suffix == ".npy":
         img = np.load(path, allow_pickle=False)
