@@ -29,14 +29,12 @@ import numpy as np
 from flax import traverse_util
 
 from btd_jax import diffusion, keys, parallel
-from btd_jax.configs import Config, ModelConfig
+from btd_jax.configs import SAMPLERS, Config, ModelConfig
 from btd_jax.data.errors import DataError
 from btd_jax.models.unet import Unet, abstract_params
 
-__all__ = ["SAMPLERS", "RePaintOptions", "REMOVAL", "INJECTION", "time_grid", "respaced_schedule", "jump_schedule", "check_params",
+__all__ = ["RePaintOptions", "REMOVAL", "INJECTION", "time_grid", "respaced_schedule", "jump_schedule", "check_params",
            "check_inputs", "inpaint"]
-
-SAMPLERS = ("ddpm", "ddim")
 
 
 @dataclasses.dataclass(frozen=True)
