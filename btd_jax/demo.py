@@ -36,9 +36,10 @@ from btd_jax import configs, eval_io, evaluate, metrics, plots
 from btd_jax import train as btd_train
 from btd_jax.attacks import suite
 from btd_jax.data import datasets, demo_data, preprocess
+from btd_jax.data.errors import DataError
 from btd_jax.score import Scorer
 
-__all__ = ["DEMO_CONFIG", "QUICK_CONFIG", "demo_config", "run_demo"]
+__all__ = ["DEMO_CONFIG", "QUICK_CONFIG", "DEMO_DIRS", "check_demo_folder", "demo_config", "run_demo"]
 
 
 # The presets live in btd_jax.configs (so `btd-jax train --config demo` works without this module).
@@ -236,13 +237,47 @@ def _markdown(info: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------- output folder
+
+# What a demo writes under its folder (each replaced by the next run there), and the file that marks
+# a folder as a demo's own.
+DEMO_DIRS = ("data", "workdir", "report", "generative")
+DEMO_MARKER = ".btd_demo"
+
+
+def _is_demo_folder(out: Path) -> bool:
+    if (out / DEMO_MARKER).is_file():
+        return True
+    try:  # a folder written before the marker existed: its report names the demo
+        return "demo" in json.loads((out / "report" / "results.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_demo_folder(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuses (:class:`DataError`) to run the demo in ``out_dir`` when it holds ``data/``, ``workdir/``,
+    ``report/`` or ``generative/`` that an earlier demo did not write (the demo replaces them), unless
+    ``overwrite``; a folder of an earlier demo, an empty or a new one is fine. Returns the path."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a directory")
+    present = [d for d in DEMO_DIRS if (out / d).exists()]
+    if present and not overwrite and not _is_demo_folder(out):
+        raise DataError(f"{out}: holds {', '.join(d + '/' for d in present)} not written by btd-jax demo; the demo "
+                        "replaces these, so give a new --out (or pass --overwrite to replace them)")
+    return out
+
+
 # ----------------------------------------------------------------------------------- entry point
 
 def run_demo(out_dir: str | os.PathLike = "btd_demo", config: str = "demo", minutes: float = 10.0, seed: int = 0,
              quick: bool = False, modality: str = "CT", steps: Optional[int] = None, n_train: Optional[int] = None,
              n_test: Optional[int] = None, n_boot: Optional[int] = None, progress: bool = True,
-             generative: bool = True) -> Dict[str, Any]:
+             generative: bool = True, overwrite: bool = False) -> Dict[str, Any]:
     """Run the whole demo in ``out_dir`` (``data/``, ``workdir/``, ``report/``) and return a report dict.
+
+    A rerun in the same folder replaces the earlier demo's outputs; a folder holding such
+    subfolders that no demo wrote is refused unless ``overwrite`` (:func:`check_demo_folder`).
 
     Args:
       config: preset name (``demo``, ``tiny``, ``ct8``, ...); ``quick=True`` switches to the
@@ -259,7 +294,7 @@ def run_demo(out_dir: str | os.PathLike = "btd_demo", config: str = "demo", minu
       ``train`` (steps, seconds, losses), ``timings`` and ``files``.
     """
     t_start = time.perf_counter()
-    out = Path(out_dir)
+    out = check_demo_folder(out_dir, overwrite)
     configs.load(config)  # an unknown preset or bad file fails before any work, also in quick mode
     name = QUICK_CONFIG.name if quick else config
     cfg = demo_config(name, steps, modality, seed)
@@ -274,6 +309,9 @@ def run_demo(out_dir: str | os.PathLike = "btd_demo", config: str = "demo", minu
     for d in (data_dir, workdir, report_dir, gen_dir):  # a fresh run: no resuming from an older demo
         if d.exists():
             shutil.rmtree(d)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("written by btd-jax demo; a rerun here replaces "
+                                   + ", ".join(d + "/" for d in DEMO_DIRS) + "\n")
     t = time.perf_counter()
     data = demo_data.build(data_dir, cfg.modality, size=size, n_train=n_train, n_test=n_test, seed=seed)
     patches = datasets.load_patches(data.train_path)

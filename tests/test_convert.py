@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 
@@ -198,11 +199,17 @@ def test_cli_convert_writes_a_workdir_that_scorer_loads(tmp_path):
                         "--workdir", str(wd), "--image_size", "32"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "lucidrains v1 Unet dim=8" in r.stdout and "schedule sigmoid x 1000" in r.stdout
+    assert not re.search(r"^I\d{4} |orbax", r.stderr, re.M), r.stderr[-2000:]  # no orbax INFO lines
     scorer = Scorer.load(str(wd))
     assert scorer.cfg.model.dim_mults == (1, 2, 4) and scorer.cfg.diffusion.image_size == 32
     z = np.load(FIXTURE)
     scores = scorer.score(z["x01"].transpose(0, 2, 3, 1), steps=1)
     np.testing.assert_allclose(scores, z["btd_full"], atol=1e-4)
+    np.save(tmp_path / "x.npy", z["x01"].transpose(0, 2, 3, 1)[..., 0])
+    r = subprocess.run([sys.executable, "-m", "btd_jax.cli", "score", "--workdir", str(wd), "--input",
+                        str(tmp_path / "x.npy"), "--out", str(tmp_path / "s.csv")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not re.search(r"^I\d{4} |orbax", r.stderr, re.M), r.stderr[-2000:]  # no orbax INFO lines
     # a second conversion into the same workdir is refused with one line, exit 2
     r = subprocess.run([sys.executable, "-m", "btd_jax.cli", "convert", "--torch", FIXTURE, "--workdir", str(wd)],
                        capture_output=True, text=True)

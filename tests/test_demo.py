@@ -53,6 +53,7 @@ def test_mri_demo_runs_and_reports_its_command(tmp_path):
     assert all(0.0 <= r["auc"] <= 1.0 for r in rep["results"])
     js = json.loads((tmp_path / "report" / "results.json").read_text())
     assert "--modality MRI" in js["demo"]["command"] and "--num_steps 2" in js["demo"]["command"]
+    assert (tmp_path / demo.DEMO_MARKER).is_file() and demo.check_demo_folder(tmp_path) == tmp_path  # rerun: fine
 
 
 def demo_data_methods(attack):

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from btd_jax import configs, parallel, score
+from btd_jax.commands._safety import add_overwrite_flag, check_outputs
 from btd_jax.models.unet import init_params
 from btd_jax.scoring import stream
 from btd_jax.timing import load_average, throughput, time_runs
@@ -43,7 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("bench", help="throughput of BTD scoring (patches/s, GFLOP/s)",
                               description=__doc__.split("\n")[0])
-    return add_arguments(p)
+    add_arguments(p)
+    add_overwrite_flag(p)
+    return p
 
 
 def _ints(text: str) -> List[int]:
@@ -160,5 +163,6 @@ def write_report(report: Dict[str, Any], out: Optional[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs(args, files=[args.out])  # an existing --out needs --overwrite, before the minutes of timing
     write_report(measure(args), args.out)
     return 0

@@ -8,7 +8,9 @@ Builds real training patches and a test set of real and tampered patches (simula
 removal attacks, several styles) from the DICOM slices shipped with pydicom / pydicom-data, trains a
 small BTD model within ``--minutes``, scores every test patch, and writes ``DIR/report/``: report.md
 (AUC/EER with bootstrap intervals per attack style), results.json/.csv, per-sample scores, roc.png
-and heatmaps.png. Needs no network and no GPU.
+and heatmaps.png. Needs no network and no GPU. A rerun with the same ``--out`` replaces the earlier
+demo's outputs; a folder holding ``data/``, ``workdir/``, ``report/`` or ``generative/`` that no demo
+wrote is refused unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--no_progress", "--no-progress", action="store_true",
                    help="plain log lines instead of progress bars (for log files)")
     p.add_argument("--verbose", action="store_true", help="keep the libraries' INFO logs (checkpointing, ...)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace data/, workdir/, report/, generative/ in --out even if no demo wrote them "
+                        "(a rerun in a demo's own folder needs no flag)")
     return p
 
 
@@ -49,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         logging.set_verbosity(logging.WARNING)
 
     rep = demo.run_demo(args.out, config=args.config, minutes=args.minutes, seed=args.seed, quick=args.quick,
-                        modality=args.modality, steps=args.num_steps, progress=not args.no_progress)
+                        modality=args.modality, steps=args.num_steps, progress=not args.no_progress,
+                        overwrite=args.overwrite)
     print()
     for r in (r for r in rep["results"] if r["reduction"] == rep["reduction"]):
         print(f"  {r['dataset']:22s} {r['reduction']} AUC {r['auc']:.3f} (bootstrap {r['auc_mean']:.3f} "

@@ -136,6 +136,8 @@ def _report(args, vol, res: screen.ScreenResult, scorer) -> dict:
 def run(args) -> int:
     if args.top_k < 1:
         raise ValueError("--top_k must be >= 1")
+    if args.out is None and not args.calibrate:
+        raise ValueError("--out is required (except with --calibrate)")
     if args.calibrate:
         check_outputs(args, files=[args.calibration or os.path.join(args.workdir, CALIBRATION_FILE)],
                       inputs=args.input, workdirs=[args.workdir])
@@ -161,8 +163,6 @@ def run(args) -> int:
         print(f"scan-level calibration on {cal.n} real scan(s): threshold {cal.threshold:.6g} "
               f"(empirical FPR {cal.empirical_fpr:.3g}, target {cal.target_fpr}) -> {path}")
         return 0
-    if args.out is None:
-        raise ValueError("--out is required (except with --calibrate)")
     cal = _calibration(args)
     for i, vol in enumerate(vols):
         res = screen.screen_volume(scorer, vol.pixels, vol.geometry, top_k=args.top_k, calibration=cal,

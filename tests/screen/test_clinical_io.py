@@ -75,10 +75,15 @@ def test_screen_command_writes_everything(tmp_path):
     wd = str(tmp_path / "model")
     checkpoints.save_params_checkpoint(wd, quick_params(CFG), CFG)
     write_series(tmp_path / "series", [0.0, 2.0])
-    args = cli.build_parser().parse_args(["screen", "--workdir", wd, "--input", str(tmp_path / "series"),
-                                          "--out", str(tmp_path / "out"), "--top_k", "2", "--center", "8",
-                                          "--stride", "16", "--proposal", "fullconv"])
-    assert cli._main(args) == 0
+    (tmp_path / "series" / "junk.dcm").write_bytes(b"not a DICOM file")
+    argv = ["screen", "--workdir", wd, "--input", str(tmp_path / "series"), "--out", str(tmp_path / "out"),
+            "--top_k", "2", "--center", "8", "--stride", "16", "--proposal", "fullconv"]
+    assert cli._main(cli.build_parser().parse_args(argv)) == 2  # the junk file stops a strict run
+    assert not (tmp_path / "out" / "findings.json").exists()
+    assert cli._main(cli.build_parser().parse_args(argv + ["--lenient"])) == 0
+    skipped = (tmp_path / "out" / "skipped.csv").read_text().splitlines()
+    assert skipped[0] == "item,reason" and len(skipped) == 2 and "junk.dcm" in skipped[1]
+    assert cli._main(cli.build_parser().parse_args(argv + ["--lenient"])) == 2  # a rerun needs --overwrite
     rep = json.loads((tmp_path / "out" / "findings.json").read_text())
     assert len(rep["findings"]) == 2 and rep["decision"]["calibrated"] is False
     f = rep["findings"][0]
