@@ -9,7 +9,9 @@
 ``unix_path, x, y``; slices as ``.npy`` in HU), a folder of MRI images, NIfTI volumes (needs
 ``pip install 'btd_jax[nifti]'``) or fastMRI ``.h5`` files (``reconstruction_rss``; needs
 ``btd_jax[h5]``). ``--out`` may be local or remote (``gs://...``). An interrupted run resumes:
-finished shards are kept. Then: ``btd-jax train --data STORE``.
+finished shards are kept. A local ``--out`` may not be (inside) the input, and an existing folder
+that is not a store needs ``--overwrite``. ``--lenient`` skips bad files; they are listed (with the
+reason) in the store's ``store.json`` and on stderr. Then: ``btd-jax train --data STORE``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from btd_jax.data import sources
+from btd_jax.commands._safety import add_overwrite_flag
+from btd_jax.data import sources, store
+from btd_jax.runtime.outputs import check_output_dir
 
 
 FORMATS = ("auto", "authors_ct", "images", "dicom", "nifti", "fastmri")  # btd_jax.data.sources.FORMATS
@@ -40,10 +44,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--shard_rows", type=int, default=256, help="slices per shard for file-per-slice inputs")
     p.add_argument("--lenient", action="store_true", help="skip bad files and list them instead of stopping")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_overwrite_flag(p)
     return p
 
 
+def _check_out(args) -> None:
+    """A local --out: never (inside) the input; an existing store is resumed; any other non-empty folder
+    needs --overwrite."""
+    if "://" in str(args.out):
+        return
+    check_output_dir(args.out, overwrite=args.overwrite or store.is_store(args.out), inputs=[args.input])
+
+
 def run(args) -> int:
+    _check_out(args)
     s = sources.prepare(args.input, args.out, fmt=args.format, modality=args.modality, size=args.size,
                         dtype=args.dtype, resize=args.resize, shard_rows=args.shard_rows,
                         strict=not args.lenient, progress=not args.no_progress)

@@ -86,3 +86,26 @@ def test_evaluate_lenient_skips_bad_rows_and_lists_them_in_the_output_folder(tes
     assert os.path.isfile(out / "results.json")
     code, err = _cli(argv + ["--lenient"], capsys)  # a rerun into the same folder needs --overwrite
     assert code == 2 and "results.md: already exists; pass --overwrite" in err
+
+
+def test_prepare_never_writes_into_its_input_or_a_foreign_folder(tmp_path, capsys):
+    src = tmp_path / "dicom"
+    src.mkdir()
+    (src / "a.dcm").write_bytes(b"x")
+    code, err = _cli(["prepare", "--input", src, "--out", src / "store", "--no_progress"], capsys)
+    assert code == 2 and "refusing to write outputs there: it is (inside) the input" in err
+    assert sorted(os.listdir(src)) == ["a.dcm"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.jsonl").write_text("a user's file")
+    code, err = _cli(["prepare", "--input", src, "--out", other, "--no_progress"], capsys)
+    assert code == 2 and f"{other}: folder exists and is not empty; pass --overwrite to write into it" in err
+    assert sorted(os.listdir(other)) == ["manifest.jsonl"]
+    from argparse import Namespace
+
+    from btd_jax.commands import prepare as prepare_cmd
+    from btd_jax.data import store
+
+    (other / store.PLAN_FILE).write_text("{}")  # an interrupted store: a rerun resumes it, no flag needed
+    prepare_cmd._check_out(Namespace(input=str(src), out=str(other), overwrite=False))
+    prepare_cmd._check_out(Namespace(input=str(src), out="gs://bucket/store", overwrite=False))
