@@ -240,7 +240,7 @@ def _run_child(data: str, steps: int) -> dict:
 
 def _big_store(path: str, gb: float) -> int:
     """A float16 store of 512 x 512 slices totalling ``gb`` GB, written shard by shard."""
-    from btd_jax.data import store
+    from btd_jax.data import store_writer
 
     side, per = 512, 256
     n = max(1, int(gb * 1e9 / (side * side * 2)))
@@ -249,10 +249,10 @@ def _big_store(path: str, gb: float) -> int:
     units = []
     for lo in range(0, n, per):
         k = min(per, n - lo)
-        units.append(store.Unit(f"u{lo}", k, lambda lo=lo, k=k: store.SliceBatch(
+        units.append(store_writer.Unit(f"u{lo}", k, lambda lo=lo, k=k: store_writer.SliceBatch(
             [np.roll(base, lo + j, axis=1) for j in range(k)],
             [dict(patient=f"P{(lo + j) // 50}", path=f"s{lo + j}") for j in range(k)])))
-    store.write_store(path, units, modality="CT", size=16, progress=False)
+    store_writer.write_store(path, units, modality="CT", size=16, progress=False)
     return n
 
 

@@ -10,7 +10,7 @@
   scales to [0, 1] (8-bit / 255); ``resize='authors'`` does the same, ``resize='none'`` keeps the
   whole image for random crops.
 
-:func:`ct_units` / :func:`image_units` give store units (:mod:`btd_jax.data.store`);
+:func:`ct_units` / :func:`image_units` give store units (:mod:`btd_jax.data.store_writer`);
 :class:`CTFolder` reads the CT layout directly as a crop source, without a store.
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 from btd_jax.data import preprocess
 from btd_jax.data.errors import DataError
 from btd_jax.data.records import Skipped
-from btd_jax.data.store import SliceBatch, Unit
+from btd_jax.data.store_writer import SliceBatch, Unit
 
 __all__ = ["CT_CSV", "IMAGE_SUFFIXES", "CTLayout", "read_ct_layout", "ct_units", "CTFolder",
            "image_files", "read_image", "image_units"]

@@ -26,7 +26,8 @@ import numpy as np
 from btd_jax.data import authors_train, dicom, preprocess, volume
 from btd_jax.data.errors import DataError
 from btd_jax.data.records import Skipped
-from btd_jax.data.store import SliceBatch, SliceStore, Unit, is_store, write_store
+from btd_jax.data.store import SliceStore, is_store
+from btd_jax.data.store_writer import SliceBatch, Unit, write_store
 
 __all__ = ["FORMATS", "detect_format", "dicom_units", "nifti_units", "fastmri_units", "prepare",
            "slice_affine", "open_slices"]

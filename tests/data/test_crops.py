@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
-from btd_jax.data import DataError, crops as C, preprocess as P, sources, store as S
+from btd_jax.data import DataError, crops as C, preprocess as P, sources, store as S, store_writer as W
 from _layouts import write_authors_ct
 
 
@@ -74,8 +74,8 @@ def test_epochs_cover_every_row_once(ct_store):
 def test_tissue_store_crops_stay_inside_with_jitter(tmp_path):
     img = np.zeros((70, 90), np.float32)
     img[10:60, 20:80] = np.linspace(0.2, 0.8, 60)[None, :]
-    batch = S.SliceBatch([img], [dict(patient="p", path="x")])
-    S.write_store(tmp_path / "st", [S.Unit("u", 1, lambda: batch)], modality="MR", size=24,
+    batch = W.SliceBatch([img], [dict(patient="p", path="x")])
+    W.write_store(tmp_path / "st", [W.Unit("u", 1, lambda: batch)], modality="MR", size=24,
                   dtype="float32", progress=False)
     st = S.SliceStore(tmp_path / "st")
     assert st.default_jitter() == 3

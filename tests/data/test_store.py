@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from btd_jax.data import DataError, preprocess as P, sources, store as S
+from btd_jax.data import DataError, preprocess as P, sources, store as S, store_writer as W
 from btd_jax.data.records import Skipped
 from _layouts import write_authors_ct
 
@@ -16,9 +16,9 @@ def _unit(key, imgs, calls=None, fail=False):
             calls.append(key)
         if fail:
             raise RuntimeError("interrupted")
-        return S.SliceBatch([np.asarray(i, np.float32) for i in imgs],
+        return W.SliceBatch([np.asarray(i, np.float32) for i in imgs],
                             [dict(patient=key, path=f"{key}/{k}", slice=k) for k in range(len(imgs))])
-    return S.Unit(key, len(imgs), load)
+    return W.Unit(key, len(imgs), load)
 
 
 def _imgs(n, h, w, seed):
@@ -28,7 +28,7 @@ def _imgs(n, h, w, seed):
 def test_round_trip_values_manifest_and_shards(tmp_path):
     a, b = _imgs(3, 40, 48, 0), _imgs(2, 36, 36, 1)
     mixed = [b[0], a[0], b[1]]  # two shapes in one unit: two shards
-    summary = S.write_store(tmp_path / "st", [_unit("A", a), _unit("B", mixed)], modality="CT",
+    summary = W.write_store(tmp_path / "st", [_unit("A", a), _unit("B", mixed)], modality="CT",
                             size=16, dtype="float32", progress=False)
     assert summary["n_slices"] == 6 and summary["candidates"] == "tissue"
     assert [(s["rows"], s["height"], s["width"]) for s in summary["shards"]] == [
@@ -56,7 +56,7 @@ def test_round_trip_values_manifest_and_shards(tmp_path):
 
 def test_float16_store_is_within_half_precision(tmp_path):
     a = _imgs(2, 20, 20, 3)
-    S.write_store(tmp_path / "st", [_unit("A", a)], modality="MR", size=8, progress=False)
+    W.write_store(tmp_path / "st", [_unit("A", a)], modality="MR", size=8, progress=False)
     st = S.SliceStore(tmp_path / "st")
     assert st.dtype == "float16"
     np.testing.assert_allclose(st.slice(1), a[1], atol=2.5e-4, rtol=0)
@@ -68,16 +68,16 @@ def test_interrupted_prepare_resumes_and_equals_one_run(tmp_path):
     broken = [_unit("A", _imgs(2, 24, 24, 0), calls), _unit("B", _imgs(2, 24, 24, 1), calls),
               _unit("C", _imgs(2, 24, 24, 2), calls, fail=True)]
     with pytest.raises(RuntimeError, match="interrupted"):
-        S.write_store(tmp_path / "st", broken, modality="CT", size=8, progress=False)
+        W.write_store(tmp_path / "st", broken, modality="CT", size=8, progress=False)
     assert calls == ["A", "B", "C"]
     with pytest.raises(DataError, match="unfinished prepare"):
         S.SliceStore(tmp_path / "st")
     calls.clear()
     again = [_unit("A", _imgs(2, 24, 24, 0), calls), _unit("B", _imgs(2, 24, 24, 1), calls),
              _unit("C", _imgs(2, 24, 24, 2), calls)]
-    S.write_store(tmp_path / "st", again, modality="CT", size=8, progress=False)
+    W.write_store(tmp_path / "st", again, modality="CT", size=8, progress=False)
     assert calls == ["C"]  # A and B were finished: not read again
-    S.write_store(tmp_path / "one", units_ok, modality="CT", size=8, progress=False)
+    W.write_store(tmp_path / "one", units_ok, modality="CT", size=8, progress=False)
     st, one = S.SliceStore(tmp_path / "st"), S.SliceStore(tmp_path / "one")
     assert list(st.records()) == list(one.records())
     for r in range(len(one)):
@@ -85,7 +85,7 @@ def test_interrupted_prepare_resumes_and_equals_one_run(tmp_path):
         np.testing.assert_array_equal(st.centres(r), one.centres(r))
     # a rerun into the same folder with other input is refused
     with pytest.raises(DataError, match="other input or options"):
-        S.write_store(tmp_path / "st", units_ok[:2], modality="CT", size=8, progress=False)
+        W.write_store(tmp_path / "st", units_ok[:2], modality="CT", size=8, progress=False)
 
 
 def test_prepare_from_authors_layout_resumes_after_a_killed_shard(tmp_path):
@@ -103,15 +103,15 @@ def test_prepare_from_authors_layout_resumes_after_a_killed_shard(tmp_path):
 
 
 def test_strict_bad_unit_raises_lenient_lists_it(tmp_path):
-    bad = S.Unit("bad", 1, lambda: (_ for _ in ()).throw(DataError("scan.dcm: truncated")))
+    bad = W.Unit("bad", 1, lambda: (_ for _ in ()).throw(DataError("scan.dcm: truncated")))
     nan = _imgs(1, 12, 12, 0)
     nan[0][3, 3] = np.nan
     with pytest.raises(DataError, match="truncated"):
-        S.write_store(tmp_path / "a", [_unit("A", _imgs(1, 12, 12, 1)), bad], modality="CT",
+        W.write_store(tmp_path / "a", [_unit("A", _imgs(1, 12, 12, 1)), bad], modality="CT",
                       size=8, progress=False)
     with pytest.raises(DataError, match="N/0.*NaN"):
-        S.write_store(tmp_path / "b", [_unit("N", nan)], modality="CT", size=8, progress=False)
-    s = S.write_store(tmp_path / "c", [_unit("A", _imgs(1, 12, 12, 1)), bad, _unit("N", nan)],
+        W.write_store(tmp_path / "b", [_unit("N", nan)], modality="CT", size=8, progress=False)
+    s = W.write_store(tmp_path / "c", [_unit("A", _imgs(1, 12, 12, 1)), bad, _unit("N", nan)],
                       modality="CT", size=8, strict=False, progress=False,
                       skipped=[Skipped("series 1.2", "not an image: SR")])
     assert s["n_slices"] == 1
@@ -121,7 +121,7 @@ def test_strict_bad_unit_raises_lenient_lists_it(tmp_path):
 
 
 def test_corrupt_or_missing_shard_is_one_error_naming_the_file(tmp_path):
-    S.write_store(tmp_path / "st", [_unit("A", _imgs(3, 30, 30, 0))], modality="CT", size=8,
+    W.write_store(tmp_path / "st", [_unit("A", _imgs(3, 30, 30, 0))], modality="CT", size=8,
                   progress=False)
     shard = tmp_path / "st" / "shards" / "000000-00.npy"
     data = shard.read_bytes()
@@ -149,7 +149,7 @@ def test_corrupt_or_missing_shard_is_one_error_naming_the_file(tmp_path):
 def test_store_pickles_by_path(tmp_path):
     import pickle
 
-    S.write_store(tmp_path / "st", [_unit("A", _imgs(2, 16, 16, 0))], modality="CT", size=8,
+    W.write_store(tmp_path / "st", [_unit("A", _imgs(2, 16, 16, 0))], modality="CT", size=8,
                   progress=False)
     st = S.SliceStore(tmp_path / "st")
     st.slice(0)
