@@ -9,8 +9,8 @@ an ``.npz``, a folder of DICOM files (random patch centres, ``--n_per_slice`` pe
 in the authors' test-set layout (its real rows only). Validation patches come from ``--val_data`` or are held out by patient
 (``--val_fraction``). ``--config`` is a preset name or a JSON config file; ``--set KEY=VALUE``
 changes one field (parsed by its type). A workdir with a run continues from its newest checkpoint;
-``--config`` may then be left out; ``--lenient`` skips unreadable DICOM files and bad test-set rows
-(listed in ``WORKDIR/skipped.csv``). Multi-host: start one process per host with
+``--config`` may then be left out; ``--lenient`` skips unreadable DICOM files, bad test-set rows and
+unreadable slices of the authors' CT folder (listed in ``WORKDIR/skipped.csv``). Multi-host: start one process per host with
 ``--coordinator_address``, ``--num_processes`` and ``--process_id`` (or ``--distributed`` on TPU
 pods / SLURM).
 """
@@ -28,8 +28,9 @@ from absl import logging
 
 from btd_jax import checkpoints, configs, parallel, train
 from btd_jax.commands._safety import report_skipped
-from btd_jax.data import crops, datasets, sources, validate
+from btd_jax.data import authors_train, crops, datasets, sources, validate
 from btd_jax.data.errors import DataError
+from btd_jax.data.records import Skipped
 from btd_jax.train.feed import check_patches
 
 
@@ -60,7 +61,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--stop_at", "--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step")
     p.add_argument("--no_progress", "--no-progress", action="store_true", help="log lines instead of a progress bar")
     p.add_argument("--lenient", action="store_true",
-                   help="skip unreadable DICOM files and bad test-set rows; list them in WORKDIR/skipped.csv")
+                   help="skip unreadable DICOM files, bad test-set rows and unreadable slices of the authors' CT "
+                        "folder; list them in WORKDIR/skipped.csv")
     p.add_argument("--tensorboard", action="store_true",
                    help="also log metrics as TensorBoard events in WORKDIR/tensorboard (needs tensorboardX)")
     g = p.add_argument_group("multi-host")
@@ -132,8 +134,35 @@ def _split_rows(n: int, patients, scanners, fraction: float, seed: int):
     return rows[part == 0], rows[part == 1]
 
 
-def _slice_data(args, cfg):
-    """--data as a slice store or the authors' CT folder -> (train, validation, note); None otherwise."""
+def _readable_rows(sset, size: int, skipped, seen):
+    """``sset`` of the authors' CT folder without the rows whose slice cannot be read (headers only)
+    or is smaller than the ``size`` px crop, each recorded once in ``skipped``."""
+    if sset is None or not hasattr(sset.src, "layout"):  # a slice store: checked when it was written
+        return sset
+    bad = []
+    for row in np.unique(sset.rows).tolist():
+        if row not in seen:
+            try:
+                h, w = sset.src.shape(row)
+                why = None if min(h, w) >= size else f"a {h}x{w} slice, smaller than the {size} px crop"
+            except DataError as e:
+                why = str(e)
+            seen[row] = None
+            if why is not None:
+                where = os.path.join(sset.src.path, authors_train.CT_CSV)
+                seen[row] = Skipped(f"{where} row {sset.src.layout.records[row].get('csv_row', row)}", why)
+                skipped.append(seen[row])
+        if seen[row] is not None:
+            bad.append(row)
+    rows = sset.rows[~np.isin(sset.rows, bad)]
+    if len(rows) == 0:
+        raise DataError(f"{sset.src.path}: no readable slice left (--lenient skipped {len(bad)})")
+    return crops.SliceSet(sset.src, rows)
+
+
+def _slice_data(args, cfg, skipped=None):
+    """--data as a slice store or the authors' CT folder -> (train, validation, note); None otherwise.
+    With a list ``skipped``, unreadable slices of the authors' folder are left out and recorded there."""
     src = sources.open_slices(args.data, cfg.image_size)
     if src is None:
         return None
@@ -146,6 +175,10 @@ def _slice_data(args, cfg):
         va, _ = crops.split_slices(vsrc, 0.0)
     else:
         tr, va = crops.split_slices(src, args.val_fraction, cfg.train.seed)
+    if skipped is not None:
+        seen = {}
+        tr = _readable_rows(tr, cfg.image_size, skipped, seen)
+        va = _readable_rows(va, cfg.image_size, skipped, seen if not args.val_data else {})
     n_pat = len(set(src.column("patient", "").tolist()))
     note = (f"fresh crops from {len(src)} slices of {n_pat} patients ({len(tr)} training rows, "
             f"{0 if va is None else len(va)} validation slices)")
@@ -205,15 +238,15 @@ def run(args) -> int:
     parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
 
     cfg = _config(args)
-    sliced = _slice_data(args, cfg)
+    skipped = [] if args.lenient else None
+    sliced = _slice_data(args, cfg, skipped)
     if sliced is not None:
         train_x, val_x, what = sliced
         train_rows = None
     else:
-        skipped = [] if args.lenient else None
         train_x, train_rows, val_x, what = _array_data(args, cfg, skipped)
-        if skipped and jax.process_index() == 0:
-            report_skipped("train", args.workdir, skipped, folder=True)
+    if skipped and jax.process_index() == 0:
+        report_skipped("train", args.workdir, skipped, folder=True)
     if jax.process_index() == 0:
         print(f"btd-jax train: {cfg.name} ({cfg.model.version} dim={cfg.model.dim} {cfg.image_size}px, "
               f"{cfg.model.dtype}) on {what}, "

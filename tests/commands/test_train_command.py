@@ -82,3 +82,26 @@ def test_cli_config_from_a_json_file(tmp_path, capsys):
     rc, out = _cli(["--config", str(tmp_path / "bad.json"), "--data", str(tmp_path / "p.npy"),
                     "--workdir", str(tmp_path / "w2")], capsys)
     assert rc == 2 and "bad.json: not a valid btd-jax config" in out.err and "dimm" in out.err
+
+
+def test_cli_lenient_skips_unreadable_slices_of_the_authors_folder(tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "data"))
+    try:
+        from _layouts import write_authors_ct
+    finally:
+        sys.path.pop(0)
+    root = tmp_path / "ct"
+    write_authors_ct(root, patients=2, slices=2, h=40, w=40)
+    (root / "P1" / "s1.npy").write_bytes(b"not an npy file")
+    np.save(root / "P0" / "s0.npy", np.zeros((8, 8), np.int16))  # smaller than the 16 px crop
+    wd = tmp_path / "w"
+    rc, out = _cli(["--config", "tiny", "--data", str(root), "--workdir", str(wd), "--num_steps", "1", "--no_progress",
+                    "--val_fraction", "0", "--lenient"], capsys)
+    assert rc == 0, out.err
+    rows = (wd / "skipped.csv").read_text().splitlines()
+    assert rows[0] == "item,reason" and len(rows) == 3
+    assert all(r.startswith(f"{root / 'train_csv.csv'} row ") for r in rows[1:])
+    assert "a 8x8 slice, smaller than the 16 px crop" in rows[1] and "s1.npy: cannot read the slice" in rows[2]
+    assert "(2 training rows" in out.err and "trained to step 1" in out.out
