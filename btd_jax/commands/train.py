@@ -10,9 +10,9 @@ in the authors' test-set layout (its real rows only). Validation patches come fr
 (``--val_fraction``). ``--config`` is a preset name or a JSON config file; ``--set KEY=VALUE``
 changes one field (parsed by its type). A workdir with a run continues from its newest checkpoint;
 ``--config`` may then be left out; ``--lenient`` skips unreadable DICOM files, bad test-set rows and
-unreadable slices of the authors' CT folder (listed in ``WORKDIR/skipped.csv``). Multi-host: start one process per host with
-``--coordinator_address``, ``--num_processes`` and ``--process_id`` (or ``--distributed`` on TPU
-pods / SLURM).
+unreadable slices of the authors' CT folder (listed in ``WORKDIR/skipped.csv``). Multi-host: start one
+process per host with ``--coordinator_address``, ``--num_processes`` and ``--process_id`` (or
+``--distributed`` on TPU pods / SLURM).
 """
 
 from __future__ import annotations
