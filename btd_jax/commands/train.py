@@ -136,7 +136,7 @@ def _split_rows(n: int, patients, scanners, fraction: float, seed: int):
 
 def _readable_rows(sset, size: int, skipped, seen):
     """``sset`` of the authors' CT folder without the rows whose slice cannot be read (headers only)
-    or is smaller than the ``size`` px crop, each recorded once in ``skipped``."""
+    or is smaller than the ``size`` px crop, each recorded once in ``skipped``; none left is an error."""
     if sset is None or not hasattr(sset.src, "layout"):  # a slice store: checked when it was written
         return sset
     bad = []
@@ -156,13 +156,14 @@ def _readable_rows(sset, size: int, skipped, seen):
             bad.append(row)
     rows = sset.rows[~np.isin(sset.rows, bad)]
     if len(rows) == 0:
-        raise DataError(f"{sset.src.path}: no readable slice left (--lenient skipped {len(bad)})")
+        raise DataError(f"{sset.src.path}: no readable slice left ({len(bad)} unreadable or too small)")
     return crops.SliceSet(sset.src, rows)
 
 
 def _slice_data(args, cfg, skipped=None):
     """--data as a slice store or the authors' CT folder -> (train, validation, note); None otherwise.
-    With a list ``skipped``, unreadable slices of the authors' folder are left out and recorded there."""
+    Unreadable slices of the authors' folder are an error naming the first, or with a list ``skipped``
+    are left out and recorded there."""
     src = sources.open_slices(args.data, cfg.image_size)
     if src is None:
         return None
@@ -175,10 +176,15 @@ def _slice_data(args, cfg, skipped=None):
         va, _ = crops.split_slices(vsrc, 0.0)
     else:
         tr, va = crops.split_slices(src, args.val_fraction, cfg.train.seed)
+    # Headers are checked up front in both modes: a bad slice must not stop a long run when first drawn.
+    found, seen = [], {}
+    tr = _readable_rows(tr, cfg.image_size, found, seen)
+    va = _readable_rows(va, cfg.image_size, found, seen if not args.val_data else {})
+    if found and skipped is None:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise DataError(f"{found[0].item}: {found[0].reason}{more}; --lenient skips such slices")
     if skipped is not None:
-        seen = {}
-        tr = _readable_rows(tr, cfg.image_size, skipped, seen)
-        va = _readable_rows(va, cfg.image_size, skipped, seen if not args.val_data else {})
+        skipped.extend(found)
     n_pat = len(set(src.column("patient", "").tolist()))
     note = (f"fresh crops from {len(src)} slices of {n_pat} patients ({len(tr)} training rows, "
             f"{0 if va is None else len(va)} validation slices)")

@@ -97,8 +97,13 @@ def test_cli_lenient_skips_unreadable_slices_of_the_authors_folder(tmp_path, cap
     (root / "P1" / "s1.npy").write_bytes(b"not an npy file")
     np.save(root / "P0" / "s0.npy", np.zeros((8, 8), np.int16))  # smaller than the 16 px crop
     wd = tmp_path / "w"
-    rc, out = _cli(["--config", "tiny", "--data", str(root), "--workdir", str(wd), "--num_steps", "1", "--no_progress",
-                    "--val_fraction", "0", "--lenient"], capsys)
+    base = ["--config", "tiny", "--data", str(root), "--workdir", str(wd), "--num_steps", "1", "--no_progress",
+            "--val_fraction", "0"]
+    # Without --lenient: refused before training starts, naming the first bad row.
+    rc, out = _cli(base, capsys)
+    assert rc == 2 and f"{root / 'train_csv.csv'} row " in out.err and "(and 1 more); --lenient skips" in out.err
+    assert not (wd / "checkpoints").exists()
+    rc, out = _cli(base + ["--lenient"], capsys)
     assert rc == 0, out.err
     rows = (wd / "skipped.csv").read_text().splitlines()
     assert rows[0] == "item,reason" and len(rows) == 3
