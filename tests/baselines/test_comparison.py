@@ -81,7 +81,7 @@ def test_compare_command_end_to_end(task, tmp_path, capsys):
     assert cli._main(args) == 0
     assert (out / "scores.csv").read_text() == first
     # Bad input: one clear line, exit status 2.
-    args = cli.build_parser().parse_args(argv[1:4] + ["--train", str(tmp_path / "nope.npy"), "--out", str(out),
+    args = cli.build_parser().parse_args(argv[1:4] + ["--train", str(tmp_path / "nope.npy"), "--out", str(out) + "2",
                                                       "--attack", "removal", "--methods", "ae"])
     assert cli._main(args) == 2
     assert "nope.npy" in capsys.readouterr().err

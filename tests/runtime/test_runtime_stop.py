@@ -48,6 +48,15 @@ def test_signal_finishes_the_step_and_exits_with_one_line(sig):
 
 
 def test_handlers_restored_and_second_sigint_is_immediate():
+    # A background job starts with SIGINT ignored; the test needs Python's usual handler to hand back to.
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _second_sigint_is_immediate()
+    finally:
+        signal.signal(signal.SIGINT, outer)
+
+
+def _second_sigint_is_immediate():
     before = signal.getsignal(signal.SIGTERM)
     with GracefulStop() as stop:
         assert signal.getsignal(signal.SIGTERM) == stop._handle
