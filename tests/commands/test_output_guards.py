@@ -1,4 +1,4 @@
-"""Output guards and lenient input of the commands not covered elsewhere: bench, demo, evaluate."""
+"""Output guards and lenient input of the commands not covered elsewhere: bench, demo, evaluate, localize, export, compare."""
 
 import json
 import os
@@ -109,3 +109,28 @@ def test_prepare_never_writes_into_its_input_or_a_foreign_folder(tmp_path, capsy
     (other / store.PLAN_FILE).write_text("{}")  # an interrupted store: a rerun resumes it, no flag needed
     prepare_cmd._check_out(Namespace(input=str(src), out=str(other), overwrite=False))
     prepare_cmd._check_out(Namespace(input=str(src), out="gs://bucket/store", overwrite=False))
+
+
+@pytest.mark.parametrize("command, flags, existing", [
+    ("localize", ["--input", "slice.npy"], "localize.json"),
+    ("export", [], "scorer.jaxexport"),
+    ("compare", ["--dataset", "set.npz", "--train", "train.npy", "--attack", "injection", "--methods", "ae"],
+     "results.md"),
+])
+def test_rerun_into_an_existing_output_needs_overwrite(command, flags, existing, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / existing).write_text("keep me")
+    wd = tmp_path / "wd"  # refused before the model is loaded: the workdir need not hold one
+    code, err = _cli([command, "--workdir", wd, *[tmp_path / f if "." in f else f for f in flags], "--out", out], capsys)
+    assert code == 2 and err.strip() == (f"btd-jax {command}: error: {out / existing}: already exists; "
+                                         "pass --overwrite to replace it")
+    assert (out / existing).read_text() == "keep me"
+
+
+def test_an_output_never_replaces_the_input(tmp_path, capsys):
+    x = tmp_path / "slice.npy"
+    np.save(x, np.zeros((64, 64), np.float32))
+    code, err = _cli(["compare", "--workdir", tmp_path / "wd", "--dataset", tmp_path / "results.md", "--train", x,
+                      "--attack", "injection", "--methods", "ae", "--out", tmp_path, "--overwrite"], capsys)
+    assert code == 2 and "refusing to write the output there: it is the input" in err
