@@ -1,4 +1,5 @@
-"""Output guards and lenient input of the commands not covered elsewhere: bench, demo, evaluate, localize, export, compare."""
+"""Output guards and lenient input of the commands not covered elsewhere: bench, demo, evaluate,
+localize, export, compare."""
 
 import json
 import os
