@@ -10,8 +10,8 @@ cascade that scores only where it matters:
    the whole slice at t = 0 (the d = 1 residual of the slice; GroupNorm and attention then see the
    whole slice, so it is a proxy). Every window of the exact grid (``stride``, the grid exhaustive
    localisation uses) gets an approximate score: the map pooled over its central ``k x k``.
-2. **candidates**: the best ``per_slice`` windows of each slice (non-max suppressed), then the
-   best ``max_candidates`` of the volume.
+2. **candidates**: the best ``per_slice`` windows of each slice (non-max suppressed); optionally
+   only the best ``max_candidates`` of the volume.
 3. **exact BTD score** (the paper's patch score) of each candidate and its grid neighbours within
    ``refine`` steps, batched over the whole volume on every device.
 4. **findings**: exact-scored windows, non-max suppressed per slice, best first, with millimetre
@@ -55,6 +55,9 @@ class Cascade:
     """How much work screening does. ``stride``: the exact grid; ``proposal_stride`` (grid only):
     None = the patch size (tiles: fastest); P // 2 makes the proposal map faithful to windows centred
     on each pixel (closer agreement with exhaustive search, ~4x the proposal work).
+    ``per_slice`` candidates per slice go to the exact stage with their neighbours within ``refine``
+    grid steps; ``max_candidates`` caps them per volume (None: no cap, so the cost is linear in the
+    number of slices and a slice's result does not depend on the others).
     ``tissue_min``: skip windows with less than this fraction of pixels above ``tissue_level``
     (default: -500 HU after CT windowing) in both passes (0 = off)."""
 
@@ -62,7 +65,7 @@ class Cascade:
     proposal_stride: Optional[int] = None
     stride: int = 16
     per_slice: int = 2
-    max_candidates: int = 64
+    max_candidates: Optional[int] = None
     refine: int = 1
     tissue_min: float = 0.0
     tissue_level: float = 200.0 / 2700.0
@@ -70,8 +73,9 @@ class Cascade:
     def __post_init__(self):
         if self.proposal not in PROPOSALS:
             raise ValueError(f"proposal must be one of {PROPOSALS}, got {self.proposal!r}")
-        if self.stride < 1 or self.per_slice < 1 or self.max_candidates < 1 or self.refine < 0:
-            raise ValueError("stride, per_slice and max_candidates must be >= 1 and refine >= 0")
+        capped = self.max_candidates is not None
+        if self.stride < 1 or self.per_slice < 1 or (capped and self.max_candidates < 1) or self.refine < 0:
+            raise ValueError("stride, per_slice and max_candidates (or None) must be >= 1 and refine >= 0")
         if self.proposal_stride is not None and self.proposal_stride < 1:
             raise ValueError(f"proposal_stride must be >= 1, got {self.proposal_stride}")
         if not 0.0 <= self.tissue_min <= 1.0:
@@ -195,7 +199,7 @@ def _candidates(suspicion, vol, cas: Cascade, p, center, reduction, radius):
             if np.isfinite(approx[n]):
                 found.append((s, int(ii[n]), int(jj[n]), float(approx[n])))
     found.sort(key=lambda t: -t[3])
-    return found[:cas.max_candidates], slice_best, (rs, cs)
+    return found[:cas.max_candidates] if cas.max_candidates else found, slice_best, (rs, cs)
 
 
 def _neighbourhood(cands, grid, refine: int) -> List[Tuple[int, int, int]]:

@@ -35,6 +35,22 @@ def test_cascade_finds_planted_tamper_and_matches_exhaustive_top1():
     assert [f["rank"] for f in res.findings] == [1, 2, 3]
 
 
+def test_exact_budget_is_per_slice_unless_capped():
+    """Without a cap each slice sends ``per_slice`` candidates (and their grid neighbours) to the exact
+    stage, so a slice's findings do not depend on the other slices; a cap keeps the volume's best."""
+    vol, _ = planted_volume()
+    stub = StubScorer(CFG)
+    free = screen.screen_volume(stub, vol, top_k=20, center=8, stride=4, per_slice=1, refine=0)
+    assert free.work["candidates"] == free.work["exact_windows"] == 3
+    alone = screen.screen_volume(stub, vol[:1], top_k=20, center=8, stride=4, per_slice=1, refine=0)
+    drop_rank = lambda fs: [{k: v for k, v in f.items() if k != "rank"} for f in fs]  # noqa: E731
+    assert drop_rank(f for f in free.findings if f["slice"] == 0) == drop_rank(alone.findings)
+    capped = screen.screen_volume(stub, vol, top_k=20, center=8, stride=4, per_slice=1, refine=0, max_candidates=1)
+    assert capped.work["exact_windows"] == 1 and capped.findings[0] == free.findings[0]
+    with pytest.raises(ValueError, match="max_candidates"):
+        screen.Cascade(max_candidates=0)
+
+
 def test_real_scorer_both_proposals(scorer):
     """The real U-Net (random init, tiny): findings carry the exact BTD score of their window; the
     whole-slice pass already points at the tampered slice."""
