@@ -125,12 +125,7 @@ def _split_rows(n: int, patients, scanners, fraction: float, seed: int):
         return rows, None
     if not 0 < fraction < 1:
         raise ValueError(f"--val_fraction must be in [0, 1), got {fraction}")
-    part = None
-    if patients is not None and len(set(map(str, patients))) >= 2:
-        part = datasets.split_patients(patients, scanners, fractions=(1 - fraction, fraction), seed=seed)
-    if part is None or part.min() == 1 or part.max() == 0:  # too few patients to split: by rows
-        part = np.zeros(n, np.int64)
-        part[np.random.default_rng((seed, 1)).permutation(n)[:max(1, int(round(fraction * n)))]] = 1
+    part = datasets.holdout_parts(n, patients, scanners, fraction, seed)
     return rows[part == 0], rows[part == 1]
 
 

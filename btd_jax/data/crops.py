@@ -17,7 +17,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from btd_jax.data.datasets import split_patients
+from btd_jax.data.datasets import holdout_parts
 from btd_jax.data.errors import DataError
 
 __all__ = ["CropSpec", "SliceSource", "tissue_centres", "clamp_centre", "epoch_permutation",
@@ -260,17 +260,8 @@ def split_slices(src, val_fraction: float, seed: int = 0) -> tuple[SliceSet, Sli
         return SliceSet(src, np.repeat(np.arange(n), weights)), None
     if not 0 < val_fraction < 1:
         raise DataError(f"validation fraction must be in [0, 1), got {val_fraction}")
-    patients = np.asarray(src.column("patient", ""), str)
-    part = None
-    if len(set(patients.tolist())) >= 2:
-        part = split_patients(patients, np.asarray(src.column("scanner", ""), str),
-                              fractions=(1 - val_fraction, val_fraction), seed=seed)
-        if part.min() == part.max():
-            part = None  # too few patients for this fraction
-    if part is None:
-        part = np.zeros(n, np.int64)
-        k = max(1, int(round(val_fraction * n)))
-        part[np.random.default_rng((seed, 1)).permutation(n)[:k]] = 1
+    part = holdout_parts(n, np.asarray(src.column("patient", ""), str), np.asarray(src.column("scanner", ""), str),
+                         val_fraction, seed)
     rows = np.arange(n)
     train = SliceSet(src, np.repeat(rows[part == 0], weights[part == 0]))
     val = SliceSet(src, rows[part == 1])

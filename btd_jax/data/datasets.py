@@ -32,7 +32,7 @@ from btd_jax.data.validate import check_patches
 
 __all__ = [
     "PatchSet", "TestSet", "Skipped", "ATTACKS", "LABELS", "load_patches", "validate_patches",
-    "testset_csv_path", "load_testset", "write_testset", "split_patients", "write_manifest",
+    "testset_csv_path", "load_testset", "write_testset", "split_patients", "holdout_parts", "write_manifest",
     "patches_from_dicom", "load_data",
 ]
 
@@ -128,6 +128,22 @@ def split_patients(patient_ids: Sequence, scanners: Sequence | None = None,
             for p in group[bounds[part]:bounds[part + 1]]:
                 part_of[p] = part
     return np.array([part_of[p] for p in pids], np.int64)
+
+
+def holdout_parts(n: int, patient_ids: Sequence | None, scanners: Sequence | None, fraction: float,
+                  seed: int = 0) -> np.ndarray:
+    """(n,) int64, 1 for the held-out items: about ``fraction`` of the patients (:func:`split_patients`,
+    stratified by scanner), or, with fewer than two patients or too few for both sides, that
+    fraction of the items at random (at least one)."""
+    part = None
+    if patient_ids is not None and len(set(map(str, patient_ids))) >= 2:
+        part = split_patients(patient_ids, scanners, fractions=(1 - fraction, fraction), seed=seed)
+        if part.min() == part.max():
+            part = None
+    if part is None:
+        part = np.zeros(n, np.int64)
+        part[np.random.default_rng((seed, 1)).permutation(n)[:max(1, int(round(fraction * n)))]] = 1
+    return part
 
 
 # ----------------------------------------------------------------------------------------------

@@ -152,6 +152,20 @@ def test_split_patients_small_groups_and_errors():
         D.split_patients([], [])
 
 
+def test_holdout_parts_by_patient_else_by_rows():
+    patients = np.repeat([f"p{i}" for i in range(10)], 3)
+    part = D.holdout_parts(30, patients, None, 0.2, seed=1)
+    assert part.sum() == 6 and all(len(set(part[patients == p])) == 1 for p in set(patients))
+    assert np.array_equal(D.holdout_parts(30, patients, None, 0.2, seed=1), part)
+    # one patient, or none given: a fifth of the rows, at least one
+    for ids in (["a"] * 30, None):
+        rows = D.holdout_parts(30, ids, None, 0.2, seed=1)
+        assert rows.sum() == 6 and set(rows.tolist()) == {0, 1}
+    assert D.holdout_parts(3, None, None, 0.01).sum() == 1
+    # two patients cannot give a tenth: falls back to rows
+    assert D.holdout_parts(20, ["a"] * 10 + ["b"] * 10, None, 0.1).sum() == 2
+
+
 def test_load_data_dispatch(tmp_path):
     np.save(tmp_path / "p.npy", np.zeros((3, 4, 4), np.float32))
     ps = D.load_data(tmp_path / "p.npy")
