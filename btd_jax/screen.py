@@ -45,7 +45,7 @@ from btd_jax.models.unet import Unet, downsample_factor
 from btd_jax.score import parse_reduction
 
 __all__ = ["Cascade", "ScreenResult", "PROPOSALS", "screen_volume", "calibrate", "window_proxy",
-           "fullconv_residual"]
+           "fullconv_residual", "tissue_fraction"]
 
 PROPOSALS = ("grid", "fullconv")
 
@@ -133,7 +133,7 @@ def fullconv_residual(scorer: Any, slices01: np.ndarray) -> np.ndarray:
     return out[:, :h, :w]
 
 
-def _tissue_fraction(img: np.ndarray, rows: np.ndarray, cols: np.ndarray, p: int, level: float) -> np.ndarray:
+def tissue_fraction(img: np.ndarray, rows: np.ndarray, cols: np.ndarray, p: int, level: float) -> np.ndarray:
     """Fraction of pixels above ``level`` in each P x P window (top-left rows/cols), via an integral image."""
     c = np.zeros((img.shape[0] + 1, img.shape[1] + 1))
     c[1:, 1:] = np.cumsum(np.cumsum(img > level, 0), 1)
@@ -160,7 +160,7 @@ def _grid_proposal(scorer, vol, cas: Cascade, p, center, steps, batch_size, key)
     ps = cas.proposal_stride or p
     per_slice = [extract_windows(v, p, ps) for v in vol]
     keep = [np.ones(len(r), bool) if cas.tissue_min <= 0 else
-            _tissue_fraction(v, r, c, p, cas.tissue_level) >= cas.tissue_min
+            tissue_fraction(v, r, c, p, cas.tissue_level) >= cas.tissue_min
             for v, (_, r, c) in zip(vol, per_slice)]
     windows = np.concatenate([w[k] for (w, _, _), k in zip(per_slice, keep)])
     maps = np.zeros((0, p, p), np.float32)
@@ -190,7 +190,7 @@ def _candidates(suspicion, vol, cas: Cascade, p, center, reduction, radius):
     for s in range(vol.shape[0]):
         approx = window_proxy(suspicion[s], rs[ii], cs[jj], p, center, reduction)
         if cas.tissue_min > 0:
-            tissue = _tissue_fraction(vol[s], rs[ii], cs[jj], p, cas.tissue_level)
+            tissue = tissue_fraction(vol[s], rs[ii], cs[jj], p, cas.tissue_level)
             approx = np.where(tissue >= cas.tissue_min, approx, -np.inf)
         if not np.isfinite(approx).any():
             continue

@@ -51,6 +51,13 @@ def test_exact_budget_is_per_slice_unless_capped():
         screen.Cascade(max_candidates=0)
 
 
+def test_tissue_fraction_matches_brute_force():
+    img = np.random.default_rng(0).uniform(size=(20, 24)).astype(np.float32)
+    rows, cols = np.array([0, 3, 12]), np.array([0, 16, 5])
+    want = [(img[r:r + 8, c:c + 8] > 0.3).mean() for r, c in zip(rows, cols)]
+    np.testing.assert_allclose(screen.tissue_fraction(img, rows, cols, 8, 0.3), want, rtol=1e-12)
+
+
 def test_real_scorer_both_proposals(scorer):
     """The real U-Net (random init, tiny): findings carry the exact BTD score of their window; the
     whole-slice pass already points at the tampered slice."""
