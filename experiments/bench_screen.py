@@ -1,20 +1,26 @@
 """Benchmark: whole-scan screening (btd_jax.screen cascade) against exhaustive localisation at stride 16.
 
-Two parts, one run, JSON to ``--out``:
+Three parts, one run, JSON to ``--out``:
 
-* **recall** (a trained ``demo`` model, 32 px patches): volumes of ``--slices`` real 512x512 head-CT
-  slices (the 8 flips/rotations of pydicom's CQ500 slice) with one slice tampered in its held-out
-  region (the demo tamper styles, plus RePaint removal by the demo DDPM itself when
-  ``--repaint``). Per trial and cascade setting: is the tamper in the cascade's top-1 / top-k, does
-  the cascade's top-1 equal exhaustive localisation's top-1 (same window; within one stride), and
+* **recall** (the trained model in ``--workdir``: the ``demo`` preset at 32 px, or ``ct8`` at the
+  paper's 96 px and centre 32, trained here with ``--train N``): volumes of ``--slices`` real
+  512x512 head-CT slices (flips/rotations of pydicom's CQ500 slice; with ``--shift`` each also moved
+  at random, so every trial puts fresh windows against the tile grid; with ``--crop`` random crops)
+  with one slice tampered in its held-out region (the demo tamper styles, plus RePaint removal by
+  the model itself with ``--repaint``). Per trial and cascade setting: is the tamper in the
+  cascade's top-1 / top-k, does the cascade's top-1 equal exhaustive localisation's top-1 (same
+  window; within one stride; an exact score within 0.1% of it), the windows scored per slice and
   the seconds of both.
-* **timing** (the paper's ``ct`` preset, 96 px, random weights: speed does not depend on their
-  values): seconds per 512x512 slice for exhaustive stride-16 localisation and for the cascade,
-  float32 and bfloat16, and the bfloat16 scores' agreement with float32 (Spearman, max relative
-  difference) on the ct weights and on the trained demo weights. A 300-slice volume is extrapolated
-  from measured slices: 300 x proposal seconds per slice + the exact stage at its volume budget.
+* **timing**: seconds per 512x512 slice for exhaustive stride-16 localisation and for the cascade
+  on one volume, float32 and bfloat16 (``--timing_model``: the paper's ``ct`` preset with random
+  weights, speed does not depend on their values, or the ``--workdir`` model). A 300-slice volume
+  is extrapolated from the measured slices.
+* **bf16**: the bfloat16 scores' agreement with float32 (Spearman, relative differences, top-1) on
+  the trained weights and on the ct preset's random weights.
 
-    python -m experiments.bench_screen --workdir runs/demo --trials 12 --out experiments/results/bench_screen.json
+    python -m experiments.bench_screen --workdir runs/ct8 --train 300 --trials 24 --slices 2 --shift 64 \
+        --site_body 0.7 --repaint --settings grid grid_tissue grid_half --skip timing bf16 \
+        --out experiments/results/bench_screen_ct8.json
 
 Load averages are recorded around each timed part: the machine may be shared.
 """
@@ -22,9 +28,11 @@ Load averages are recorded around each timed part: the machine may be shared.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
+import sys
 import time
 from typing import Any, Dict, List
 
@@ -32,7 +40,8 @@ import jax
 import numpy as np
 from scipy import stats
 
-from btd_jax import configs, localize, screen
+from btd_jax import configs, demo, localize, screen
+from btd_jax import train as btd_train
 from btd_jax.attacks import repaint
 from btd_jax.data import demo_data, preprocess, tamper
 from btd_jax.models.unet import abstract_params
@@ -49,9 +58,10 @@ def _dihedral(img: np.ndarray, k: int) -> np.ndarray:
     return np.rot90(img[:, ::-1] if k >= 4 else img, k % 4).copy()
 
 
-def _tampered_slice(src, style: str, rng, scorer, p: int):
-    """(slice01 in the source orientation, mask) with one attack at a random held-out body site."""
-    valid = demo_data.valid_centres(src, "test", p, 0.9)
+def _tampered_slice(src, style: str, rng, scorer, p: int, site_body: float = 0.9):
+    """(slice01 in the source orientation, mask) with one attack at a random held-out site whose
+    P x P window is at least ``site_body`` body."""
+    valid = demo_data.valid_centres(src, "test", p, site_body)
     y, x = (int(v) for v in demo_data.sample_centres(valid, 1, rng)[0])
     if style == "repaint":
         r = float(rng.uniform(4.0, p / 2.5))
@@ -94,6 +104,27 @@ def _crops(real: np.ndarray, img: np.ndarray, mask: np.ndarray, s_t: int, n: int
     return vol, crop_mask
 
 
+def _shifted(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``img`` moved by (dy, dx) pixels, air (0) where nothing moved in."""
+    out = np.zeros_like(img)
+    h, w = img.shape
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = img[max(-dy, 0):h - max(dy, 0),
+                                                                     max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def _moved(real: np.ndarray, img: np.ndarray, mask: np.ndarray, s_t: int, n: int, shift: int, rng):
+    """``n`` whole slices, each a random flip/rotation moved by up to ``shift`` px (fresh windows
+    against the tile grid every trial); slice ``s_t`` is the tampered one -> (volume, its mask)."""
+    vol, out_mask = np.empty((n,) + real.shape, np.float32), None
+    for s in range(n):
+        k, (dy, dx) = int(rng.integers(8)), (int(v) for v in rng.integers(-shift, shift + 1, 2))
+        vol[s] = _shifted(_dihedral(img if s == s_t else real, k), dy, dx)
+        if s == s_t:
+            out_mask = _shifted(_dihedral(mask, k), dy, dx)
+    return vol, out_mask
+
+
 def _hit(f: Dict[str, Any], mask: np.ndarray, s: int, k: int) -> bool:
     """The finding's central k x k window (or, for the exhaustive list, the window) touches the mask."""
     if f["slice"] != s:
@@ -104,24 +135,36 @@ def _hit(f: Dict[str, Any], mask: np.ndarray, s: int, k: int) -> bool:
 
 def _exhaustive(scorer, vol, center, top_k, cache, tampered: int):
     """Exhaustive stride-16 localisation of every slice (the real slices' results cached by index)
-    -> the volume's top list and the seconds spent on the tampered slice."""
-    t, tops = 0.0, []
-    for s, img in enumerate(vol):
+    -> the volume's top list, each slice's :class:`LocalizeResult` and the seconds of each slice
+    searched in this call (the tampered one first)."""
+    seconds, tops, results = [], [], []
+    for s in [tampered] + [s for s in range(len(vol)) if s != tampered]:
         h = None if s == tampered else s
         if h is None or h not in cache:
             t0 = time.perf_counter()
-            res = localize.localize_slice(scorer, img, stride=16, center=center, top_k=top_k)
-            dt = time.perf_counter() - t0
-            if h is None:
-                t = dt
-            else:
-                cache[h] = (res.top, dt)
-            top = res.top
+            res = localize.localize_slice(scorer, vol[s], stride=16, center=center, top_k=top_k)
+            seconds.append(time.perf_counter() - t0)
+            if h is not None:
+                cache[h] = res
         else:
-            top = cache[h][0]
-        tops += [dict(f, slice=s) for f in top]
+            res = cache[h]
+        results.append((s, res))
+        tops += [dict(f, slice=s) for f in res.top]
     tops.sort(key=lambda f: -f["score"])
-    return tops[:top_k], t
+    return tops[:top_k], [r for _, r in sorted(results, key=lambda t: t[0])], seconds
+
+
+def _tissue_top1(vol, results, p: int, tissue_min: float) -> Dict[str, Any]:
+    """Exhaustive search's best window among those at least ``tissue_min`` body (what a tissue-gated
+    cascade can reach)."""
+    best = {"score": -np.inf}
+    for s, res in enumerate(results):
+        frac = screen.tissue_fraction(vol[s], res.rows - p // 2, res.cols - p // 2, p, screen.Cascade().tissue_level)
+        sc = np.where(frac >= tissue_min, res.scores, -np.inf)
+        i = int(np.argmax(sc))
+        if sc[i] > best["score"]:
+            best = {"slice": s, "row": int(res.rows[i]), "col": int(res.cols[i]), "score": float(sc[i])}
+    return best
 
 
 def recall_part(args, scorer) -> Dict[str, Any]:
@@ -130,9 +173,13 @@ def recall_part(args, scorer) -> Dict[str, Any]:
     src = next(s for s in demo_data.load_sources("CT", 0.35, p) if s.image.shape == (512, 512))
     real = np.stack([_dihedral(src.unit, k) for k in range(args.slices)])
     settings = {"grid": dict(proposal="grid"), "grid_half": dict(proposal="grid", proposal_stride=p // 2),
-                "grid_tissue": dict(proposal="grid", tissue_min=0.5), "fullconv": dict(proposal="fullconv"),
-                "grid_wide": dict(proposal="grid", per_slice=6, refine=2)}
-    settings = {k: v for k, v in settings.items() if k in args.settings}
+                "grid_tissue": dict(proposal="grid", tissue_min=args.tissue_min), "fullconv": dict(proposal="fullconv"),
+                "grid_wide": dict(proposal="grid", per_slice=6, refine=2),
+                "grid4": dict(proposal="grid", per_slice=4),
+                "grid_tissue4": dict(proposal="grid", tissue_min=args.tissue_min, per_slice=4),
+                "grid_half_tissue": dict(proposal="grid", proposal_stride=p // 2, tissue_min=args.tissue_min)}
+    settings = {k: dict(v, max_candidates=args.max_candidates or None) for k, v in settings.items()
+                if k in args.settings}
     styles = STYLES + (("repaint",) if args.repaint else ())
     rng = np.random.default_rng(args.seed)
     cache: Dict[Any, Any] = {}
@@ -141,49 +188,74 @@ def recall_part(args, scorer) -> Dict[str, Any]:
     for kw in settings.values():  # fixed chunk shapes (batch_size), compiled once outside the timings
         kw["batch_size"] = 64
         screen.screen_volume(scorer, real, top_k=args.top_k, **kw)
-    localize.localize_slice(scorer, real[0], stride=16, center=center, top_k=1)
+    # --reuse: the same volumes (same seed and options) against another run's exhaustive results
+    before = json.load(open(args.reuse))["recall"]["per_trial"] if args.reuse else None
+    if before is None:
+        localize.localize_slice(scorer, real[0], stride=16, center=center, top_k=1)
     trials = []
     load0 = _load()
     for i in range(args.trials):
         style = styles[i % len(styles)]
-        img, mask = _tampered_slice(src, style, rng, scorer, p)
+        img, mask = _tampered_slice(src, style, rng, scorer, p, args.site_body)
         s_t = int(rng.integers(args.slices))
         if args.crop:  # fresh content every trial: random crops, the tampered one around the site
             cache = {}
             vol, mask = _crops(src.unit, img, mask, s_t, args.slices, args.crop, p, rng)
+        elif args.shift:  # fresh content every trial: whole slices moved against the window grid
+            cache = {}
+            vol, mask = _moved(src.unit, img, mask, s_t, args.slices, args.shift, rng)
         else:
             vol = real.copy()
             vol[s_t], mask = _dihedral(img, s_t), _dihedral(mask, s_t)
-        # real slices' exhaustive results are cached (their seconds are kept); only the tampered one is new
-        ex_top, ex_tampered_s = _exhaustive(scorer, vol, center, args.top_k, cache, tampered=s_t)
-        row = {"style": style, "slice": s_t, "tamper_pixels": int(mask.sum()),
-               "exhaustive": {"top1_hit": _hit(ex_top[0], mask, s_t, center or p),
-                              "topk_hit": any(_hit(f, mask, s_t, center or p) for f in ex_top),
-                              "tampered_slice_s": ex_tampered_s, "top1": ex_top[0]}}
+        row = {"style": style, "slice": s_t, "tamper_pixels": int(mask.sum())}
+        if before is not None:
+            old = before[i]
+            if (old["style"], old["slice"], old["tamper_pixels"]) != (style, s_t, row["tamper_pixels"]):
+                raise SystemExit(f"--reuse: trial {i} is not the same volume as in {args.reuse}")
+            row["exhaustive"] = old["exhaustive"]
+            ex_top, ex_tissue = [old["exhaustive"]["top1"]], old["exhaustive"]["top1_tissue"]
+        else:
+            # real slices' exhaustive results are cached (their seconds are kept); the tampered one is new
+            ex_top, ex_results, ex_seconds = _exhaustive(scorer, vol, center, args.top_k, cache, tampered=s_t)
+            ex_tissue = _tissue_top1(vol, ex_results, p, args.tissue_min)
+            row["exhaustive"] = {"top1_hit": _hit(ex_top[0], mask, s_t, center or p),
+                                 "topk_hit": any(_hit(f, mask, s_t, center or p) for f in ex_top),
+                                 "tampered_slice_s": ex_seconds[0], "slice_seconds": ex_seconds, "top1": ex_top[0],
+                                 "top1_tissue": ex_tissue, "top1_tissue_hit": _hit(ex_tissue, mask, s_t, center or p)}
         for name, kw in settings.items():
             t0 = time.perf_counter()
             res = screen.screen_volume(scorer, vol, top_k=args.top_k, **kw)
             dt = time.perf_counter() - t0
-            top1, e1 = res.findings[0], ex_top[0]
+            # a tissue-gated cascade is compared with exhaustive search's best window in tissue
+            top1, e1 = res.findings[0], (ex_tissue if kw.get("tissue_min") else ex_top[0])
+            w = res.work
             row[name] = {"top1_hit": _hit(top1, mask, s_t, center or p),
                          "topk_hit": any(_hit(f, mask, s_t, center or p) for f in res.findings),
                          "agree_top1": (top1["slice"], top1["row"], top1["col"]) == (e1["slice"], e1["row"], e1["col"]),
                          "agree_within_stride": top1["slice"] == e1["slice"] and max(
                              abs(top1["row"] - e1["row"]), abs(top1["col"] - e1["col"])) <= 16,
-                         "seconds": dt, "work": res.work}
+                         # a window as suspicious as exhaustive search's best (near-ties: flipped copies)
+                         "score_ratio": top1["score"] / e1["score"],
+                         "windows_per_slice": (w["proposal_windows"] + w["exact_windows"]) / len(vol),
+                         "seconds": dt, "work": w}
         trials.append(row)
         print(json.dumps({"trial": i, "style": style, **{k: {m: v for m, v in row[k].items()
-                                                             if m in ("top1_hit", "topk_hit", "agree_top1", "seconds")}
+                                                             if m in ("top1_hit", "topk_hit", "agree_top1",
+                                                                      "score_ratio", "seconds")}
                                                          for k in ("exhaustive", *settings)}}), flush=True)
-    real_s = [dt for _, dt in cache.values()]
-    ex_per_slice = float(np.median(real_s + [t["exhaustive"]["tampered_slice_s"] for t in trials]))
+    ex_per_slice = float(np.median([dt for t in trials for dt in t["exhaustive"]["slice_seconds"]]))
+    ex_windows = len(localize.window_positions(vol.shape[1], p, 16)) * len(localize.window_positions(vol.shape[2], p, 16))
     summary = {"exhaustive": {"top1_recall": float(np.mean([t["exhaustive"]["top1_hit"] for t in trials])),
+                              "top1_tissue_recall": float(np.mean([t["exhaustive"]["top1_tissue_hit"] for t in trials])),
                               "topk_recall": float(np.mean([t["exhaustive"]["topk_hit"] for t in trials])),
-                              "seconds_per_slice": ex_per_slice}}
+                              "seconds_per_slice": ex_per_slice, "windows_per_slice": ex_windows}}
     for name in settings:
         per_slice = float(np.median([t[name]["seconds"] for t in trials])) / args.slices
+        windows = float(np.mean([t[name]["windows_per_slice"] for t in trials]))
         summary[name] = {
             **{k: float(np.mean([t[name][k] for t in trials])) for k in ("agree_top1", "agree_within_stride")},
+            "agree_score_999": float(np.mean([t[name]["score_ratio"] >= 0.999 for t in trials])),
+            "windows_per_slice": windows, "speedup_by_windows": ex_windows / windows,
             "top1_recall": float(np.mean([t[name]["top1_hit"] for t in trials])),
             "topk_recall": float(np.mean([t[name]["topk_hit"] for t in trials])),
             "seconds_per_slice": per_slice, "speedup_vs_exhaustive": ex_per_slice / per_slice,
@@ -219,34 +291,45 @@ def bf16_agreement(scorer: Scorer, windows: np.ndarray, center) -> Dict[str, Any
             "top1_same": bool(np.argmax(a) == np.argmax(b)), "float32_s": ta, "bfloat16_s": tb}
 
 
-def timing_part(args) -> Dict[str, Any]:
-    src = next(s for s in demo_data.load_sources("CT", 0.35, 96) if s.image.shape == (512, 512))
-    vol = np.stack([_dihedral(src.unit, k) for k in range(args.timing_slices)])
-    out: Dict[str, Any] = {"config": "ct", "weights": "random (timing only)", "slice": [512, 512], "center": 32,
-                           "slices_measured": args.timing_slices}
+def timing_part(args, model: Scorer) -> Dict[str, Any]:
+    """Seconds per 512x512 slice: exhaustive stride 16 and the cascade on one ``--timing_slices``
+    volume (``--timing_model``: the ``ct`` preset with random weights, or the ``--workdir`` model)."""
+    trained = args.timing_model == "workdir"
+    base = model.cfg if trained else configs.get("ct")
+    p, center = base.image_size, (base.score.center if trained else 32)
+    src = next(s for s in demo_data.load_sources("CT", 0.35, p) if s.image.shape == (512, 512))
+    vol = np.stack([_dihedral(src.unit, k % 8) for k in range(args.timing_slices)])
+    out: Dict[str, Any] = {"config": base.name, "weights": "trained (--workdir)" if trained else "random (timing only)",
+                           "slice": [512, 512], "center": center, "slices_measured": args.timing_slices,
+                           "batch_size": args.timing_batch}
     for dtype in args.dtypes:
-        sc = _random_scorer("ct", dtype)
+        sc = (Scorer.from_params(model.params, configs.override(model.cfg, {"model.dtype": dtype})) if trained
+              else _random_scorer("ct", dtype))
         row: Dict[str, Any] = {"load_before": _load()}
-        for name, kw in (("fullconv", dict(proposal="fullconv")), ("grid", dict(proposal="grid"))):
-            kw["batch_size"] = 16  # one chunk shape for every call: compiled once, outside the timings
-            screen.screen_volume(sc, vol[:1], center=32, **kw)
+        for name in args.timing_proposals:
+            kw = dict(proposal=name, batch_size=args.timing_batch)  # one chunk shape: compiled once, untimed
+            # ~18 exact windows per slice: enough slices that the exact stage also fills a whole chunk
+            screen.screen_volume(sc, vol[:min(len(vol), -(-args.timing_batch // 16))], center=center, **kw)
             t0 = time.perf_counter()
-            res = screen.screen_volume(sc, vol, center=32, **kw)
+            res = screen.screen_volume(sc, vol, center=center, **kw)
             dt = time.perf_counter() - t0
             w = res.work
             exact_per_window = w["exact_s"] / max(w["exact_windows"], 1)
-            budget = min(w["exact_windows"] / max(w["candidates"], 1), 9) * 64  # max_candidates x neighbourhood
+            cap = res.settings["max_candidates"]  # None: the exact stage grows with the slices too
+            exact_300 = (300 * w["exact_windows"] / len(vol) if cap is None else
+                         min(w["exact_windows"] / max(w["candidates"], 1), 9) * cap)  # cap x neighbourhood
             row[name] = {"seconds": dt, "seconds_per_slice": dt / len(vol), "work": w,
                          "proposal_s_per_slice": w["proposal_s"] / len(vol), "exact_s_per_window": exact_per_window,
-                         "volume_300_s_extrapolated": 300 * w["proposal_s"] / len(vol) + budget * exact_per_window}
+                         "volume_300_s_extrapolated": 300 * w["proposal_s"] / len(vol) + exact_300 * exact_per_window}
         if dtype in args.exhaustive_dtypes:
-            localize.localize_slice(sc, vol[0][:96 + 16 * 15, :96 + 16 * 15], stride=16, center=32)  # compile (256 windows)
+            side = p + 16 * 15
+            localize.localize_slice(sc, vol[0][:side, :side], stride=16, center=center)  # compile (256 windows)
             t0 = time.perf_counter()
-            ex = localize.localize_slice(sc, vol[0], stride=16, center=32, top_k=5)
+            ex = localize.localize_slice(sc, vol[0], stride=16, center=center, top_k=5)
             dt = time.perf_counter() - t0
             row["exhaustive_stride16"] = {"seconds_per_slice": dt, "windows": int(ex.scores.size),
                                           "volume_300_s_extrapolated": 300 * dt}
-            for name in ("fullconv", "grid"):
+            for name in args.timing_proposals:
                 row[name]["speedup_vs_exhaustive_per_slice"] = dt / row[name]["seconds_per_slice"]
                 row[name]["speedup_vs_exhaustive_300"] = 300 * dt / row[name]["volume_300_s_extrapolated"]
         row["load_after"] = _load()
@@ -255,21 +338,52 @@ def timing_part(args) -> Dict[str, Any]:
     return out
 
 
+def train_model(workdir: str, preset: str, steps: int, n_patches: int = 2048, seed: int = 0) -> None:
+    """``preset``'s U-Net trained with the demo recipe (low-t, cosine) on ``n_patches`` crops of the
+    CQ500 slice's training region; scoring with the paper's centre window (a third of the patch)."""
+    cfg = demo.demo_config(preset, steps=steps)
+    cfg = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, center=cfg.image_size // 3, batch_size=64),
+                              train=dataclasses.replace(cfg.train, log_every=10))
+    src = [s for s in demo_data.load_sources("CT", 0.35, cfg.image_size) if s.image.shape == (512, 512)]
+    patches = demo_data.train_patches(src, cfg.image_size, n_patches, np.random.default_rng(seed))["patches"]
+    btd_train.train_and_evaluate(cfg, workdir, patches, progress=False, async_checkpoints=False)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", required=True, help="a trained demo-preset model (btd-jax demo / train)")
+    p.add_argument("--workdir", required=True, help="a trained model (btd-jax demo / train)")
+    p.add_argument("--train", type=int, default=0,
+                   help="first train --train_preset for this many steps in --workdir (resumes a run there)")
+    p.add_argument("--train_preset", default="ct8", help="with --train: the U-Net preset (ct8: 96 px)")
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--slices", type=int, default=4, help="slices per tampered volume (recall part)")
     p.add_argument("--top_k", type=int, default=5)
     p.add_argument("--repaint", action="store_true", help="add RePaint removal by the demo DDPM")
     p.add_argument("--settings", nargs="+", default=["grid", "grid_half", "grid_tissue"],
-                   choices=["grid", "grid_half", "grid_tissue", "fullconv", "grid_wide"],
+                   choices=["grid", "grid_half", "grid_tissue", "fullconv", "grid_wide", "grid4", "grid_tissue4",
+                            "grid_half_tissue"],
                    help="cascade settings compared (fullconv: the demo model's full attention at 1/4 size is slow)")
+    p.add_argument("--max_candidates", type=int, default=0, help="cascade cap per volume (0: none, per_slice per slice)")
+    p.add_argument("--tissue_min", type=float, default=0.25, help="grid_tissue: least body fraction of a window")
+    p.add_argument("--site_body", type=float, default=0.9,
+                   help="least body fraction of the tampered window (the CQ500 slice's held-out region has "
+                        "no 96 px window that is 90%% body)")
+    p.add_argument("--reuse", default=None,
+                   help="recall: take exhaustive search's results from this earlier JSON (same seed, trials and "
+                        "volume options; checked per trial) and run only the cascade settings")
+    p.add_argument("--shift", type=int, default=0,
+                   help="recall volumes of whole slices, each randomly flipped and moved by up to this many px")
     p.add_argument("--crop", type=int, default=0,
                    help="recall volumes of random crops of this size (fresh content every trial) instead of flips")
     p.add_argument("--timing_slices", type=int, default=2)
+    p.add_argument("--timing_model", choices=["ct", "workdir"], default="ct",
+                   help="timing part: the ct preset with random weights, or the --workdir model")
+    p.add_argument("--timing_proposals", nargs="+", default=["fullconv", "grid"], choices=list(screen.PROPOSALS))
+    p.add_argument("--timing_batch", type=int, default=16, help="timing part: windows per chunk")
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--exhaustive_dtypes", nargs="*", default=["float32"])
+    p.add_argument("--bf16", nargs="*", default=["model", "ct_random"], choices=["model", "ct_random"],
+                   help="bf16 agreement: the --workdir model; the ct preset with random weights")
     p.add_argument("--skip", nargs="*", default=[], choices=["recall", "timing", "bf16"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="experiments/results/bench_screen.json")
@@ -277,27 +391,33 @@ def main(argv=None) -> dict:
 
     out: Dict[str, Any] = {"benchmark": "screen", "backend": jax.default_backend(), "devices": jax.device_count(),
                            "cpu_count": os.cpu_count(), "host": platform.node(), "jax": jax.__version__,
-                           "command": "python -m experiments.bench_screen " + " ".join(argv or [])}
+                           "command": "python -m experiments.bench_screen " + " ".join(sys.argv[1:] if argv is None else argv)}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
 
     def save():
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1, default=str)
 
-    demo = Scorer.load(args.workdir)
+    if args.train:
+        train_model(args.workdir, args.train_preset, args.train)
+    model = Scorer.load(args.workdir)
     if "bf16" not in args.skip:
         src = next(s for s in demo_data.load_sources("CT", 0.35, 96) if s.image.shape == (512, 512))
-        w32, _, _ = localize.extract_windows(src.unit, 32, 32)
+        pm = model.cfg.image_size
+        wm, _, _ = localize.extract_windows(src.unit, pm, pm // 2)
         w96, _, _ = localize.extract_windows(src.unit, 96, 48)
-        out["bf16_demo"] = bf16_agreement(demo, w32[:128], demo.cfg.score.center)
-        out["bf16_ct_random"] = bf16_agreement(_random_scorer("ct"), w96[:32], 32)
-        print(json.dumps({"bf16_demo": out["bf16_demo"], "bf16_ct_random": out["bf16_ct_random"]}), flush=True)
+        if "model" in args.bf16:
+            out["bf16_model"] = {"config": model.cfg.name, "patch": pm,
+                                 **bf16_agreement(model, wm[:128 if pm <= 32 else 64], model.cfg.score.center)}
+        if "ct_random" in args.bf16:
+            out["bf16_ct_random"] = bf16_agreement(_random_scorer("ct"), w96[:32], 32)
+        print(json.dumps({k: out[k] for k in ("bf16_model", "bf16_ct_random") if k in out}), flush=True)
         save()
     if "timing" not in args.skip:
-        out["timing"] = timing_part(args)
+        out["timing"] = timing_part(args, model)
         save()
     if "recall" not in args.skip:
-        out["recall"] = recall_part(args, demo)
+        out["recall"] = recall_part(args, model)
         print(json.dumps(out["recall"]["summary"], indent=1), flush=True)
         save()
     return out
