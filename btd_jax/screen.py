@@ -10,10 +10,12 @@ cascade that scores only where it matters:
    the whole slice at t = 0 (the d = 1 residual of the slice; GroupNorm and attention then see the
    whole slice, so it is a proxy). Every window of the exact grid (``stride``, the grid exhaustive
    localisation uses) gets an approximate score: the map pooled over its central ``k x k``.
-2. **candidates**: the best ``per_slice`` windows of each slice (non-max suppressed); optionally
-   only the best ``max_candidates`` of the volume.
-3. **exact BTD score** (the paper's patch score) of each candidate and its grid neighbours within
-   ``refine`` steps, batched over the whole volume on every device.
+2. **candidates**: the best ``shortlist`` windows of each slice by the approximate score (non-max
+   suppressed); optionally only the best ``max_candidates`` of the volume.
+3. **exact BTD score** (the paper's patch score), batched over the whole volume on every device:
+   first of the shortlist, then of the grid neighbours within ``refine`` steps of the best
+   ``per_slice`` of each slice; with ``climb`` the search moves to the best neighbour until each is
+   a local maximum of the exact score.
 4. **findings**: exact-scored windows, non-max suppressed per slice, best first, with millimetre
    coordinates and SOPInstanceUID from the :class:`~btd_jax.data.volume.Geometry`; the **scan
    decision** compares the best score with a scan-level calibration (:func:`calibrate`: the best
@@ -55,18 +57,29 @@ class Cascade:
     """How much work screening does. ``stride``: the exact grid; ``proposal_stride`` (grid only):
     None = the patch size (tiles: fastest); P // 2 makes the proposal map faithful to windows centred
     on each pixel (closer agreement with exhaustive search, ~4x the proposal work).
-    ``per_slice`` candidates per slice go to the exact stage with their neighbours within ``refine``
-    grid steps; ``max_candidates`` caps them per volume (None: no cap, so the cost is linear in the
+    ``proposal_center``: the central c x c of each proposal window whose residuals make the map
+    (None: the score's centre window); with ``proposal_stride = proposal_center`` (e.g. 64 for
+    96 px) these centres tile the slice, so every pixel is seen away from a window's border.
+    ``shortlist`` candidates per slice (None: ``per_slice``) are scored exactly, and the best
+    ``per_slice`` of them get their neighbours within ``refine`` grid steps scored too: the
+    approximate score only has to put the best region in the shortlist, not first. ``climb``: keep
+    moving to the best neighbour (at most ``max_climb`` moves) until it is a local maximum; it only
+    adds windows to those scored, so it can only raise the top finding.
+    ``max_candidates`` caps the shortlist per volume (None: no cap, so the cost is linear in the
     number of slices and a slice's result does not depend on the others).
     ``tissue_min``: skip windows with less than this fraction of pixels above ``tissue_level``
     (default: -500 HU after CT windowing) in both passes (0 = off)."""
 
     proposal: str = "grid"
     proposal_stride: Optional[int] = None
+    proposal_center: Optional[int] = None
     stride: int = 16
     per_slice: int = 2
+    shortlist: Optional[int] = None
     max_candidates: Optional[int] = None
     refine: int = 1
+    climb: bool = True
+    max_climb: int = 8
     tissue_min: float = 0.0
     tissue_level: float = 200.0 / 2700.0
 
@@ -76,8 +89,13 @@ class Cascade:
         capped = self.max_candidates is not None
         if self.stride < 1 or self.per_slice < 1 or (capped and self.max_candidates < 1) or self.refine < 0:
             raise ValueError("stride, per_slice and max_candidates (or None) must be >= 1 and refine >= 0")
-        if self.proposal_stride is not None and self.proposal_stride < 1:
-            raise ValueError(f"proposal_stride must be >= 1, got {self.proposal_stride}")
+        if self.shortlist is not None and self.shortlist < self.per_slice:
+            raise ValueError(f"shortlist ({self.shortlist}) must be None or >= per_slice ({self.per_slice})")
+        if self.max_climb < 0:
+            raise ValueError(f"max_climb must be >= 0, got {self.max_climb}")
+        for name in ("proposal_stride", "proposal_center"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.tissue_min <= 1.0:
             raise ValueError(f"tissue_min must be in [0, 1], got {self.tissue_min}")
 
@@ -170,7 +188,7 @@ def _grid_proposal(scorer, vol, cas: Cascade, p, center, steps, batch_size, key)
     for s, ((_, r, c), k) in enumerate(zip(per_slice, keep)):
         n = int(k.sum())
         if n:
-            out[s] = aggregate_maps(maps[i:i + n], r[k], c[k], vol.shape[1:], center)
+            out[s] = aggregate_maps(maps[i:i + n], r[k], c[k], vol.shape[1:], cas.proposal_center or center)
         i += n
     return out, len(windows)
 
@@ -195,22 +213,45 @@ def _candidates(suspicion, vol, cas: Cascade, p, center, reduction, radius):
         if not np.isfinite(approx).any():
             continue
         slice_best[s] = approx.max()
-        for n in nms(rs[ii], cs[jj], approx, cas.per_slice, radius):
+        for n in nms(rs[ii], cs[jj], approx, cas.shortlist or cas.per_slice, radius):
             if np.isfinite(approx[n]):
                 found.append((s, int(ii[n]), int(jj[n]), float(approx[n])))
     found.sort(key=lambda t: -t[3])
     return found[:cas.max_candidates] if cas.max_candidates else found, slice_best, (rs, cs)
 
 
-def _neighbourhood(cands, grid, refine: int) -> List[Tuple[int, int, int]]:
-    """Unique (slice, grid row index, grid col index) within ``refine`` grid steps of each candidate."""
-    rs, cs = grid
-    out = {}
-    for s, i, j, _ in cands:
-        for a in range(max(i - refine, 0), min(i + refine, len(rs) - 1) + 1):
-            for b in range(max(j - refine, 0), min(j + refine, len(cs) - 1) + 1):
-                out[(s, a, b)] = None
-    return list(out)
+def _hood(key: Tuple[int, int, int], grid, refine: int) -> List[Tuple[int, int, int]]:
+    """(slice, grid row index, grid col index) within ``refine`` grid steps of ``key``, itself first."""
+    (s, i, j), (rs, cs) = key, grid
+    return [key] + [(s, a, b) for a in range(max(i - refine, 0), min(i + refine, len(rs) - 1) + 1)
+                    for b in range(max(j - refine, 0), min(j + refine, len(cs) - 1) + 1) if (a, b) != (i, j)]
+
+
+def _exact_search(score_fn: Callable[[List[Tuple[int, int, int]]], np.ndarray], cands, grid,
+                  cas: Cascade) -> Dict[Tuple[int, int, int], float]:
+    """Exact scores of the shortlist, then of the neighbourhoods of each slice's best ``per_slice``
+    (moved to their best neighbour while ``climb``) -> {(slice, i, j): score}."""
+    done: Dict[Tuple[int, int, int], float] = {}
+
+    def run(keys):
+        new = [k for k in dict.fromkeys(keys) if k not in done]
+        if new:
+            done.update(zip(new, (float(v) for v in score_fn(new))))
+
+    heads = [(s, i, j) for s, i, j, _ in cands]
+    if (cas.shortlist or cas.per_slice) > cas.per_slice:
+        run(heads)
+        by_slice: Dict[int, List[Tuple[int, int, int]]] = {}
+        for k in heads:
+            by_slice.setdefault(k[0], []).append(k)
+        heads = [k for ks in by_slice.values() for k in sorted(ks, key=lambda k: -done[k])[:cas.per_slice]]
+    for _ in range(cas.max_climb + 1 if cas.climb else 1):
+        hoods = {h: _hood(h, grid, cas.refine) for h in dict.fromkeys(heads)}
+        run([k for hood in hoods.values() for k in hood])
+        heads = [m for h, hood in hoods.items() if (m := max(hood, key=done.__getitem__)) != h]
+        if not heads:
+            break
+    return done
 
 
 # ----------------------------------------------------------------------------- driver
@@ -268,6 +309,8 @@ def screen_volume(scorer: Any, volume01: Any, geometry: Optional[Geometry] = Non
     t0 = time.perf_counter()
     cas = dataclasses.replace(cascade or Cascade(), **cascade_kw)
     center, steps, reduction, batch_size, p = _settings(scorer, center, steps, reduction, batch_size)
+    if (cas.proposal_center or 0) > p:
+        raise ValueError(f"proposal_center {cas.proposal_center} is larger than the patch size {p}")
     _check_calibration(calibration, steps=steps, center=center, reduction=reduction)
     vol = check_volume(volume01, p, name)
     if geometry is not None and geometry.sop_instance_uids is not None and len(geometry.sop_instance_uids) != len(vol):
@@ -281,14 +324,19 @@ def screen_volume(scorer: Any, volume01: Any, geometry: Optional[Geometry] = Non
         suspicion, n_prop = _grid_proposal(scorer, vol, cas, p, center, steps, batch_size, key)
     t1 = time.perf_counter()
     cands, slice_best, grid = _candidates(suspicion, vol, cas, p, center, reduction, radius)
-    todo = _neighbourhood(cands, grid, cas.refine)
+    rs, cs = grid
+    salts = iter(range(2, 1 << 30))  # one noise key per exact round (steps > 1)
+
+    def score_fn(keys):
+        windows = np.stack([vol[s, rs[i]:rs[i] + p, cs[j]:cs[j] + p] for s, i, j in keys])
+        return np.asarray(scorer.score(windows, steps=steps, center=center, reduction=reduction,
+                                       batch_size=batch_size, **_key_kw(key, next(salts))), np.float64)
+
+    exact = _exact_search(score_fn, cands, grid, cas)
     findings: List[Dict[str, Any]] = []
-    if todo:
-        rs, cs = grid
-        windows = np.stack([vol[s, rs[i]:rs[i] + p, cs[j]:cs[j] + p] for s, i, j in todo])
-        exact = np.asarray(scorer.score(windows, steps=steps, center=center, reduction=reduction,
-                                        batch_size=batch_size, **_key_kw(key, 2)), np.float64)
-        findings = _findings(todo, exact, grid, vol.shape, p, radius, top_k, geometry)
+    if exact:
+        findings = _findings(list(exact), np.fromiter(exact.values(), np.float64), grid, vol.shape, p, radius,
+                             top_k, geometry)
     best = findings[0]["score"] if findings else float("-inf")
     decision = _decision(best, calibration)
     if calibration is not None:
@@ -297,7 +345,7 @@ def screen_volume(scorer: Any, volume01: Any, geometry: Optional[Geometry] = Non
     t2 = time.perf_counter()
     work = {"slices": int(len(vol)), "proposal_windows": int(n_prop),
             "fullconv_slices": len(vol) if cas.proposal == "fullconv" else 0, "candidates": len(cands),
-            "exact_windows": len(todo), "proposal_s": t1 - t0, "exact_s": t2 - t1,
+            "exact_windows": len(exact), "proposal_s": t1 - t0, "exact_s": t2 - t1,
             "seconds": t2 - t0}
     settings = {"patch": p, "center": center, "steps": steps, "reduction": reduction, "nms_radius": radius,
                 "top_k": top_k, **dataclasses.asdict(cas)}

@@ -51,10 +51,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--proposal", choices=screen.PROPOSALS, default="grid", help="first, cheap pass")
     p.add_argument("--stride", type=int, default=16, help="grid of the exact windows (as btd-jax localize)")
     p.add_argument("--proposal_stride", type=int, default=None, help="grid proposal step (default: the patch)")
+    p.add_argument("--proposal_center", type=int, default=None,
+                   help="central part of each proposal window that makes the map (default: --center)")
     p.add_argument("--per_slice", type=int, default=2, help="candidates kept per slice")
     p.add_argument("--max_candidates", type=int, default=0,
                    help="cap on the candidates scored exactly per volume (0: none, per_slice per slice)")
+    p.add_argument("--shortlist", type=int, default=0,
+                   help="candidates per slice scored exactly to choose the per_slice refined (0: per_slice)")
     p.add_argument("--refine", type=int, default=1, help="exact neighbours of a candidate, in grid steps")
+    p.add_argument("--no_climb", dest="climb", action="store_false",
+                   help="score only the neighbourhood of each refined candidate (default: move to the best "
+                        "neighbour until it is a local maximum)")
     p.add_argument("--tissue_min", type=float, default=0.0, help="skip windows with less body tissue (0-1)")
     p.add_argument("--dtype", choices=configs.DTYPES, default=None, help="compute dtype (default: config)")
     p.add_argument("--batch_size", type=int, default=None)
@@ -78,8 +85,9 @@ def _scorer(args) -> Scorer:
 def _screen_kw(args) -> dict:
     kw = dict(center=args.center, steps=args.reverse_steps, reduction=args.reduction, batch_size=args.batch_size,
               proposal=args.proposal, stride=args.stride, proposal_stride=args.proposal_stride,
-              per_slice=args.per_slice, max_candidates=args.max_candidates or None, refine=args.refine,
-              tissue_min=args.tissue_min)
+              proposal_center=args.proposal_center,
+              per_slice=args.per_slice, shortlist=args.shortlist or None, max_candidates=args.max_candidates or None,
+              refine=args.refine, climb=args.climb, tissue_min=args.tissue_min)
     if (args.reverse_steps or 1) > 1:
         kw["key"] = jax.random.key(args.seed)
     return kw

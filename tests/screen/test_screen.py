@@ -117,3 +117,69 @@ def test_volume_smaller_than_patch(tmp_path):
         screen.screen_volume(StubScorer(CFG), vol.pixels, name=str(tmp_path / "small.npy"))
     with pytest.raises(DataError, match="outside \\[0, 1\\]"):
         screen.screen_volume(StubScorer(CFG), np.full((1, 20, 20), 2.0, np.float32))
+
+
+def _bump_search(cas, cands, peak=(7, 7)):
+    """Exact scores on a 10 x 10 grid of one slice: a single bump at ``peak``; counts the calls."""
+    yy, xx = np.mgrid[:10, :10]
+    field = -np.hypot(yy - peak[0], xx - peak[1])
+    calls = []
+
+    def score_fn(keys):
+        calls.append(len(keys))
+        return np.array([field[i, j] for _, i, j in keys])
+
+    grid = (np.arange(10) * 4, np.arange(10) * 4)
+    return screen._exact_search(score_fn, cands, grid, cas), calls
+
+
+def test_shortlist_reranks_by_exact_score_before_refining():
+    """The approximate score put a decoy first; the exact scores of the shortlist pick the better
+    candidate, and only its neighbourhood is refined."""
+    cands = [(0, 0, 0, 9.0), (0, 6, 6, 8.0), (0, 2, 9, 7.0)]  # (slice, i, j, approximate score)
+    done, calls = _bump_search(screen.Cascade(per_slice=1, shortlist=3, refine=1, climb=False), cands)
+    assert calls[0] == 3 and len(done) == 3 + 8
+    assert max(done, key=done.get) == (0, 7, 7)
+    plain, _ = _bump_search(screen.Cascade(per_slice=1, refine=1, climb=False), cands[:1])
+    assert max(plain, key=plain.get) == (0, 1, 1) and len(plain) == 4  # corner: 2 x 2 neighbourhood
+    climbed, _ = _bump_search(screen.Cascade(per_slice=1, refine=1), cands[:1])  # climb is the default
+    assert max(climbed, key=climbed.get) == (0, 7, 7)
+    with pytest.raises(ValueError, match="shortlist"):
+        screen.Cascade(per_slice=3, shortlist=2)
+
+
+def test_climb_reaches_the_local_maximum_of_the_exact_score():
+    cands = [(0, 1, 2, 1.0)]
+    done, calls = _bump_search(screen.Cascade(per_slice=1, refine=1, climb=True), cands)
+    assert max(done, key=done.get) == (0, 7, 7) and done[(0, 7, 7)] == 0.0
+    assert len(done) < 100 and len(calls) >= 6  # one exact round per move, never the whole grid
+    short, _ = _bump_search(screen.Cascade(per_slice=1, refine=1, climb=True, max_climb=2), cands)
+    assert max(short, key=short.get) == (0, 4, 5)  # stopped after 2 moves: (1,2) -> (2,3) -> (3,4), scored (4,5)
+
+
+def test_proposal_center_builds_the_map_from_window_centres():
+    """With proposal_stride = proposal_center the centres of the proposal windows tile the slice:
+    each pixel's map value is that of the one window it is central in."""
+    vol, _ = planted_volume()
+    stub = StubScorer(CFG)
+    res = screen.screen_volume(stub, vol, top_k=1, center=8, stride=4, proposal_stride=8, proposal_center=8)
+    for r0, c0 in [(0, 0), (8, 24), (32, 16)]:
+        want = stub.residual_map(vol[1][None, r0:r0 + 16, c0:c0 + 16])[0, 4:12, 4:12]
+        np.testing.assert_allclose(res.suspicion[1, r0 + 4:r0 + 12, c0 + 4:c0 + 12], want, rtol=1e-6)
+    assert res.work["proposal_windows"] == 3 * 5 * 5
+    with pytest.raises(ValueError, match="proposal_center"):
+        screen.screen_volume(stub, vol, center=8, proposal_center=17)
+
+
+def test_shortlist_and_climb_in_screen_volume_match_exhaustive_top1():
+    vol, box = planted_volume()
+    stub = StubScorer(CFG)
+    res = screen.screen_volume(stub, vol, top_k=1, center=8, stride=4, proposal_stride=8, proposal_center=8,
+                               shortlist=4, per_slice=1, climb=True)
+    top = res.findings[0]
+    best = max((localize.localize_slice(stub, v, stride=4, center=8, top_k=1).top[0] | {"slice": s}
+                for s, v in enumerate(vol)), key=lambda f: f["score"])
+    assert (top["slice"], top["row"], top["col"]) == (best["slice"], best["row"], best["col"])
+    assert box[top["row"], top["col"]]
+    assert res.work["candidates"] == 3 * 4 and res.work["exact_windows"] < 3 * 9 * 9
+    assert res.settings["shortlist"] == 4 and res.settings["climb"] is True
