@@ -22,6 +22,10 @@ Three parts, one run, JSON to ``--out``:
         --site_body 0.7 --repaint --settings grid grid_tissue grid_half --skip timing bf16 \
         --out experiments/results/bench_screen_ct8.json
 
+Settings are named presets (``grid``, ``grid_tissue``, ...) or ``NAME:FIELD=VALUE,...`` with
+:class:`btd_jax.screen.Cascade` fields, e.g. the in-tissue cascade
+``half_tissue:proposal_stride=48,proposal_center=48,tissue_min=0.25``.
+
 Load averages are recorded around each timed part: the machine may be shared.
 """
 
@@ -167,24 +171,61 @@ def _tissue_top1(vol, results, p: int, tissue_min: float) -> Dict[str, Any]:
     return best
 
 
+def _custom_setting(spec: str) -> Dict[str, Any]:
+    """'proposal_stride=64,shortlist=8,climb=1' -> Cascade fields (ints, floats, 0/1 for climb)."""
+    fields = {f.name: f.type for f in dataclasses.fields(screen.Cascade)}
+    out: Dict[str, Any] = {}
+    for item in filter(None, spec.split(",")):
+        k, _, v = item.partition("=")
+        if k not in fields:
+            raise SystemExit(f"--settings: unknown cascade field {k!r} (one of {sorted(fields)})")
+        out[k] = v if k == "proposal" else bool(int(v)) if k == "climb" else float(v) if "." in v else int(v)
+    screen.Cascade(**out)
+    return out
+
+
+def _warm_buckets(scorer: Scorer, p: int, center, batch: int) -> None:
+    """Compiles every chunk shape a screening call can use (the stream pads small calls, e.g. the exact
+    stage's climbing rounds, to power-of-two buckets), so that no compilation lands inside a timing."""
+    b = jax.device_count()
+    while True:
+        x = np.full((min(b, batch), p, p), 0.5, np.float32)
+        scorer.score(x, center=center, batch_size=batch)
+        scorer.residual_map(x, batch_size=batch)
+        if b >= batch:
+            return
+        b *= 2
+
+
+def _named_settings(args, names: List[str], p: int) -> Dict[str, Dict[str, Any]]:
+    """Setting names (or NAME:FIELD=VALUE,...) -> screen_volume keywords."""
+    named = {"grid": dict(proposal="grid"), "grid_half": dict(proposal="grid", proposal_stride=p // 2),
+             "grid_tissue": dict(proposal="grid", tissue_min=args.tissue_min), "fullconv": dict(proposal="fullconv"),
+             "grid_wide": dict(proposal="grid", per_slice=6, refine=2),
+             "grid4": dict(proposal="grid", per_slice=4),
+             "grid_tissue4": dict(proposal="grid", tissue_min=args.tissue_min, per_slice=4),
+             "grid_half_tissue": dict(proposal="grid", proposal_stride=p // 2, tissue_min=args.tissue_min)}
+    cap = args.max_candidates or None
+    out = {name: dict(named[name] if name in named else _custom_setting(spec), max_candidates=cap)
+           for name, spec in (n.partition(":")[::2] for n in names)}
+    if any(kw.get("tissue_min", args.tissue_min) not in (0, args.tissue_min) for kw in out.values()):
+        raise SystemExit("--settings: a tissue-gated setting must use --tissue_min (exhaustive search's best "
+                         "window in tissue is taken at that fraction)")
+    return out
+
+
 def recall_part(args, scorer) -> Dict[str, Any]:
     p = scorer.cfg.image_size
     center = scorer.cfg.score.center
     src = next(s for s in demo_data.load_sources("CT", 0.35, p) if s.image.shape == (512, 512))
     real = np.stack([_dihedral(src.unit, k) for k in range(args.slices)])
-    settings = {"grid": dict(proposal="grid"), "grid_half": dict(proposal="grid", proposal_stride=p // 2),
-                "grid_tissue": dict(proposal="grid", tissue_min=args.tissue_min), "fullconv": dict(proposal="fullconv"),
-                "grid_wide": dict(proposal="grid", per_slice=6, refine=2),
-                "grid4": dict(proposal="grid", per_slice=4),
-                "grid_tissue4": dict(proposal="grid", tissue_min=args.tissue_min, per_slice=4),
-                "grid_half_tissue": dict(proposal="grid", proposal_stride=p // 2, tissue_min=args.tissue_min)}
-    settings = {k: dict(v, max_candidates=args.max_candidates or None) for k, v in settings.items()
-                if k in args.settings}
+    settings = _named_settings(args, args.settings, p)
     styles = STYLES + (("repaint",) if args.repaint else ())
     rng = np.random.default_rng(args.seed)
     cache: Dict[Any, Any] = {}
     if args.crop:
         real = real[:, :args.crop, :args.crop]
+    _warm_buckets(scorer, p, center, 64)
     for kw in settings.values():  # fixed chunk shapes (batch_size), compiled once outside the timings
         kw["batch_size"] = 64
         screen.screen_volume(scorer, real, top_k=args.top_k, **kw)
@@ -306,8 +347,9 @@ def timing_part(args, model: Scorer) -> Dict[str, Any]:
         sc = (Scorer.from_params(model.params, configs.override(model.cfg, {"model.dtype": dtype})) if trained
               else _random_scorer("ct", dtype))
         row: Dict[str, Any] = {"load_before": _load()}
-        for name in args.timing_proposals:
-            kw = dict(proposal=name, batch_size=args.timing_batch)  # one chunk shape: compiled once, untimed
+        _warm_buckets(sc, p, center, args.timing_batch)
+        for name, kw in _named_settings(args, args.timing_proposals, p).items():
+            kw = dict(kw, batch_size=args.timing_batch)  # one chunk shape: compiled once, untimed
             # ~18 exact windows per slice: enough slices that the exact stage also fills a whole chunk
             screen.screen_volume(sc, vol[:min(len(vol), -(-args.timing_batch // 16))], center=center, **kw)
             t0 = time.perf_counter()
@@ -329,7 +371,7 @@ def timing_part(args, model: Scorer) -> Dict[str, Any]:
             dt = time.perf_counter() - t0
             row["exhaustive_stride16"] = {"seconds_per_slice": dt, "windows": int(ex.scores.size),
                                           "volume_300_s_extrapolated": 300 * dt}
-            for name in args.timing_proposals:
+            for name in _named_settings(args, args.timing_proposals, p):
                 row[name]["speedup_vs_exhaustive_per_slice"] = dt / row[name]["seconds_per_slice"]
                 row[name]["speedup_vs_exhaustive_300"] = 300 * dt / row[name]["volume_300_s_extrapolated"]
         row["load_after"] = _load()
@@ -360,9 +402,9 @@ def main(argv=None) -> dict:
     p.add_argument("--top_k", type=int, default=5)
     p.add_argument("--repaint", action="store_true", help="add RePaint removal by the demo DDPM")
     p.add_argument("--settings", nargs="+", default=["grid", "grid_half", "grid_tissue"],
-                   choices=["grid", "grid_half", "grid_tissue", "fullconv", "grid_wide", "grid4", "grid_tissue4",
-                            "grid_half_tissue"],
-                   help="cascade settings compared (fullconv: the demo model's full attention at 1/4 size is slow)")
+                   help="cascade settings compared: grid, grid_half, grid_tissue, fullconv (the demo model's full "
+                        "attention at 1/4 size is slow), grid_wide, grid4, grid_tissue4, grid_half_tissue, or "
+                        "NAME:FIELD=VALUE,... (screen.Cascade fields, e.g. t64:proposal_stride=64,climb=1)")
     p.add_argument("--max_candidates", type=int, default=0, help="cascade cap per volume (0: none, per_slice per slice)")
     p.add_argument("--tissue_min", type=float, default=0.25, help="grid_tissue: least body fraction of a window")
     p.add_argument("--site_body", type=float, default=0.9,
@@ -378,7 +420,8 @@ def main(argv=None) -> dict:
     p.add_argument("--timing_slices", type=int, default=2)
     p.add_argument("--timing_model", choices=["ct", "workdir"], default="ct",
                    help="timing part: the ct preset with random weights, or the --workdir model")
-    p.add_argument("--timing_proposals", nargs="+", default=["fullconv", "grid"], choices=list(screen.PROPOSALS))
+    p.add_argument("--timing_proposals", nargs="+", default=["fullconv", "grid"],
+                   help="timing part: cascade settings, named as in --settings")
     p.add_argument("--timing_batch", type=int, default=16, help="timing part: windows per chunk")
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--exhaustive_dtypes", nargs="*", default=["float32"])
