@@ -6,7 +6,8 @@ cascade that scores only where it matters:
 
 1. **proposal** over every slice, cheap: ``'grid'`` cuts the slice into ``P x P`` windows at
    ``proposal_stride`` (default ``P``: tiles) and averages their residual maps (exact patch
-   semantics, ~(P/stride)^2 fewer windows than exhaustive); ``'fullconv'`` runs the U-Net once over
+   semantics, ~(P/stride)^2 fewer windows than exhaustive; ``proposal_stride = proposal_center =
+   P/2`` takes each pixel from the one window it is central in, the most faithful map); ``'fullconv'`` runs the U-Net once over
    the whole slice at t = 0 (the d = 1 residual of the slice; GroupNorm and attention then see the
    whole slice, so it is a proxy). Every window of the exact grid (``stride``, the grid exhaustive
    localisation uses) gets an approximate score: the map pooled over its central ``k x k``.
