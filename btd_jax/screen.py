@@ -7,10 +7,11 @@ cascade that scores only where it matters:
 1. **proposal** over every slice, cheap: ``'grid'`` cuts the slice into ``P x P`` windows at
    ``proposal_stride`` (default ``P``: tiles) and averages their residual maps (exact patch
    semantics, ~(P/stride)^2 fewer windows than exhaustive; ``proposal_stride = proposal_center =
-   P/2`` takes each pixel from the one window it is central in, the most faithful map); ``'fullconv'`` runs the U-Net once over
-   the whole slice at t = 0 (the d = 1 residual of the slice; GroupNorm and attention then see the
-   whole slice, so it is a proxy). Every window of the exact grid (``stride``, the grid exhaustive
-   localisation uses) gets an approximate score: the map pooled over its central ``k x k``.
+   P/2`` takes each pixel from the one window it is central in, the most faithful map);
+   ``'fullconv'`` runs the U-Net once over the whole slice at t = 0 (the d = 1 residual of the
+   slice; GroupNorm and attention then see the whole slice, so it is a proxy). Every window of the
+   exact grid (``stride``, the grid exhaustive localisation uses) gets an approximate score: the map
+   pooled over its central ``k x k``.
 2. **candidates**: the best ``shortlist`` windows of each slice by the approximate score (non-max
    suppressed); optionally only the best ``max_candidates`` of the volume.
 3. **exact BTD score** (the paper's patch score), batched over the whole volume on every device:
@@ -59,7 +60,7 @@ class Cascade:
     None = the patch size (tiles: fastest); P // 2 makes the proposal map faithful to windows centred
     on each pixel (closer agreement with exhaustive search, ~4x the proposal work).
     ``proposal_center``: the central c x c of each proposal window whose residuals make the map
-    (None: the score's centre window); with ``proposal_stride = proposal_center`` (e.g. 64 for
+    (None: the score's centre window); with ``proposal_stride = proposal_center`` (e.g. 48 for
     96 px) these centres tile the slice, so every pixel is seen away from a window's border.
     ``shortlist`` candidates per slice (None: ``per_slice``) are scored exactly, and the best
     ``per_slice`` of them get their neighbours within ``refine`` grid steps scored too: the

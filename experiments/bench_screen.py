@@ -173,7 +173,7 @@ def _tissue_top1(vol, results, p: int, tissue_min: float) -> Dict[str, Any]:
 
 def _custom_setting(spec: str) -> Dict[str, Any]:
     """'proposal_stride=64,shortlist=8,climb=1' -> Cascade fields (ints, floats, 0/1 for climb)."""
-    fields = {f.name: f.type for f in dataclasses.fields(screen.Cascade)}
+    fields = {f.name for f in dataclasses.fields(screen.Cascade)}
     out: Dict[str, Any] = {}
     for item in filter(None, spec.split(",")):
         k, _, v = item.partition("=")
@@ -343,12 +343,13 @@ def timing_part(args, model: Scorer) -> Dict[str, Any]:
     out: Dict[str, Any] = {"config": base.name, "weights": "trained (--workdir)" if trained else "random (timing only)",
                            "slice": [512, 512], "center": center, "slices_measured": args.timing_slices,
                            "batch_size": args.timing_batch}
+    timed = _named_settings(args, args.timing_proposals, p)
     for dtype in args.dtypes:
         sc = (Scorer.from_params(model.params, configs.override(model.cfg, {"model.dtype": dtype})) if trained
               else _random_scorer("ct", dtype))
         row: Dict[str, Any] = {"load_before": _load()}
         _warm_buckets(sc, p, center, args.timing_batch)
-        for name, kw in _named_settings(args, args.timing_proposals, p).items():
+        for name, kw in timed.items():
             kw = dict(kw, batch_size=args.timing_batch)  # one chunk shape: compiled once, untimed
             # ~18 exact windows per slice: enough slices that the exact stage also fills a whole chunk
             screen.screen_volume(sc, vol[:min(len(vol), -(-args.timing_batch // 16))], center=center, **kw)
@@ -371,7 +372,7 @@ def timing_part(args, model: Scorer) -> Dict[str, Any]:
             dt = time.perf_counter() - t0
             row["exhaustive_stride16"] = {"seconds_per_slice": dt, "windows": int(ex.scores.size),
                                           "volume_300_s_extrapolated": 300 * dt}
-            for name in _named_settings(args, args.timing_proposals, p):
+            for name in timed:
                 row[name]["speedup_vs_exhaustive_per_slice"] = dt / row[name]["seconds_per_slice"]
                 row[name]["speedup_vs_exhaustive_300"] = 300 * dt / row[name]["volume_300_s_extrapolated"]
         row["load_after"] = _load()
