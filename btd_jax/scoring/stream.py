@@ -27,7 +27,7 @@ from btd_jax.models.unet import Unet
 from btd_jax.scoring import residual
 from btd_jax.scoring.interfaces import ScoreResult
 
-__all__ = ["ModelStream", "score_and_maps", "validate_images", "resolve_micro_batch",
+__all__ = ["ModelStream", "FixedChunks", "score_and_maps", "validate_images", "resolve_micro_batch",
            "replicate", "trace_count", "SCORE_FIELDS"]
 
 SCORE_FIELDS: Tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ScoreConfig))
@@ -226,6 +226,49 @@ def score_and_maps(params, sched, images, cfg: Config, *, mesh=None, steps: int 
     return ScoreResult(scores, maps)
 
 
+class FixedChunks:
+    """Scores and residual maps of up to ``chunk`` images per call, always through one compiled shape.
+
+    A caller with many small, data-dependent requests (screening: a few climbing windows of some
+    slices) pads each to the same (chunk, H, W, C), so nothing compiles after the first call.
+    :meth:`submit` returns as soon as the work is queued on the devices; the host builds the next
+    chunk while they compute, and the returned callable blocks for ``ScoreResult(scores, maps)``.
+    ``ids`` (one int per image) are the images' noise indices (``fold_in(key, id)``), so stochastic
+    scores do not depend on which chunk an image travels in.
+    """
+
+    def __init__(self, stream: "ModelStream", chunk: int, settings: ScoreConfig, key=None):
+        cfg, mesh, s = stream.cfg, stream.mesh, settings
+        _check_options(cfg, s.steps, s.start_t, s.sampler, s.reduction, s.center)
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        n_dev = mesh.devices.size
+        self.chunk = -(-int(chunk) // n_dev) * n_dev
+        self.opts = _Options(model=cfg.model, steps=int(s.steps), start_t=int(s.start_t),
+                             clip_denoised=bool(s.clip_denoised), sampler=s.sampler,
+                             eta=float(cfg.diffusion.ddim_sampling_eta), center=s.center, reduction=s.reduction,
+                             want_maps=True, micro_batch=resolve_micro_batch(s.micro_batch, self.chunk // n_dev),
+                             normalize=bool(cfg.diffusion.auto_normalize))
+        if self.opts.stochastic and key is None:
+            raise ValueError(f"BTD with steps={s.steps}, start_t={s.start_t} adds noise: pass key=jax.random.key(seed)")
+        self.key = jax.random.key(0) if key is None else key
+        self._stream, self._fn = stream, _compiled(mesh, self.opts)
+
+    def submit(self, images, ids) -> Callable[[], ScoreResult]:
+        """images (n <= chunk, H, W[, C]) in [0, 1] (already validated), ids (n,) ints -> a callable
+        that waits for and returns ``ScoreResult(scores (n,), maps (n, H, W))``."""
+        x = validate_images(images, self._stream.cfg)
+        n = x.shape[0]
+        if not 1 <= n <= self.chunk:
+            raise ValueError(f"submit takes 1 to {self.chunk} images, got {n}")
+        x, _ = parallel.pad_to_multiple(np.asarray(x, np.float32), self.chunk)
+        idx, _ = parallel.pad_to_multiple(np.asarray(ids, np.int32).reshape(n), self.chunk)
+        mesh = self._stream.mesh
+        s, m = self._fn(self._stream.params, self._stream.sched, parallel.shard_batch(x, mesh),
+                        parallel.shard_batch(idx, mesh), self.key)
+        return lambda: ScoreResult(np.asarray(s)[:n], np.asarray(m)[:n])
+
+
 def replicate(params, cfg: Config, mesh) -> Tuple[Any, diffusion.Schedule]:
     """(params, schedule of ``cfg.diffusion``) placed on every device of ``mesh``."""
     rep = parallel.replicated(mesh)
@@ -274,6 +317,11 @@ class ModelStream:
                               sampler=s.sampler, batch_size=s.batch_size, reduction=s.reduction,
                               want_maps=want_maps, clip_inputs=s.clip_inputs, progress=progress,
                               micro_batch=s.micro_batch, index_offset=index_offset)
+
+    def fixed_chunks(self, chunk: int, key=None, **overrides: Any) -> FixedChunks:
+        """A :class:`FixedChunks` of ``chunk`` images per call with this stream's settings (ScoreConfig
+        field names as overrides)."""
+        return FixedChunks(self, chunk, self.settings(**overrides), key)
 
     def residual_map(self, images, **overrides: Any) -> np.ndarray:
         """(N, H, W) squared residual maps in the model's units."""

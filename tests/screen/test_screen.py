@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from btd_jax import calibration, configs, localize, screen
+from btd_jax.screen import exact
 from btd_jax.data import volume as volume_io
 from btd_jax.data.errors import DataError
 
@@ -130,7 +131,7 @@ def _bump_search(cas, cands, peak=(7, 7)):
         return np.array([field[i, j] for _, i, j in keys])
 
     grid = (np.arange(10) * 4, np.arange(10) * 4)
-    return screen._exact_search(score_fn, cands, grid, cas), calls
+    return exact.search(score_fn, cands, grid, cas), calls
 
 
 def test_shortlist_reranks_by_exact_score_before_refining():
