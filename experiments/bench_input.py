@@ -53,21 +53,6 @@ def _loadavg():
         return None
 
 
-def _write_authors_ct(root: str, n: int, side: int = 512, seed: int = 0) -> None:
-    """``n`` HU slices ``root/P<p>/s<k>.npy`` and ``train_csv.csv`` (authors' layout)."""
-    rng = np.random.default_rng(seed)
-    base = rng.normal(0, 400, (side, side)).astype(np.int16)
-    rows = []
-    for i in range(n):
-        p, k = divmod(i, 100)
-        os.makedirs(os.path.join(root, f"P{p}"), exist_ok=True)
-        np.save(os.path.join(root, f"P{p}", f"s{k}.npy"), np.roll(base, i, axis=0))
-        rows.append(f"P{p}/s{k}.npy,{100 + i % 300},{120 + (7 * i) % 280},0")
-    rows.append("dropped.npy,1,1,0")
-    with open(os.path.join(root, "train_csv.csv"), "w") as f:
-        f.write("unix_path,x,y,istumor\n" + "\n".join(rows) + "\n")
-
-
 def _write_dicom(root: str, n: int) -> None:
     import copy
 
@@ -85,10 +70,11 @@ def _write_dicom(root: str, n: int) -> None:
 
 
 def bench_prepare(tmp: str, n: int) -> dict:
+    from btd_jax.benchmarks.inputs import write_authors_ct
     from btd_jax.data import sources
 
     out = {}
-    for name, write, count in (("authors_ct_512px", _write_authors_ct, n),
+    for name, write, count in (("authors_ct_512px", write_authors_ct, n),
                                ("dicom_ct_small_128px", _write_dicom, n)):
         src, dst = os.path.join(tmp, f"in_{name}"), os.path.join(tmp, f"store_{name}")
         write(src, count)
@@ -103,41 +89,10 @@ def bench_prepare(tmp: str, n: int) -> dict:
     return out
 
 
-def _host_batches(store_path: str, accum: int, batch: int, size: int):
-    from btd_jax.data import crops, store
-
-    st = store.SliceStore(store_path)
-    return crops.HostBatches(st, np.arange(len(st)), seed=0, accum=accum, batch=batch,
-                             cols=slice(0, batch), spec=crops.CropSpec(size, hflip=True))
-
-
 def bench_crops(store_path: str, steps: int, workers=(0, 1, 2)) -> dict:
-    from btd_jax.data import loader
+    from btd_jax.benchmarks.inputs import crops_per_s
 
-    accum, batch, size = 2, 64, 96  # the ct preset's optimiser step
-    make = _host_batches(store_path, accum, batch, size)
-    out = {"crop": size, "crops_per_step": accum * batch, "steps": steps}
-    for w in workers:
-        t0 = time.perf_counter()
-        it = loader.host_batches(make, range(0, steps + 2), workers=w, depth=4)
-        next(it)
-        t1 = time.perf_counter()
-        next(it)
-        t2, c2 = time.perf_counter(), time.process_time()
-        for _ in range(steps):
-            next(it)
-        t3, c3 = time.perf_counter(), time.process_time()
-        it.close()
-        out[f"workers_{w}"] = {"startup_s": round(t1 - t0, 2),
-                               "crops_per_s": round(steps * accum * batch / (t3 - t2), 1),
-                               "main_process_cpu_s": round(c3 - c2, 2)}
-    # One core's rate, from CPU time rather than wall time (the machine is shared): cutting in
-    # this process without a thread.
-    c0 = time.process_time()
-    for s in range(steps):
-        make(s)
-    out["one_core_crops_per_cpu_s"] = round(steps * accum * batch / (time.process_time() - c0), 1)
-    return out
+    return crops_per_s(store_path, steps, workers)  # the ct preset's step: 2 x 64 crops of 96 px
 
 
 def bench_flops(crops_per_s: float | None, per_core: float | None = None) -> dict:

@@ -5,7 +5,8 @@
         --out experiments/results/bench_train_cpu.json
 
 JAX: ``btd_jax.train.make_train_step`` (clip + Adam + EMA, one jitted call per optimiser step) on
-every local device. Reference: lucidrains ``GaussianDiffusion`` (1.8.3 for v1 configs, the installed
+every local device, timed by :func:`btd_jax.benchmarks.training.time_train_step` (also used by
+``btd-jax bench --suite``). Reference: lucidrains ``GaussianDiffusion`` (1.8.3 for v1 configs, the installed
 2.x for v2) + ``torch.optim.Adam`` + ``clip_grad_norm_`` + ``ema_pytorch.EMA`` -- one iteration of
 the authors' ``Trainer`` loop -- under ``--torch_python``, run as a subprocess so the two
 never share a process. Both get the same batch of ``batch_size`` images per optimiser step
@@ -69,35 +70,9 @@ def _loadavg():
 
 
 def bench_jax(cfg, steps: int, warmup: int) -> dict:
-    import jax
-    import numpy as np
+    from btd_jax.benchmarks.training import time_train_step  # after XLA_FLAGS is set (main)
 
-    from btd_jax import parallel, train
-
-    mesh = parallel.make_mesh()
-    tc = cfg.train
-    state = train.create_train_state(cfg, jax.random.PRNGKey(0), mesh)
-    x = np.random.default_rng(0).random((tc.grad_accum, tc.batch_size, cfg.image_size, cfg.image_size,
-                                         cfg.model.channels), dtype=np.float32)
-    batch = jax.device_put(x, train.batch_sharding(mesh))
-    step = train.make_train_step(cfg, mesh)
-    t0 = time.perf_counter()
-    state, m = step(state, batch)
-    jax.block_until_ready(m["loss"])
-    first = time.perf_counter() - t0
-    for _ in range(max(0, warmup - 1)):
-        state, m = step(state, batch)
-    jax.block_until_ready(m["loss"])
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        state, m = step(state, batch)
-        jax.block_until_ready(m["loss"])
-        times.append(time.perf_counter() - t0)
-    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-    return {"jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count(),
-            "device_kind": jax.devices()[0].device_kind, "first_step_s": first, "step_times_s": times,
-            "params": n_params}
+    return time_train_step(cfg, steps, warmup)
 
 
 def bench_torch(cfg, steps: int, warmup: int, python: str, ddpm_path: str, threads: int) -> dict:
