@@ -25,16 +25,11 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
-import jax
 import numpy as np
-from scipy import ndimage as ndi
 
-from btd_jax import baselines, evaluate
-from btd_jax.attacks import suite
-from btd_jax.baselines import comparison
-from btd_jax.data import datasets
+from btd_jax.attacks import quality, suite
 from btd_jax.data import demo_data as demo_data_lib
 from btd_jax.score import Scorer
 from btd_jax.scoring import variants
@@ -44,95 +39,11 @@ DETECTORS = {"demo": "lowt", "paper": "uniform", "fast": "truncated"}
 ATTACKS = {"injection": ("SDEdit", "cGAN"), "removal": ("RePaint", "cGAN")}
 
 
-def _btd_rows(name: str, wd: Path, root: Path, attack: str, settings: Dict[str, Any], n_boot: int,
-              ref=None) -> List[Dict[str, Any]]:
-    scorer = Scorer.load(str(wd))
-    patches, labels, meta = evaluate.load_eval_set(str(root), "CT", attack, size=32)
-    rows = []
-    for label, kw in settings.items():
-        for center in (16, None):
-            kw2 = dict(kw, center=center)
-            if kw2.get("variant") == "two_sided":
-                if center is None:
-                    continue  # the reference is fitted on the central window
-                kw2["reference"] = ref
-            s = scorer.score(patches, key=jax.random.key(0), **kw2)
-            red = evaluate.reduction_name(center, kw.get("reduction", "mean"))
-            for r in evaluate.evaluate_scored({red: s}, labels, meta, "CT", attack, n_boot=n_boot, seed=0,
-                                              method=f"BTD {name} {label}"):
-                r["command"] = _btd_command(wd, root, attack, r["dataset"], center, kw)
-                rows.append(r)
-    return rows
-
-
-def _btd_command(wd: Path, root: Path, attack: str, dataset: str, center, kw) -> str:
-    """The ``btd-jax`` command(s) that reproduce one BTD row from the cached work folder."""
-    tamper = dataset.split("-")[0]
-    if kw.get("variant", "btd") == "btd" and kw.get("reduction", "mean") == "mean":
-        return (f"btd-jax evaluate --workdir {wd} --dataset {root} --attack {attack} --tamper {tamper} "
-                "--centers 16 --out OUT")
-    opts = [f"--center {center}"] if center else []
-    if "reduction" in kw:
-        opts.append(f"--reduction {kw['reduction']}")
-    if kw.get("variant") == "multi_t":
-        opts.append("--variant multi_t --start_ts " + " ".join(map(str, kw["start_ts"])))
-    if kw.get("variant") == "two_sided":
-        opts.append(f"--variant two_sided --reference {wd}/score_reference.json")
-    return (f"btd-jax score --workdir {wd} --input {root} --modality CT --attack {attack} --tamper {tamper} "
-            f"{' '.join(opts)} --out S.csv && btd-jax evaluate --scores S.csv --attack {attack} --out OUT")
-
-
-def _baseline_rows(work: Path, root: Path, attack: str, demo_wd: Path, steps: int, n_boot: int):
-    train = datasets.load_patches(str(common.demo_data(work) / "train.npz"))
-    patches, labels, meta = evaluate.load_eval_set(str(root), "CT", attack, size=32)
-    res = comparison.compare(train, patches, labels, meta, modality="CT", attack=attack, scorer=Scorer.load(
-        str(demo_wd)), methods=baselines.NAMES, preset="tiny", baseline_steps=steps, center=16, n_boot=n_boot,
-        checkpoint_dir=str(work / f"baselines_{attack}"), reuse=True, progress=common.log)
-    cmd = (f"btd-jax compare --dataset {root} --train {work}/data/train.npz --workdir {demo_wd} --attack {attack} "
-           f"--preset tiny --baseline_steps {steps} --center 16 --out OUT")
-    return [dict(r, command=cmd) for r in res.rows if r["method"] != "BTD"], res.seconds
-
-
-def _highpass(a: np.ndarray) -> np.ndarray:
-    return a - ndi.gaussian_filter(a.astype(np.float64), 1.0)
-
-
-def _describe(root: Path) -> Dict[str, Dict[str, float]]:
-    """What each generative attack did to its pixels (HU, inside its mask): mean change, and the
-    high-pass noise level (x - gaussian(x, 1)) of the fake vs the original and vs real pixels."""
-    sources = {(s.name, s.frame): s for s in demo_data_lib.load_sources("CT", 0.35, 32)}
-    out = {}
-    for attack in ATTACKS:
-        patches, labels, meta = evaluate.load_eval_set(str(root), "CT", attack, size=32)
-        csv_dir = root / "CT" / ("Inject" if attack == "injection" else "Remove")
-        for name, idx in evaluate.dataset_indices(labels, meta, "CT", attack).items():
-            stats: Dict[str, List[float]] = {"mean_change_hu": [], "noise_fake_hu": [], "noise_orig_hu": [],
-                                             "painted_contrast_hu": []}
-            for i in idx[labels[idx] == 1]:
-                src = sources[(str(meta["source"][i]), int(meta["frame"][i]))]
-                y, x = int(meta["src_y"][i]), int(meta["src_x"][i])
-                crop = np.load(str(meta["path"][i]))
-                mask = np.load(csv_dir / str(meta["mask"][i]))
-                cy, cx = int(meta["y"][i]), int(meta["x"][i])
-                fake = crop[cy - 16:cy + 16, cx - 16:cx + 16]
-                m = mask[cy - 16:cy + 16, cx - 16:cx + 16]
-                orig = src.image[y - 16:y + 16, x - 16:x + 16]
-                stats["mean_change_hu"].append(float((fake - orig)[m].mean()))
-                stats["noise_fake_hu"].append(float(_highpass(fake)[m].std()))
-                stats["noise_orig_hu"].append(float(_highpass(orig)[m].std()))
-                stats["painted_contrast_hu"].append(float(meta["contrast"][i]))
-            out[name] = {k: round(float(np.mean(v)), 2) for k, v in stats.items()}
-    return out
-
-
-def _markdown(rows: List[Dict[str, Any]]) -> str:
-    lines = ["| dataset | method | window | AUC | AUC bootstrap [95% CI] | EER | EER bootstrap [95% CI] |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['dataset']} | {r['method']} | {r['reduction']} | {r['auc']:.3f} | {r['auc_mean']:.3f} "
-                     f"[{r['auc_ci_low']:.3f}, {r['auc_ci_high']:.3f}] | {r['eer']:.3f} | {r['eer_mean']:.3f} "
-                     f"[{r['eer_ci_low']:.3f}, {r['eer_ci_high']:.3f}] |")
-    return "\n".join(lines) + "\n"
+def _quality(root: Path) -> Dict[str, Dict[str, Any]]:
+    """What each generative attack did to its pixels (:mod:`btd_jax.attacks.quality`, HU)."""
+    sources = demo_data_lib.load_sources("CT", 0.35, 32)
+    return {name: quality.summarize(q, attack) for attack in ATTACKS
+            for name, q in quality.read_sets(root, "CT", attack, sources, 32).items()}
 
 
 def main(argv=None) -> int:
@@ -168,16 +79,18 @@ def main(argv=None) -> int:
             settings = {"mean": {}, "max": {"reduction": "max"}, "p99": {"reduction": "percentile:99"},
                         "multi_t": {"variant": "multi_t", "start_ts": (0, 1, 2, 3)},
                         "two_sided": {"variant": "two_sided"}}
-            rows += _btd_rows("demo", wds["demo"], root, attack, settings, args.n_boot, ref)
-            rows += [dict(r, kind="hand-made") for r in _btd_rows("demo", wds["demo"], hand_root, attack,
-                                                                   {"mean": {}}, args.n_boot)]
+            rows += common.btd_rows("demo", wds["demo"], root, attack, settings, args.n_boot, ref, work=work)
+            rows += [dict(r, kind="hand-made") for r in common.btd_rows("demo", wds["demo"], hand_root, attack,
+                                                                         {"mean": {}}, args.n_boot, work=work)]
         if "paper" in wds:
-            rows += _btd_rows("paper", wds["paper"], root, attack, {"mean": {}}, args.n_boot)
+            rows += common.btd_rows("paper", wds["paper"], root, attack, {"mean": {}}, args.n_boot, work=work)
         if "fast" in wds:
-            rows += _btd_rows("fast", wds["fast"], root, attack, {"p99": {"reduction": "percentile:99"}}, args.n_boot)
+            rows += common.btd_rows("fast", wds["fast"], root, attack, {"p99": {"reduction": "percentile:99"}},
+                                    args.n_boot, work=work)
         if args.baseline_steps and "demo" in wds:
-            b_rows, seconds[attack] = _baseline_rows(work, root, attack, wds["demo"], args.baseline_steps,
-                                                     args.n_boot)
+            b_rows, seconds[attack] = common.baseline_rows(common.demo_data(work) / "train.npz", root, attack,
+                                                           wds["demo"], args.baseline_steps, args.n_boot,
+                                                           work / f"baselines_{attack}", work=work)
             rows += b_rows
         common.log(f"{attack}: {len(rows)} rows so far")
     for r in rows:
@@ -187,12 +100,13 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     detectors = {k: json.loads((v / "done.json").read_text()) for k, v in wds.items()}
     out.write_text(json.dumps({"rows": rows, "attacker": attacker_info, "attack_seconds": attack_seconds,
-                               "what_the_attacks_did": _describe(root),
-                               "detectors": detectors, "baseline_seconds": seconds, "args": vars(args),
-                               "command": f"python -m experiments.attacks_demo --work {args.work}",
+                               "what_the_attacks_did": _quality(root),
+                               "detectors": detectors, "baseline_seconds": seconds,
+                               "args": dict(vars(args), work="WORK"),
+                               "command": "python -m experiments.attacks_demo --work WORK",
                                "total_seconds": time.perf_counter() - t0}, indent=2, default=str))
-    out.with_suffix(".md").write_text(_markdown(rows))
-    print(_markdown([r for r in rows if r["reduction"] in ("center16", "full")]))
+    out.with_suffix(".md").write_text(common.markdown(rows))
+    print(common.markdown([r for r in rows if r["reduction"] in ("center16", "full")]))
     return 0
 
 

@@ -59,7 +59,7 @@ class GanConfig:
     batch_size: int = 32
     num_steps: int = 600
     radius: Tuple[float, float] = RADIUS_PX
-    contrast_hu: Tuple[float, float] = CONTRAST_HU
+    contrast_hu: Tuple[float, float] = CONTRAST_HU  # injected contrast: HU for CT, [0, 1] units for MRI
     noise_std: float = 0.0  # > 0: a noise channel of this std (item i draws from fold_in(key, i))
     modality: str = "CT"  # of the patches it was trained on
 
@@ -137,8 +137,10 @@ def make_targets(patches01: np.ndarray, cond: np.ndarray, cfg: GanConfig, rng: n
     """Training targets (N,S,S) in [0, 1]: the patch (remove) or the patch plus a nodule (inject).
 
     A nodule of radius ``cfg.radius`` (capped to fit the hole) and contrast ``cfg.contrast_hu`` is
-    added at a random point of the hole (kept inside it), in HU (linear window: HU / 2700).
+    added at a random point of the hole (kept inside it), in HU for CT (linear window: HU / 2700) and
+    in [0, 1] units for MRI.
     """
+    scale = _HU_SCALE if preprocess.canonical_modality(cfg.modality) == "CT" else 1.0
     out = np.array(patches01, np.float32, copy=True)
     s, a = cfg.image_size, (cfg.image_size - cfg.hole) // 2
     hole = hole_mask(cfg)  # the generator only writes there: cut the blob's soft tail at the hole's edge
@@ -146,7 +148,7 @@ def make_targets(patches01: np.ndarray, cond: np.ndarray, cfg: GanConfig, rng: n
         r = rng.uniform(cfg.radius[0], min(cfg.radius[1], cfg.hole / 2.0 - 1.0))
         cy, cx = rng.uniform(a + r, a + cfg.hole - 1 - r, size=2) if cfg.hole - 1 > 2 * r else (s / 2, s / 2)
         alpha = tamper.nodule_alpha((s, s), cy, cx, r, rng) * hole
-        out[i] = np.clip(out[i] + rng.uniform(*cfg.contrast_hu) / _HU_SCALE * alpha, 0.0, 1.0)
+        out[i] = np.clip(out[i] + rng.uniform(*cfg.contrast_hu) / scale * alpha, 0.0, 1.0)
     return out
 
 

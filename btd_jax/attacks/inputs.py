@@ -1,36 +1,64 @@
-"""Slices to attack, from a DICOM file/folder, a slice store or a ``.npy`` array.
+"""Slices to attack, from a DICOM file/folder, a slice store, a ``.npy`` array, or the demo's own slices.
 
-Every reader returns :class:`btd_jax.data.demo_data.SourceImage` objects whose whole area may be
-attacked: CT in Hounsfield units (the store keeps windowed slices; they are mapped back to HU with
-the window's inverse, so values outside [-700, 2000] HU come back clipped), MRI in [0, 1]
-(standardised per series, as the paper does).
+Every reader returns :class:`btd_jax.data.demo_data.SourceImage` objects: CT in Hounsfield units
+(the store keeps windowed slices; they are mapped back to HU with the window's inverse, so values
+outside [-700, 2000] HU come back clipped), MRI in [0, 1] (standardised per series, as the paper
+does). A path's slices may be attacked over their whole area; the name ``demo``
+(:data:`DEMO_INPUT`) is the slices ``btd-jax demo`` uses, split by columns as it splits them, whose
+held-out ``test`` region is the part to attack (the demo's detector trained on the rest).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
+from scipy import ndimage as ndi
 
-from btd_jax.attacks.attacker import as_sources
 from btd_jax.data import demo_data, dicom, preprocess, store
 from btd_jax.data.errors import DataError
+from btd_jax.data.validate import check_real, load_npy
 
-__all__ = ["load_sources"]
+__all__ = ["DEMO_INPUT", "DEMO_SPLIT", "as_sources", "demo_sources", "load_sources"]
+
+DEMO_INPUT = "demo"
+# btd-jax demo's column split with the demo preset (32 px): train columns left, test columns right.
+DEMO_SPLIT = {"test_frac": 0.35, "min_width": 32}
+_CT_BODY_HU = -500.0
+
+
+def as_sources(images: np.ndarray, modality: str, names: Sequence[str], scanners: Sequence[str],
+               patients: Sequence[str], frames: Sequence[int]) -> List[demo_data.SourceImage]:
+    """(S, H, W) slices in tamper units (HU for CT; [0, 1] for MRI) -> SourceImages whose train and
+    test regions are the whole slice, with a body mask (CT: > -500 HU; MRI: > 10% of the 99th pct)."""
+    images = np.asarray(images, np.float32)
+    if images.ndim == 2:
+        images = images[None]
+    if images.ndim != 3:
+        raise DataError(f"slices: expected (H, W) or (S, H, W), got shape {images.shape}")
+    ct = preprocess.canonical_modality(modality) == "CT"
+    out = []
+    for i, img in enumerate(images):
+        unit = preprocess.window_ct(img) if ct else np.clip(img, 0.0, 1.0)
+        body = img > _CT_BODY_HU if ct else img > 0.1 * np.percentile(img, 99)
+        body = ndi.binary_opening(body, iterations=2)
+        whole = np.ones(img.shape, bool)
+        out.append(demo_data.SourceImage(names[i], scanners[i], patients[i], int(frames[i]), img, unit, body,
+                                         whole, whole.copy()))
+    return out
+
+
+def demo_sources(modality: str = "CT") -> List[demo_data.SourceImage]:
+    """The demo's own slices with ``btd-jax demo``'s train/test column split (:data:`DEMO_SPLIT`)."""
+    return demo_data.load_sources(modality, **DEMO_SPLIT)
 
 
 def _from_npy(path: Path, mod: str) -> List[demo_data.SourceImage]:
-    arr = np.load(path, allow_pickle=False)
+    arr = check_real(load_npy(path), str(path))  # (S, H, W) or (H, W), HU (CT) or raw/[0, 1] (MRI)
     if arr.ndim == 2:
         arr = arr[None]
-    if arr.ndim != 3 or not np.issubdtype(arr.dtype, np.number):
-        raise DataError(f"{path}: expected (S, H, W) or (H, W) slices ({'HU' if mod == 'CT' else '[0, 1]'}), "
-                        f"got {arr.dtype} of shape {arr.shape}")
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        raise DataError(f"{path}: contains NaN or inf")
     if mod == "MRI" and (arr.min() < 0.0 or arr.max() > 1.0):
         arr = preprocess.normalize_mri(arr)
     n = len(arr)
@@ -71,15 +99,20 @@ def _from_dicom(path: Path, mod: str, max_slices: Optional[int],
 
 def load_sources(path: str | os.PathLike, modality: str = "CT", max_slices: Optional[int] = None,
                  skipped: Optional[list] = None) -> List[demo_data.SourceImage]:
-    """Slices to attack from ``path``: a ``.npy`` array, a slice store, or a DICOM file/folder.
+    """Slices to attack from ``path``: a ``.npy`` array, a slice store, a DICOM file/folder, or
+    ``"demo"`` (:func:`demo_sources`: attack their ``test`` region).
 
     By default a bad DICOM file stops with a :class:`DataError`; with a list ``skipped``, bad files
     and series are left out and recorded there (``.item``, ``.reason``).
     """
     p = Path(path)
     mod = "CT" if preprocess.canonical_modality(modality) == "CT" else "MRI"
+    if str(path) == DEMO_INPUT:
+        out = demo_sources(mod)
+        return out[:max_slices] if max_slices else out
     if not p.exists():
-        raise DataError(f"{p}: no such input (expected a DICOM file/folder, a slice store or a .npy array)")
+        raise DataError(f"{p}: no such input (expected a DICOM file/folder, a slice store, a .npy array or "
+                        f"{DEMO_INPUT!r})")
     if p.suffix.lower() == ".npy":
         out = _from_npy(p, mod)
     elif p.is_dir() and store.is_store(p):

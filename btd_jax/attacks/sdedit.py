@@ -6,6 +6,8 @@ is diffused to ``t* = strength * (T - 1)`` and denoised with RePaint (:mod:`btd_
 where only the dilated nodule mask is generated: outside it the output is the original patch.
 ``strength`` trades realism (high: the DDPM re-draws the texture, and may erase a faint nodule)
 against faithfulness to the prior (low: the painted blob survives, with little scanner-like noise).
+By default the DDPM runs as published: the ancestral sampler over every timestep from t* to 0
+(:data:`repaint.INJECTION_FULL`); ``options=repaint.INJECTION`` is the demo's cheaper DDIM grid.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from btd_jax.configs import Config
 from btd_jax.data import tamper
 from btd_jax.data.errors import DataError
 
-__all__ = ["RADIUS_PX", "CONTRAST_HU", "paint_nodule", "dilate", "sdedit"]
+__all__ = ["RADIUS_PX", "CONTRAST_HU", "CONTRAST_MRI", "paint_nodule", "dilate", "sdedit"]
 
 # Nodule radius (pixels) and contrast (HU over the local tissue): the ranges of the demo's hand-made
 # injections (soft-tissue lesions in head/body slices).
 RADIUS_PX: Tuple[float, float] = (3.0, 8.0)
 CONTRAST_HU: Tuple[float, float] = (40.0, 150.0)
+# MRI (tampered in [0, 1] after per-series standardisation): the demo's MR injections.
+CONTRAST_MRI: Tuple[float, float] = (0.1, 0.3)
 
 
 def paint_nodule(hu: np.ndarray, y: float, x: float, radius: float, contrast: float, rng: np.random.Generator,
@@ -71,7 +75,8 @@ def sdedit(params, cfg: Config, images, priors, nodule_masks, key: jax.Array, *,
         painted (e.g. ``window_ct(paint_nodule(...)[0])``); nodule_masks: (N, H, W) bool.
       strength: t* as a fraction of the schedule (t* = round(strength * (T - 1))).
       dilation: pixels added around the nodule mask; only that region is generated.
-      options: RePaint settings (``t_start`` is replaced by t*); kwargs go to :func:`repaint.inpaint`.
+      options: RePaint settings (``t_start`` is replaced by t*, ``steps`` capped at t* + 1; default the
+        published sampler, :data:`repaint.INJECTION_FULL`); kwargs go to :func:`repaint.inpaint`.
     Returns:
       (tampered (N, H, W) float32 in [0, 1], generated-region masks (N, H, W) bool).
     """
@@ -83,8 +88,9 @@ def sdedit(params, cfg: Config, images, priors, nodule_masks, key: jax.Array, *,
         raise DataError(f"nodule masks: shape {nodule_masks.shape} does not match the images {images.shape}")
     region = dilate(nodule_masks, dilation)
     t_star = int(round(strength * (cfg.diffusion.timesteps - 1)))
-    base = options or repaint.RePaintOptions(steps=15)
-    opts = dataclasses.replace(base, t_start=t_star, steps=min(base.steps, t_star + 1))
+    base = options or repaint.preset_options(repaint.DEFAULT_PRESET, "sdedit")
+    steps = None if base.steps is None or base.steps > t_star else base.steps
+    opts = dataclasses.replace(base, t_start=t_star, steps=steps)
     out = repaint.inpaint(params, cfg, images, region, key, init=np.clip(priors, 0.0, 1.0), options=opts, **kwargs)
     return out, region
 

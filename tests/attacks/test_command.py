@@ -130,3 +130,67 @@ def test_lenient_skips_bad_dicom_files_and_lists_them_next_to_the_csv(dicom_with
     listed = (out / "CT" / "Inject" / "SDEdit-CT-Inject.skipped.csv").read_text().splitlines()
     assert listed[0] == "item,reason" and len(listed) == 2 and "junk.dcm" in listed[1]
     assert len((out / "CT" / "Inject" / "CT_Inject.csv").read_text().splitlines()) == 3  # 1 fake + 1 real
+
+
+def test_attacker_data_choices_pick_the_attackers_training_slices(hu_slices):
+    from btd_jax.attacks import attacker, inputs
+
+    unseen = attacker.training_sources("unseen", "CT")
+    assert {s.patient for s in unseen} == {"PANCREAS_0001", "JXD191021006"} and all(s.train.all() for s in unseen)
+    same, demo = attacker.training_sources("same", "CT"), inputs.demo_sources("CT")
+    assert [s.name for s in same] == ["693_UNCR", "CT_small"] and {s.patient for s in same} == {s.patient for s in demo}
+    for s, d in zip(same, demo):  # the demo detector's training columns; its test columns stay unseen
+        assert np.array_equal(s.train, d.train) and s.test.any() and not (s.train & s.test).any()
+    got = attacker.training_sources(str(hu_slices[0]), "CT")
+    assert len(got) == 2 and np.array_equal(got[1].image, hu_slices[1][1]) and got[0].train.all()
+    assert {s.patient for s in attacker.training_sources("unseen", "MRI")} == {"021234567"}
+    assert {s.scanner for s in attacker.training_sources("same", "MRI")} == {"MR2-shoulder", "emri", "MR-small"}
+
+
+def test_same_attacker_data_trains_on_the_demo_and_attacks_its_held_out_columns(tmp_path, capsys):
+    from btd_jax.attacks import inputs
+
+    out = tmp_path / "root"
+    rc = _run(["attack", "--method", "cgan", "--attack", "removal", "--input", "demo", "--model",
+               str(tmp_path / "gan"), "--out", str(out), "--train_attacker", "--attacker_data", "same",
+               "--attacker_steps", "1", "--attacker_patches", "16", "--size", "16", "--n", "2"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "attacker (same): 16 training patches of 16 px from 1CT1, CQ500-CT-310" in err
+    _, labels, meta = evaluate.load_eval_set(str(out), "CT", "removal", size=16)
+    demo = {(s.name, s.frame): s for s in inputs.demo_sources("CT")}
+    for i in range(len(labels)):
+        src = demo[(str(meta["source"][i]), int(meta["frame"][i]))]
+        y, x = int(meta["src_y"][i]), int(meta["src_x"][i])
+        assert src.test[y - 8:y + 8, x - 8:x + 8].all()  # every attacked or real site: held-out columns
+    rc = _run(["attack", "--method", "cgan", "--attack", "removal", "--input", "demo", "--model",
+               str(tmp_path / "gan2"), "--out", str(tmp_path / "root2"), "--train_attacker", "--attacker_data",
+               str(tmp_path / "missing")])
+    assert rc == 2 and "no such input" in capsys.readouterr().err
+
+
+def test_mri_sets_are_written_in_the_layout_that_evaluate_reads(tmp_path, ddpm_workdir, capsys):
+    rng = np.random.default_rng(0)
+    mr = np.clip(rng.normal(0.5, 0.05, (2, 40, 40)), 0, 1).astype(np.float32)
+    np.save(tmp_path / "mr.npy", mr)
+    root = tmp_path / "root"
+    rc = _run(["attack", "--method", "sdedit", "--attack", "injection", "--modality", "MRI", "--input",
+               str(tmp_path / "mr.npy"), "--model", ddpm_workdir, "--out", str(root), "--n", "3", "--strength", "0.1"])
+    assert rc == 0, capsys.readouterr().err
+    assert (root / "MRI").is_dir() and not (root / "CT").exists()
+    patches, labels, meta = evaluate.load_eval_set(str(root), "MRI", "injection", size=16)
+    assert labels.tolist() == [1] * 3 + [0] * 3
+    assert evaluate.dataset_indices(labels, meta, "MRI", "injection")["SDEdit-MRI-Inject"].tolist() == list(range(6))
+    for i in range(6):
+        y, x, f = int(meta["src_y"][i]), int(meta["src_x"][i]), int(meta["frame"][i])
+        m = preprocess.extract_patch(np.load(root / "MRI" / str(meta["mask"][i])).astype(np.float32),
+                                     int(meta["x"][i]), int(meta["y"][i]), 16) > 0
+        original = preprocess.extract_patch(mr[f], x, y, 16)
+        np.testing.assert_allclose(patches[i][~m], original[~m], atol=1.0 / 65535)  # 16-bit PNG
+        assert m.any() == (labels[i] == 1)
+    rc = _run(["evaluate", "--workdir", ddpm_workdir, "--dataset", str(root), "--modality", "MRI", "--attack",
+               "injection", "--out", str(tmp_path / "ev"), "--centers", "8", "--n_boot", "3"])
+    assert rc == 0, capsys.readouterr().err
+    rows = json.loads((tmp_path / "ev" / "results.json").read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert {r["dataset"] for r in rows} == {"SDEdit-MRI-Inject"} and all(r["n_fake"] == 3 for r in rows)
