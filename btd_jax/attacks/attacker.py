@@ -1,11 +1,18 @@
-"""The attacker's side: its own real slices and its own models, disjoint from the detector's data.
+"""The attacker's side: its training data (which patients) and its own models.
 
 The detector of ``btd-jax demo`` trains on the left part of every slice of 693_UNCR (CQ500 head CT,
-patient CQ500-CT-310) and CT_small (body CT). The attacker here never sees those patients: it trains
-on the two other CT patients that pydicom ships (``ATTACKER_SOURCES``: an abdominal CT of
-PANCREAS_0001 and a head CT of JXD191021006, both JPEG 2000 lossless, decoded offline by Pillow).
-For MRI it uses a Siemens MR slice of patient 021234567 (the demo's detector uses MR2, emri and
-MR_small).
+patient CQ500-CT-310) and CT_small (body CT). The attacker's data is a choice
+(:func:`training_sources`, ``btd-jax attack --attacker_data``):
+
+* ``unseen`` (default): patients the detector never sees (``ATTACKER_SOURCES``): for CT the two
+  other CT patients that pydicom ships (an abdominal CT of PANCREAS_0001 and a head CT of
+  JXD191021006, both JPEG 2000 lossless, decoded offline by Pillow); for MRI a Siemens MR slice of
+  patient 021234567 (the demo's detector uses MR2, emri and MR_small). A scanner/patient shift
+  separates its fakes from the detector's data.
+* ``same``: the detector's own training distribution, as an attacker who downloaded the same public
+  data set: the training regions of the demo's own slices (same patients and scanners); the attacks
+  are then made on their held-out test regions (``--input demo``), so no attacked pixel was trained on.
+* a path: DICOM file/folder, slice store or ``.npy`` slices (whole slices).
 
 Models: :func:`train_ddpm` fits a DDPM for RePaint/SDEdit (the detector's demo DDPM trains only at
 low t, so it cannot generate from noise: the attacker needs every t) and :func:`train_gan` the
@@ -21,49 +28,38 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import jax
 import numpy as np
-from scipy import ndimage as ndi
 
 from btd_jax import configs, train
-from btd_jax.attacks import cgan
+from btd_jax.attacks import cgan, inputs
+from btd_jax.attacks.inputs import as_sources
 from btd_jax.configs import Config
 from btd_jax.data import demo_data, dicom, preprocess
-from btd_jax.data.errors import DataError
 
-__all__ = ["ATTACKER_SOURCES", "as_sources", "attacker_sources", "attacker_patches", "ddpm_config", "train_ddpm",
-           "train_gan"]
+__all__ = ["ATTACKER_SOURCES", "DATA_CHOICES", "MIN_BODY", "as_sources", "attacker_sources", "training_sources",
+           "min_body", "attacker_patches", "ddpm_config", "train_ddpm", "train_gan"]
 
 # (file shipped with pydicom / pydicom-data, label) per modality: patients the detector never sees.
 ATTACKER_SOURCES = {
     "CT": (("explicit_VR-UN.dcm", "PANCREAS_0001-abdomen"), ("J2K_pixelrep_mismatch.dcm", "JXD191021006-head")),
     "MRI": (("MR-SIEMENS-DICOM-WithOverlays.dcm", "Siemens-021234567"),),
 }
-_CT_BODY_HU = -500.0
+DATA_CHOICES = ("unseen", "same")
+# Least fraction of a patch inside the body, per modality (as btd_jax.data.demo_data.build).
+MIN_BODY = {"CT": 0.9, "MRI": 0.5}
 
 
-def as_sources(images: np.ndarray, modality: str, names: Sequence[str], scanners: Sequence[str],
-               patients: Sequence[str], frames: Sequence[int]) -> List[demo_data.SourceImage]:
-    """(S, H, W) slices in tamper units (HU for CT; [0, 1] for MRI) -> SourceImages whose train and
-    test regions are the whole slice, with a body mask (CT: > -500 HU; MRI: > 10% of the 99th pct)."""
-    images = np.asarray(images, np.float32)
-    if images.ndim == 2:
-        images = images[None]
-    if images.ndim != 3:
-        raise DataError(f"slices: expected (H, W) or (S, H, W), got shape {images.shape}")
-    ct = preprocess.canonical_modality(modality) == "CT"
-    out = []
-    for i, img in enumerate(images):
-        unit = preprocess.window_ct(img) if ct else np.clip(img, 0.0, 1.0)
-        body = img > _CT_BODY_HU if ct else img > 0.1 * np.percentile(img, 99)
-        body = ndi.binary_opening(body, iterations=2)
-        whole = np.ones(img.shape, bool)
-        out.append(demo_data.SourceImage(names[i], scanners[i], patients[i], int(frames[i]), img, unit, body,
-                                         whole, whole.copy()))
-    return out
+def _mod(modality: str) -> str:
+    return "CT" if preprocess.canonical_modality(modality) == "CT" else "MRI"
+
+
+def min_body(modality: str) -> float:
+    """The least body fraction of a patch for ``modality`` (:data:`MIN_BODY`)."""
+    return MIN_BODY[_mod(modality)]
 
 
 def attacker_sources(modality: str = "CT") -> List[demo_data.SourceImage]:
     """The attacker's own slices (``ATTACKER_SOURCES``), read offline, as SourceImages."""
-    mod = "CT" if preprocess.canonical_modality(modality) == "CT" else "MRI"
+    mod = _mod(modality)
     out = []
     for filename, label in ATTACKER_SOURCES[mod]:
         sl = dicom.read_slice(demo_data.source_path(filename))
@@ -75,9 +71,23 @@ def attacker_sources(modality: str = "CT") -> List[demo_data.SourceImage]:
     return out
 
 
+def training_sources(choice: str, modality: str = "CT", skipped: Optional[list] = None) -> List[demo_data.SourceImage]:
+    """The attacker's training slices: ``choice`` 'unseen' | 'same' | a path (see the module doc).
+
+    Patches are cut from each source's ``train`` region (:func:`attacker_patches`): the whole slice
+    for 'unseen' and a path, the demo's training columns for 'same'. ``skipped`` as
+    :func:`btd_jax.attacks.inputs.load_sources` (bad DICOM files of a path are listed there).
+    """
+    if choice == "unseen":
+        return attacker_sources(modality)
+    if choice == "same":
+        return inputs.demo_sources(_mod(modality))
+    return inputs.load_sources(choice, modality, skipped=skipped)
+
+
 def attacker_patches(sources: Sequence[demo_data.SourceImage], size: int, n: int, seed: int = 0,
                      min_body: float = 0.9) -> np.ndarray:
-    """``n`` augmented real patches (N, size, size) in [0, 1] from ``sources`` (all of each slice)."""
+    """``n`` augmented real patches (N, size, size) in [0, 1] from the ``train`` regions of ``sources``."""
     rng = np.random.default_rng(seed)
     return demo_data.train_patches(sources, size, n, rng, augment=True, min_body=min_body)["patches"]
 

@@ -1,6 +1,6 @@
 """Generative attacks on whole slices, written in the authors' test-set layout.
 
-    sources = attacker.as_sources(hu_slices, "CT", names, scanners, patients, frames)
+    sources = inputs.as_sources(hu_slices, "CT", names, scanners, patients, frames)
     atk = pipeline.Attacker("sdedit", params=ddpm_params, cfg=ddpm_cfg)
     items, masks = pipeline.attack_sources(atk, "injection", sources, n=50, seed=0)
     csv_path = pipeline.write_layout("out_root", "CT", "injection", items, masks, method="SDEdit")
@@ -53,7 +53,9 @@ def dataset_name(method: str, modality: str, attack: str) -> str:
 
 @dataclasses.dataclass
 class Attacker:
-    """A method with its model: ``cfg`` is the DDPM's Config (repaint, sdedit) or a GanConfig (cgan)."""
+    """A method with its model: ``cfg`` is the DDPM's Config (repaint, sdedit) or a GanConfig (cgan).
+
+    ``options`` None: the published sampler (:data:`repaint.PRESETS` ``"full"``)."""
 
     method: str
     params: Any
@@ -142,11 +144,11 @@ def attack_patches(atk: Attacker, attack: str, patches: np.ndarray, key: jax.Arr
     elif atk.method == "repaint":
         radii = rng.uniform(REMOVE_RADIUS_PX[0], min(REMOVE_RADIUS_PX[1], (size // 2) / 1.2), n).astype(np.float32)
         masks = _disc_masks(n, size, radii, rng)
-        out = repaint.inpaint(atk.params, atk.cfg, unit, masks, key, options=atk.options or repaint.RePaintOptions(),
-                              **kwargs)
+        opts = atk.options or repaint.preset_options(repaint.DEFAULT_PRESET, "repaint")
+        out = repaint.inpaint(atk.params, atk.cfg, unit, masks, key, options=opts, **kwargs)
     else:
         radii = rng.uniform(sdedit.RADIUS_PX[0], min(sdedit.RADIUS_PX[1], size / 4.0), n).astype(np.float32)
-        lo, hi = sdedit.CONTRAST_HU if ct else (0.1, 0.3)
+        lo, hi = sdedit.CONTRAST_HU if ct else sdedit.CONTRAST_MRI
         contrasts = rng.uniform(lo, hi, n).astype(np.float32)
         c0 = size // 2
         painted = [sdedit.paint_nodule(p, c0, c0, r, c, rng) for p, r, c in zip(patches, radii, contrasts)]
