@@ -18,7 +18,7 @@ import numpy as np
 from btd_jax import metrics
 
 __all__ = ["pyplot", "plot_roc", "plot_histogram", "save_overlay", "plot_bars", "write_overlays",
-           "residual_grid"]
+           "residual_grid", "mosaic"]
 
 
 def pyplot() -> Any:
@@ -181,5 +181,35 @@ def residual_grid(rows: Sequence[Tuple[str, Sequence[Mapping[str, Any]]]], path:
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def mosaic(left: np.ndarray, right: np.ndarray, path: str, titles: Tuple[str, str] = ("fake", "real"),
+           title: str = "", per_row: int = 4) -> str:
+    """Two grids side by side (e.g. 16 fakes beside 16 reals), (N, H, W) each, on one grey scale.
+
+    Both grids share the display range (1st-99th percentile of all patches together), so a smoother
+    or brighter patch is visible as it would be to a reader; no outline marks the edit. Writes a PNG.
+    """
+    left, right = np.asarray(left, np.float64), np.asarray(right, np.float64)
+    rows = max(1, -(-max(len(left), len(right)) // per_row))
+    lo, hi = np.percentile(np.concatenate([left.ravel(), right.ravel()]), [1, 99])
+    plt = pyplot()
+    fig, axes = plt.subplots(rows, 2 * per_row + 1, figsize=((2 * per_row + 1) * 1.0, rows * 1.05 + 0.4),
+                             squeeze=False)
+    for r in range(rows):
+        for j in range(2 * per_row + 1):
+            a = axes[r, j]
+            a.axis("off")
+            side, k = (left, j) if j < per_row else (right, j - per_row - 1)
+            i = r * per_row + k
+            if j != per_row and i < len(side):
+                a.imshow(side[i], cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6))
+    axes[0, per_row // 2].set_title(titles[0], fontsize=8)
+    axes[0, per_row + 1 + per_row // 2].set_title(titles[1], fontsize=8)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return str(path)
