@@ -3,20 +3,29 @@
     btd-jax attack --method repaint --attack removal   --input DICOM|STORE|slices.npy --model DDPM_DIR --out ROOT
     btd-jax attack --method sdedit  --attack injection --input ... --model DDPM_DIR --out ROOT [--strength 0.15]
     btd-jax attack --method cgan    --attack injection|removal --input ... --model GAN_DIR --out ROOT
-    ... --train_attacker [--attacker_data PATH] [--attacker_steps K]   (fit the attacker model in --model first)
+    ... --train_attacker [--attacker_data unseen|same|PATH] [--attacker_steps K]   (fit --model first)
+    ... --preset fast                (the demo's cheaper sampler instead of the published one)
 
 Methods: ``repaint`` (diffusion in-painting from noise: removal), ``sdedit`` (a painted nodule noised
 to t* and finished by the DDPM: injection), ``cgan`` (a CT-GAN-style in-painting GAN: both).
+RePaint and SDEdit sample as published by default (``--preset full``: RePaint 250 respaced steps of
+the ancestral sampler, jump length 10, 10 resamplings; SDEdit the ancestral sampler over every step
+from t*); ``--preset fast`` is the demo's budget (RePaint 30 steps, j = 5, r = 3; SDEdit DDIM, 15
+steps), and ``--sampler/--steps/--jump_length/--resamplings`` override single settings.
 ``--model`` is a btd_jax workdir holding a DDPM (repaint/sdedit) or a folder holding a cGAN; with
-``--train_attacker`` the model is trained there first, by default on CT patients that the demo's
-detector never sees (``btd_jax.attacks.attacker.ATTACKER_SOURCES``). ``--input`` slices are in HU
-(CT) or raw/[0, 1] intensities (MRI). ``--n`` sites are attacked and ``--n`` other sites kept real;
-the CSV ``ROOT/CT/<Inject|Remove>/CT_<...>.csv`` has columns ``path, x, y, type``, an indicator
-``<Method>-CT-<Inject|Remove>`` and the site's scanner/patient/radius/mask, and is read unchanged by
-``btd-jax evaluate --dataset ROOT``. Rows this method wrote there before are replaced only with
-``--overwrite``; ``ROOT`` may not be (inside) the input or the model folder. ``--lenient`` skips
-unreadable DICOM files of ``--input``/``--attacker_data`` and lists them in
-``<Method>-<CT|MRI>-<Inject|Remove>.skipped.csv`` next to the CSV.
+``--train_attacker`` the model is trained there first on ``--attacker_data``: ``unseen`` (default:
+patients the demo's detector never sees, ``btd_jax.attacks.attacker.ATTACKER_SOURCES``), ``same``
+(the demo detector's own training distribution: the training columns of the demo's slices; attack
+their held-out test columns with ``--input demo``) or a DICOM/store/.npy PATH. ``--input`` slices
+are in HU (CT) or raw/[0, 1] intensities (MRI); ``--input demo`` is the demo's own slices, attacked
+in their test region. ``--modality MRI`` attacks MR slices. ``--n`` sites are attacked and ``--n``
+other sites kept real; the CSV ``ROOT/CT/<Inject|Remove>/CT_<...>.csv`` (MRI: ``ROOT/MRI/...``) has
+columns ``path, x, y, type``, an indicator ``<Method>-<CT|MRI>-<Inject|Remove>`` and the site's
+scanner/patient/radius/mask, and is read unchanged by ``btd-jax evaluate --dataset ROOT``. Rows
+this method wrote there before are replaced only with ``--overwrite``; ``ROOT`` may not be (inside)
+the input or the model folder. ``--lenient`` skips unreadable DICOM files of
+``--input``/``--attacker_data`` and lists them in ``<Method>-<CT|MRI>-<Inject|Remove>.skipped.csv``
+next to the CSV.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import dataclasses
 import sys
 
 from btd_jax import configs, train
-from btd_jax.attacks import attacker, cgan, inputs, pipeline, repaint
+from btd_jax.attacks import attacker, cgan, inputs, pipeline, repaint, suite
 from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, report_skipped
 from btd_jax.data import testset
 from btd_jax.data.errors import DataError
@@ -41,7 +50,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", required=True, help="repaint | sdedit | cgan")
     p.add_argument("--attack", required=True, help="injection | removal")
-    p.add_argument("--input", required=True, help="DICOM file/folder, slice store, or .npy slices (S, H, W)")
+    p.add_argument("--input", required=True,
+                   help="DICOM file/folder, slice store, .npy slices (S, H, W), or 'demo' (the demo's slices, "
+                        "attacked in their held-out test columns)")
     p.add_argument("--model", required=True, help="attacker model: DDPM workdir (repaint/sdedit) or cGAN folder")
     p.add_argument("--out", required=True, help="test-set root to write (rows of other methods are kept)")
     p.add_argument("--n", type=int, default=50, help="attacked sites (and as many real sites)")
@@ -49,19 +60,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--modality", default=None, help="CT or MRI (default: the model's)")
     p.add_argument("--max_slices", type=int, default=None, help="use at most this many input slices")
     p.add_argument("--train_attacker", action="store_true", help="train the attacker model in --model first")
-    p.add_argument("--attacker_data", default=None,
-                   help="attacker training slices (DICOM/store/.npy); default: pydicom's CT patients that the "
-                        "demo's detector never sees")
+    p.add_argument("--attacker_data", default="unseen",
+                   help="attacker training data: 'unseen' (default: patients the demo's detector never sees), "
+                        "'same' (the demo detector's training columns: same patients, disjoint pixels) or a "
+                        "DICOM/store/.npy PATH")
     p.add_argument("--attacker_steps", type=int, default=600, help="training steps of the attacker model")
     p.add_argument("--attacker_patches", type=int, default=2048, help="training patches cut from the attacker data")
     p.add_argument("--config", default="demo", help="DDPM preset (or JSON) of a DDPM attacker trained here")
     p.add_argument("--size", type=int, default=32, help="patch side of a cGAN attacker trained here")
+    p.add_argument("--preset", default=repaint.DEFAULT_PRESET, choices=tuple(repaint.PRESETS),
+                   help="RePaint/SDEdit sampling: 'full' (default, as published) or 'fast' (the demo's budget)")
     p.add_argument("--sampler", default=None, choices=("ddpm", "ddim"),
-                   help="RePaint/SDEdit sampler (default: ddpm for repaint, ddim for sdedit)")
-    p.add_argument("--steps", type=int, default=None, help="reverse-grid size (default 30 repaint, 15 sdedit)")
-    p.add_argument("--jump_length", type=int, default=None, help="RePaint jump length j (default 5)")
+                   help="RePaint/SDEdit sampler (default: the preset's; full: ddpm; fast: ddpm repaint, ddim sdedit)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="reverse-grid size (default: the preset's; full: 250 repaint, every step from t* sdedit)")
+    p.add_argument("--jump_length", type=int, default=None, help="RePaint jump length j (full: 10; fast: 5)")
     p.add_argument("--resamplings", type=int, default=None,
-                   help="RePaint resamplings r, 1 = none (default 3 repaint, 2 sdedit)")
+                   help="RePaint resamplings r, 1 = none (full: 10 repaint, 1 sdedit; fast: 3 repaint, 2 sdedit)")
     p.add_argument("--strength", type=float, default=0.15, help="SDEdit t* as a fraction of the schedule")
     p.add_argument("--batch_size", type=int, default=64, help="patches per compiled call")
     add_overwrite_flag(p)
@@ -85,7 +100,9 @@ def _check_out(args, modality: str) -> None:
     """Refuses ``--out`` inside an input or the model folder, and (without ``--overwrite``) a CSV that
     already holds rows of this method, before any work."""
     # ROOT collects several methods' rows: only this method's own rows need --overwrite (below).
-    check_output_dir(args.out, overwrite=True, inputs=[args.input, args.attacker_data], workdirs=[args.model])
+    named = {inputs.DEMO_INPUT, *attacker.DATA_CHOICES}  # names, not paths
+    check_output_dir(args.out, overwrite=True, inputs=[a for a in (args.input, args.attacker_data) if a not in named],
+                     workdirs=[args.model])
     path = testset.testset_csv_path(args.out, modality, args.attack)
     own = pipeline.dataset_name(args.method, modality, args.attack)
     if path.is_file() and not args.overwrite:
@@ -98,17 +115,18 @@ def _check_out(args, modality: str) -> None:
 
 def _train(args, modality: str, skipped=None) -> None:
     size = args.size if args.method == "cgan" else configs.load(args.config).image_size
-    sources = (inputs.load_sources(args.attacker_data, modality, skipped=skipped) if args.attacker_data
-               else attacker.attacker_sources(modality))
-    patches = attacker.attacker_patches(sources, size, args.attacker_patches, seed=args.seed + 1)
-    print(f"attacker: {len(patches)} training patches of {size} px from "
+    sources = attacker.training_sources(args.attacker_data, modality, skipped=skipped)
+    patches = attacker.attacker_patches(sources, size, args.attacker_patches, seed=args.seed + 1,
+                                        min_body=attacker.min_body(modality))
+    print(f"attacker ({args.attacker_data}): {len(patches)} training patches of {size} px from "
           f"{', '.join(sorted({s.patient for s in sources}))}", file=sys.stderr)
     if args.method == "cgan":
-        gan_cfg = cgan.GanConfig(image_size=size, hole=size // 2, num_steps=args.attacker_steps, modality=modality)
+        gan_cfg = suite.gan_config(size, cgan.GanConfig.features, args.attacker_steps, modality)
         info = attacker.train_gan(args.model, patches, gan_cfg, seed=args.seed)
         print(f"attacker cGAN: {info['steps']} steps in {info['seconds']:.0f} s -> {args.model}", file=sys.stderr)
     else:
-        cfg = attacker.ddpm_config(configs.load(args.config), args.attacker_steps, seed=args.seed + 1)
+        base = configs.override(configs.load(args.config), {"modality": modality})
+        cfg = attacker.ddpm_config(base, args.attacker_steps, seed=args.seed + 1)
         info = attacker.train_ddpm(args.model, patches, cfg, progress=True)
         print(f"attacker DDPM: {info['steps']} steps, loss {info['first_loss']} -> {info['final_loss']}",
               file=sys.stderr)
@@ -119,7 +137,7 @@ def _load(args):
         params, cfg = cgan.load(args.model)
         return pipeline.Attacker("cgan", params, cfg), cfg.modality
     params, cfg = train.load_params(args.model)
-    base = repaint.REMOVAL if args.method == "repaint" else repaint.INJECTION
+    base = repaint.preset_options(args.preset, args.method)
     given = {"sampler": args.sampler, "steps": args.steps, "jump_length": args.jump_length,
              "resamplings": args.resamplings}
     opts = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
@@ -138,7 +156,7 @@ def run(args) -> int:
     _check_out(args, modality)
     sources = inputs.load_sources(args.input, modality, args.max_slices, skipped=skipped)
     items, masks = pipeline.attack_sources(atk, args.attack, sources, args.n, seed=args.seed, modality=modality,
-                                           batch_size=args.batch_size)
+                                           min_body=attacker.min_body(modality), batch_size=args.batch_size)
     name = pipeline.METHODS[args.method]
     csv_path = pipeline.write_layout(args.out, modality, args.attack, items, masks, name)
     report_skipped("attack", str(csv_path.parent / pipeline.dataset_name(args.method, modality, args.attack)),
