@@ -22,6 +22,7 @@ from flax import traverse_util
 
 from btd_jax import configs, diffusion
 from btd_jax.configs import Config, DiffusionConfig, ModelConfig
+from btd_jax.data.validate import load_npz
 from btd_jax.models.unet import abstract_params
 
 __all__ = ["from_torch_state_dict", "to_torch_state_dict", "load_torch_checkpoint", "load_npz_state_dict",
@@ -354,15 +355,7 @@ def load_torch_checkpoint(path: str, which: str = "model", base: Optional[Config
 def load_npz_state_dict(path: str) -> Dict[str, np.ndarray]:
     """A state dict saved torch-free as ``.npz`` (keys = state-dict names, or ``sd/<name>`` as in the parity
     fixtures, whose other arrays are ignored)."""
-    import os
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no state-dict file at {path!r}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            sd = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read as an .npz state dict ({e})") from None
+    sd = load_npz(path)
     if any(k.startswith("sd/") for k in sd):
         sd = {k[3:]: v for k, v in sd.items() if k.startswith("sd/")}
     return sd

@@ -14,7 +14,9 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from btd_jax.data.errors import DataError
+from btd_jax.data.validate import read_csv
 from btd_jax.metrics import parse_labels
+from btd_jax.runtime.atomic import atomic_open
 
 __all__ = ["table1_markdown", "write_markdown", "write_csv", "write_json", "write_all", "write_scores_csv",
            "read_scores_csv"]
@@ -60,13 +62,13 @@ def write_markdown(rows: Sequence[Mapping[str, Any]], path: str, title: str = "B
     skipped = [f"{r['dataset']}/{r['reduction']}: {r['skipped_groups']}" for r in rows if r["skipped_groups"]]
     if skipped:
         parts += ["", "Scanners skipped by the bootstrap (only one class): " + "; ".join(skipped)]
-    with open(path, "w") as f:
+    with atomic_open(path) as f:
         f.write("\n".join(parts) + "\n")
     return path
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str) -> str:
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=_COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
@@ -74,7 +76,7 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str) -> str:
 
 
 def write_json(rows: Sequence[Mapping[str, Any]], path: str, **extra: Any) -> str:
-    with open(path, "w") as f:
+    with atomic_open(path) as f:
         json.dump({"rows": [{k: r[k] for k in _COLUMNS if k in r} for r in rows], **extra}, f, indent=2)
     return path
 
@@ -92,7 +94,7 @@ def write_scores_csv(path: str, labels: np.ndarray, scores: Mapping[str, np.ndar
     """Per-sample scores: ``index,label[,scanner][,method],score_<reduction>...`` (re-readable)."""
     meta = {k: np.asarray(v) for k, v in (metadata or {}).items() if k in ("scanner", "method") and v is not None}
     cols = ["index", "label", *meta, *[f"score_{r}" for r in scores]]
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for i in range(len(labels)):
@@ -109,10 +111,7 @@ def read_scores_csv(path: str) -> Tuple[np.ndarray, Dict[str, np.ndarray], Dict[
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such scores file")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        data = list(reader)
+    cols, data = read_csv(path)
     if "label" not in cols:
         raise DataError(f"{path}: no 'label' column (columns: {', '.join(cols) or 'none'})")
     score_cols = [c for c in cols if c == "score" or c.startswith("score_")]

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from btd_jax import metrics
-from btd_jax.data import datasets
+from btd_jax.data import datasets, validate
 from btd_jax.data.errors import DataError
 from btd_jax.eval_io import (read_scores_csv, table1_markdown, write_all, write_csv, write_json, write_markdown,
                              write_scores_csv)
@@ -166,11 +166,13 @@ def load_eval_set(path: str, modality: str, attack: str, size: Optional[int] = N
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such test set")
     if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            if "patches" not in z or "labels" not in z:
-                raise DataError(f"{path}: a .npz test set needs 'patches' and 'labels' arrays (has {sorted(z.files)})")
-            patches, labels = z["patches"].astype(np.float32), parse_labels(z["labels"], source=path)
-            meta = {k: z[k] for k in z.files if k not in ("patches", "labels")}
+        z = validate.load_npz(path)
+        if "patches" not in z or "labels" not in z:
+            raise DataError(f"{path}: a .npz test set needs 'patches' and 'labels' arrays (has {sorted(z)})")
+        validate.check_shape(z["patches"], f"{path} (patches)")
+        patches = z["patches"].astype(np.float32)
+        labels = parse_labels(z["labels"], source=path)
+        meta = {k: v for k, v in z.items() if k not in ("patches", "labels")}
     else:
         ts = datasets.load_testset(path, modality, attack, size=size, strict=skipped is None)
         if skipped is not None:

@@ -19,6 +19,7 @@ from scipy import ndimage as ndi
 
 from btd_jax.data import demo_data, dicom, preprocess, store
 from btd_jax.data.errors import DataError
+from btd_jax.data.validate import check_real, load_npy
 
 __all__ = ["DEMO_INPUT", "DEMO_SPLIT", "as_sources", "demo_sources", "load_sources"]
 
@@ -55,15 +56,9 @@ def demo_sources(modality: str = "CT") -> List[demo_data.SourceImage]:
 
 
 def _from_npy(path: Path, mod: str) -> List[demo_data.SourceImage]:
-    arr = np.load(path, allow_pickle=False)
+    arr = check_real(load_npy(path), str(path))  # (S, H, W) or (H, W), HU (CT) or raw/[0, 1] (MRI)
     if arr.ndim == 2:
         arr = arr[None]
-    if arr.ndim != 3 or not np.issubdtype(arr.dtype, np.number):
-        raise DataError(f"{path}: expected (S, H, W) or (H, W) slices ({'HU' if mod == 'CT' else '[0, 1]'}), "
-                        f"got {arr.dtype} of shape {arr.shape}")
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        raise DataError(f"{path}: contains NaN or inf")
     if mod == "MRI" and (arr.min() < 0.0 or arr.max() > 1.0):
         arr = preprocess.normalize_mri(arr)
     n = len(arr)

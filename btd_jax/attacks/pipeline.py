@@ -26,6 +26,8 @@ from scipy import ndimage as ndi
 from btd_jax.attacks import cgan, repaint, sdedit
 from btd_jax.data import demo_data, preprocess, tamper, testset
 from btd_jax.data.errors import DataError
+from btd_jax.data.validate import read_csv
+from btd_jax.runtime.atomic import atomic_open, save_npy
 
 __all__ = ["METHODS", "COMBINATIONS", "REMOVE_RADIUS_PX", "Attacker", "dataset_name", "choose_sites",
            "attack_patches", "attack_sources", "write_layout"]
@@ -206,9 +208,7 @@ def attack_sources(atk: Attacker, attack: str, sources: Sequence[demo_data.Sourc
 
 
 def _read_rows(csv_path: Path) -> Tuple[List[str], List[Dict[str, str]]]:
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        r = csv.DictReader(f)
-        return list(r.fieldnames or []), list(r)
+    return read_csv(csv_path, strip=False)
 
 
 def write_layout(root: str | Path, modality: str, attack: str, items: List[Dict], masks: Sequence[np.ndarray],
@@ -224,7 +224,7 @@ def write_layout(root: str | Path, modality: str, attack: str, items: List[Dict]
     new_path = testset.write_testset(root, mod, _attack(attack), items, methods=[method],
                                      image_format="npy" if mod == "CT" else "png")
     for it, m in zip(items, masks):
-        np.save(new_path.parent / it["mask"], np.asarray(m, bool))
+        save_npy(new_path.parent / it["mask"], np.asarray(m, bool))
     own = f"{method}-{mod}-{'Inject' if _attack(attack) == 'injection' else 'Remove'}"
     keep = [r for r in old_rows if str(r.get(own, "0")).strip() not in ("1", "1.0")]
     if not keep:
@@ -234,7 +234,7 @@ def write_layout(root: str | Path, modality: str, attack: str, items: List[Dict]
     indicators = [c for c in dict.fromkeys(old_header + header) if c.count("-") >= 2 and c not in fields]
     extras = [c for c in dict.fromkeys(old_header + header) if c not in fields and c not in indicators]
     merged = [{**{c: "0" for c in indicators}, **{c: "" for c in extras}, **r} for r in keep + rows]
-    with open(new_path, "w", newline="") as f:
+    with atomic_open(new_path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields + indicators + extras)
         w.writeheader()
         w.writerows(merged)

@@ -25,6 +25,7 @@ import numpy as np
 
 from btd_jax.data import validate
 from btd_jax.data.errors import DataError
+from btd_jax.runtime.atomic import save_npz
 from btd_jax.scoring.pooling import center_window
 
 __all__ = ["State", "Baseline", "check_patches", "window_mean", "config_to_dict", "config_from_dict",
@@ -141,10 +142,7 @@ def save_state(state: State, path: str) -> str:
     flat = _flatten(state.arrays)
     if _META in flat:
         raise ValueError(f"array key {_META!r} is reserved")
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **flat, **{_META: np.array(meta)})
-    os.replace(tmp, path)  # never leave a half-written checkpoint under the real name
-    return path
+    return save_npz(path, compressed=False, **flat, **{_META: np.array(meta)})  # whole or absent
 
 
 def load_state(path: str, name: str, config_cls: type) -> State:
@@ -154,11 +152,7 @@ def load_state(path: str, name: str, config_cls: type) -> State:
         path += ".npz"
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such baseline checkpoint")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            flat = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a baseline checkpoint (.npz): {e}") from None
+    flat = validate.load_npz(path)
     if _META not in flat:
         raise DataError(f"{path}: not a baseline checkpoint (no {_META!r} entry)")
     meta = json.loads(str(flat.pop(_META)))

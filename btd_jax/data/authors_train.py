@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import zlib
 from pathlib import Path
@@ -28,6 +27,7 @@ from btd_jax.data import preprocess
 from btd_jax.data.errors import DataError
 from btd_jax.data.records import Skipped
 from btd_jax.data.store_writer import SliceBatch, Unit
+from btd_jax.data.validate import load_npy, read_csv
 
 __all__ = ["CT_CSV", "IMAGE_SUFFIXES", "CTLayout", "read_ct_layout", "ct_units", "CTFolder",
            "image_files", "read_image", "image_units"]
@@ -64,10 +64,7 @@ def read_ct_layout(folder: str | os.PathLike) -> CTLayout:
     folder = csv_path.parent
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: the authors' CT training CSV is missing")
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in reader.fieldnames or []]
-        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    header, rows = read_csv(csv_path)
     missing = [c for c in ("unix_path", "x", "y") if c not in header]
     if missing:
         raise DataError(f"{csv_path}: missing column(s) {missing}; found {header}")
@@ -108,10 +105,7 @@ def read_ct_layout(folder: str | os.PathLike) -> CTLayout:
 def _load_hu(path: Path, where: str) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{where}: slice file {path} does not exist")
-    try:
-        hu = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as e:  # truncated header, pickled object, not an .npy
-        raise DataError(f"{path}: cannot read the slice ({type(e).__name__}: {e})") from None
+    hu = load_npy(path, mmap=True, what="the slice")
     if hu.ndim == 3 and hu.shape[0] == 1:
         hu = hu[0]
     if hu.ndim != 2:

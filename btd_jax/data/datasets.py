@@ -28,7 +28,8 @@ from btd_jax.data import dicom, preprocess
 from btd_jax.data.errors import DataError
 from btd_jax.data.records import PatchSet, Skipped, TestSet
 from btd_jax.data.testset import ATTACKS, LABELS, load_testset, testset_csv_path, write_testset
-from btd_jax.data.validate import check_patches
+from btd_jax.data.validate import check_patches, load_npy, load_npz
+from btd_jax.runtime.atomic import atomic_open
 
 __all__ = [
     "PatchSet", "TestSet", "Skipped", "ATTACKS", "LABELS", "load_patches", "validate_patches",
@@ -60,25 +61,18 @@ def load_patches(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        elif suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                names = list(z.files)
-                if key is None:
-                    key = names[0] if len(names) == 1 else next(
-                        (k for k in _NPZ_KEYS if k in names), None)
-                if key not in names:
-                    raise DataError(f"{path}: cannot tell which array holds the patches; arrays: "
-                                    f"{names} (pass key=...)")
-                arr = z[key]
-        else:
-            raise DataError(f"{path}: unsupported patch file type {suffix!r}; use .npy or .npz")
-    except DataError:
-        raise
-    except Exception as e:  # corrupt zip/npy header, pickled objects, truncation
-        raise DataError(f"{path}: cannot read array ({type(e).__name__}: {e})") from None
+    if suffix == ".npy":
+        arr = load_npy(path)
+    elif suffix == ".npz":
+        z = load_npz(path)
+        names = list(z)
+        if key is None:
+            key = names[0] if len(names) == 1 else next((k for k in _NPZ_KEYS if k in names), None)
+        if key not in names:
+            raise DataError(f"{path}: cannot tell which array holds the patches; arrays: {names} (pass key=...)")
+        arr = z[key]
+    else:
+        raise DataError(f"{path}: unsupported patch file type {suffix!r}; use .npy or .npz")
     return validate_patches(arr, str(path))
 
 
@@ -162,7 +156,7 @@ def write_manifest(path: str | os.PathLike, columns: dict[str, np.ndarray],
     names = [c for c in MANIFEST_COLUMNS if c in columns or c in ("path", "status", "reason")]
     names += [c for c in columns if c not in names]
     n = len(next(iter(columns.values()))) if columns else 0
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=names)
         w.writeheader()
         for i in range(n):

@@ -168,14 +168,17 @@ def _scan(folder: Path, strict: bool) -> tuple[list[tuple[Path, Any, str | None]
     return found, skipped
 
 
-def list_series(folder: str | os.PathLike, strict: bool = True) -> list[SeriesInfo]:
+def list_series(folder: str | os.PathLike, strict: bool = True,
+                skipped: list[Skipped] | None = None) -> list[SeriesInfo]:
     """Every series under ``folder`` (recursive), image or not, without decoding pixels.
 
     Non-image objects (RTSTRUCT, SR, ...) are listed too, so that a folder's content can be seen
     before choosing ``series_uid`` for :func:`load_series`. Unreadable files raise unless
-    ``strict=False`` (then they are left out).
+    ``strict=False`` (then they are left out, and added to the list ``skipped`` when given).
     """
-    found, _ = _scan(Path(folder), strict)
+    found, bad = _scan(Path(folder), strict)
+    if skipped is not None:
+        skipped.extend(bad)
     groups: dict[str, list[tuple[Path, Any]]] = {}
     for p, ds, _problem in found:
         groups.setdefault(attr(ds, "SeriesInstanceUID"), []).append((p, ds))

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from btd_jax.data.errors import DataError
+from btd_jax.data.validate import check_dtype
 
 CT_LO = -700.0
 CT_HI = 2000.0
@@ -46,8 +47,7 @@ def canonical_modality(modality: str) -> str:
 def _check_finite(a: np.ndarray, what: str) -> None:
     if a.size == 0:
         raise DataError(f"{what}: empty array (shape {a.shape})")
-    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
-        raise DataError(f"{what}: expected a real numeric array, got dtype {a.dtype}")
+    check_dtype(a.dtype, what)
     if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
         n = int((~np.isfinite(a)).sum())
         raise DataError(f"{what}: {n} non-finite value(s) (NaN or inf)")

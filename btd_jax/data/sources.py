@@ -28,6 +28,7 @@ from btd_jax.data.errors import DataError
 from btd_jax.data.records import Skipped
 from btd_jax.data.store import SliceStore, is_store
 from btd_jax.data.store_writer import SliceBatch, Unit, write_store
+from btd_jax.runtime.errors import require
 
 __all__ = ["FORMATS", "detect_format", "dicom_units", "nifti_units", "fastmri_units", "prepare",
            "slice_affine", "open_slices"]
@@ -107,8 +108,8 @@ def dicom_units(folder: str | os.PathLike, modality: str | None = None,
                 strict: bool = True) -> tuple[list[Unit], list[Skipped], str]:
     """One unit per image series under ``folder`` (sorted by patient, series); returns
     (units, series skipped up front, modality)."""
-    infos = dicom.list_series(folder, strict=strict)
     skipped, images = [], []
+    infos = dicom.list_series(folder, strict=strict, skipped=skipped)
     for s in infos:
         mods = s.modality.upper().split("/")
         if any(m in dicom.NON_IMAGE_MODALITIES for m in mods):
@@ -184,11 +185,7 @@ def fastmri_units(path: str | os.PathLike, key: str = "reconstruction_rss") -> l
 
 
 def _load_h5(path: Path, key: str) -> SliceBatch:
-    try:
-        import h5py
-    except ImportError:
-        raise DataError(f"{path}: reading fastMRI .h5 needs h5py (pip install 'btd_jax[h5]')") \
-            from None
+    h5py = require("h5py", f"{path}: reading fastMRI .h5")  # a missing package is never a skippable bad file
     try:
         with h5py.File(path, "r") as f:
             if key not in f:
@@ -219,10 +216,11 @@ def _load_h5(path: Path, key: str) -> SliceBatch:
 def prepare(inp: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto",
             modality: str | None = None, size: int | None = None, dtype: str = "float16",
             resize: str = "authors", shard_rows: int = 256, strict: bool = True,
-            progress: bool = True) -> dict:
+            progress: bool = True, overwrite: bool = False) -> dict:
     """Write the slice store ``out`` from ``inp`` (resuming an interrupted run); returns the
     store summary. ``size``: crop side (default the paper's, 96 CT / 128 MRI); ``resize``: for
-    image folders, 'authors' (their MRI transform) or 'none'."""
+    image folders, 'authors' (their MRI transform) or 'none'; ``overwrite``: start again a store
+    that ``out`` holds from other input or options."""
     if fmt not in FORMATS:
         raise DataError(f"unknown input format {fmt!r}; expected one of {FORMATS}")
     fmt = detect_format(inp) if fmt == "auto" else fmt
@@ -254,7 +252,8 @@ def prepare(inp: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto",
         raise DataError(f"{inp}: no {fmt} input found")
     size = int(size or preprocess.PATCH_SIZE[mod])
     return write_store(out, units, modality=mod, size=size, dtype=dtype, locations=locations,
-                       options=options, skipped=skipped, strict=strict, progress=progress)
+                       options=options, skipped=skipped, strict=strict, progress=progress,
+                       overwrite=overwrite)
 
 
 def open_slices(path: str | os.PathLike, size: int | None = None):

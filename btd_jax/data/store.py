@@ -40,6 +40,7 @@ MANIFEST_FILE = "manifest.jsonl"
 PLAN_FILE = "plan.json"
 LOCATIONS_FILE = "locations.npy"
 SHARD_DIR = "shards"
+SKIPPED_FILE = "skipped.csv"  # items left out in lenient mode (item, reason), beside store.json
 DTYPES = ("float16", "float32")
 
 

@@ -6,6 +6,7 @@ its record); a rerun with the same units and options skips units whose record ex
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import json
@@ -19,7 +20,7 @@ from btd_jax.data import crops as crops_lib
 from btd_jax.data.errors import DataError
 from btd_jax.data.records import Skipped
 from btd_jax.data.store import (
-    DTYPES, FORMAT, LOCATIONS_FILE, MANIFEST_FILE, PLAN_FILE, SHARD_DIR, STORE_FILE, VERSION,
+    DTYPES, FORMAT, LOCATIONS_FILE, MANIFEST_FILE, PLAN_FILE, SHARD_DIR, SKIPPED_FILE, STORE_FILE, VERSION,
 )
 
 __all__ = ["SliceBatch", "Unit", "write_store", "atomic_write_bytes"]
@@ -114,23 +115,49 @@ def _finished(out: epath.Path, i: int, unit: Unit) -> dict | None:
     return rec
 
 
-def _check_plan(out: epath.Path, plan: dict) -> None:
+def _same_work(old: dict, plan: dict) -> bool:
+    """Whether two plans make the same store (strictness only decides what a bad unit does)."""
+    strip = lambda p: {**p, "options": {k: v for k, v in p.get("options", {}).items() if k != "strict"}}  # noqa: E731
+    return strip(old) == strip(plan)
+
+
+def _clear(out: epath.Path) -> None:
+    """Removes the store's own entries from ``out`` (nothing else in the folder)."""
+    for name in (STORE_FILE, MANIFEST_FILE, LOCATIONS_FILE, PLAN_FILE, SKIPPED_FILE):
+        if (out / name).exists():
+            (out / name).unlink()
+    if (out / SHARD_DIR).exists():
+        (out / SHARD_DIR).rmtree()
+
+
+def _check_plan(out: epath.Path, plan: dict, overwrite: bool = False) -> None:
+    """Resumes a store written from the same input and options; a store begun from other input or
+    options is started again when none of its units was finished (a run that failed at once) or
+    with ``overwrite``, else refused."""
     path = out / PLAN_FILE
     if path.exists():
-        old = json.loads(path.read_text())
-        if old != plan:
+        try:
+            old = json.loads(path.read_text())
+        except (ValueError, OSError):
+            old = {}
+        if _same_work(old, plan):
+            if old != plan:
+                atomic_write_bytes(path, json.dumps(plan, indent=1).encode())
+            return
+        started = (out / SHARD_DIR).exists() and any((out / SHARD_DIR).glob("*.json"))
+        if started and not overwrite:
             what = [k for k in plan if old.get(k) != plan[k]]
             raise DataError(f"{out}: holds a store being written from other input or options "
-                            f"(differs in: {', '.join(what)}); use another output folder or "
-                            f"delete it")
-        return
+                            f"(differs in: {', '.join(what)}); use another output folder, or pass "
+                            "--overwrite to start it again")
+        _clear(out)
     atomic_write_bytes(path, json.dumps(plan, indent=1).encode())
 
 
 def write_store(out: str | os.PathLike, units: Sequence[Unit], *, modality: str, size: int,
                 dtype: str = "float16", locations: np.ndarray | None = None,
                 options: dict | None = None, skipped: Sequence[Skipped] = (),
-                strict: bool = True, progress: bool = True) -> dict:
+                strict: bool = True, progress: bool = True, overwrite: bool = False) -> dict:
     """Write (or finish) a slice store from ``units``; returns the summary saved as store.json.
 
     Args:
@@ -144,16 +171,18 @@ def write_store(out: str | os.PathLike, units: Sequence[Unit], *, modality: str,
       skipped: input left out before writing (e.g. non-image series), listed in the summary.
       strict: raise on the first bad unit; else record it as skipped and go on.
       progress: show a tqdm bar (slices/s).
+      overwrite: start again a store that ``out`` holds from other input or options.
     """
     from tqdm import tqdm
 
     if dtype not in DTYPES:
         raise DataError(f"store dtype must be one of {DTYPES}, got {dtype!r}")
     out = epath.Path(out)
-    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     plan = {"format": FORMAT, "version": VERSION, "modality": modality, "dtype": dtype,
             "size": int(size), "options": options or {}, "units": [u.key for u in units]}
-    _check_plan(out, plan)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_plan(out, plan, overwrite)
+    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     if locations is not None:
         locations = np.asarray(locations, np.int32).reshape(-1, 2)
         if len(locations) == 0:
@@ -177,10 +206,14 @@ def write_store(out: str | os.PathLike, units: Sequence[Unit], *, modality: str,
                 rec = _write_unit(out, i, unit, batch, dtype, size, locations is None)
             recs.append(rec)
             bar.update(unit.n_slices)
+        return _finalise(out, plan, recs, locations is not None,
+                         [dataclasses.asdict(s) for s in skipped])
+    except BaseException:
+        if not recs:  # nothing finished: leave no plan behind (a rerun with other options starts clean)
+            _clear(out)
+        raise
     finally:
         bar.close()
-    return _finalise(out, plan, recs, locations is not None,
-                     [dataclasses.asdict(s) for s in skipped])
 
 
 def _finalise(out: epath.Path, plan: dict, recs: list[dict], has_locations: bool,
@@ -200,4 +233,10 @@ def _finalise(out: epath.Path, plan: dict, recs: list[dict], has_locations: bool
     summary.update(candidates="locations" if has_locations else "tissue", n_slices=row,
                    n_units=len(recs), shards=shards, skipped=skipped)
     atomic_write_bytes(out / STORE_FILE, json.dumps(summary, indent=1).encode())
+    if skipped:  # the same list as a table, as every command's --lenient writes it
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["item", "reason"])
+        w.writerows((k["item"], k["reason"]) for k in skipped)
+        atomic_write_bytes(out / SKIPPED_FILE, buf.getvalue().encode())
     return summary

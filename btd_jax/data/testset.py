@@ -25,6 +25,8 @@ import numpy as np
 from btd_jax.data import dicom, preprocess
 from btd_jax.data.errors import DataError
 from btd_jax.data.records import Skipped, TestSet
+from btd_jax.data.validate import load_npy, read_csv
+from btd_jax.runtime.atomic import atomic_open, atomic_path, save_npy
 
 __all__ = ["ATTACKS", "LABELS", "testset_csv_path", "load_testset", "write_testset"]
 
@@ -89,7 +91,7 @@ def _read_image(path: Path, mod: str) -> np.ndarray:
     if suffix == ".dcm" or (mod == "CT" and suffix == ""):
         img = dicom.read_slice(path).pixels[0]
     elif suffix == ".npy":
-        img = np.load(path, allow_pickle=False)
+        img = load_npy(path)
     elif suffix in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp") and mod == "MRI":
         import matplotlib.image as mpimg
         img = mpimg.imread(path)
@@ -147,10 +149,7 @@ def load_testset(root: str | os.PathLike, modality: str, attack: str, tamper: st
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: test-set CSV not found (expected the layout "
                         f"CT/<attack>/CT_<attack>.csv or MRI/MRI_<attack>.csv under {root})")
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # BOM from spreadsheets
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    header, rows = read_csv(csv_path)
     missing = [c for c in ("path", "x", "y", "type") if c not in header]
     if missing:
         raise DataError(f"{csv_path}: missing column(s) {missing}; found {header}")
@@ -233,16 +232,17 @@ def write_testset(root: str | os.PathLike, modality: str, attack: str,
         rel = Path("images") / f"{name}.{image_format}"
         img = np.asarray(it["image"])
         if image_format == "npy":
-            np.save(csv_path.parent / rel, img)
+            save_npy(csv_path.parent / rel, img)
         else:  # 16-bit grey PNG (Pillow comes with matplotlib): 1/65535 steps
             from PIL import Image
             q = np.round(np.clip(img, 0.0, 1.0) * 65535.0).astype(np.uint16)
-            Image.fromarray(q).save(csv_path.parent / rel)
+            with atomic_path(csv_path.parent / rel) as tmp:
+                Image.fromarray(q).save(tmp)
         row = {"path": rel.as_posix(), "x": int(it["x"]), "y": int(it["y"]), "type": it["type"]}
         row.update({c: int(m in it.get("methods", ())) for c, m in zip(ind_cols, methods)})
         row.update({k: it.get(k, "") for k in extra})
         rows.append(row)
-    with open(csv_path, "w", newline="") as f:
+    with atomic_open(csv_path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=["path", "x", "y", "type", *ind_cols, *extra])
         w.writeheader()
         w.writerows(rows)

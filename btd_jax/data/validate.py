@@ -1,22 +1,130 @@
-"""The one check of a stack of image patches in [0, 1], used by datasets, scoring, training and baselines.
+"""The one check of input arrays and the one way input files are read, used by every command and dataset.
 
 :func:`check_shape` is cheap (shape and dtype only) so that memory-mapped inputs can be checked
 without reading them; :func:`check_values` checks values (NaN/inf, the [0, 1] range) on any part,
-e.g. one chunk at a time; :func:`check_patches` does both. Every problem raises one
-:class:`~btd_jax.data.errors.DataError` that starts with ``name`` (the file or argument)::
+e.g. one chunk at a time; :func:`check_patches` does both. :func:`check_real` checks raw slices and
+volumes (HU, scanner values). :func:`load_npy`, :func:`load_npz` and :func:`read_csv` read input
+files. Every problem raises one :class:`~btd_jax.data.errors.DataError` that starts with ``name``
+(the file or argument), and every check refuses complex, object and other non-real arrays with the
+same message::
 
     x = check_patches(arr, "train.npy", size=96, channels=1)   # (N, 96, 96, 1) float32
+    vol = check_real(load_npy("scan.npy"), "scan.npy")          # (S, H, W) float32, finite
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import csv
+import io
+import os
+import zipfile
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from btd_jax.data.errors import DataError
 
-__all__ = ["check_shape", "check_values", "check_patches"]
+__all__ = ["check_shape", "check_values", "check_patches", "check_real", "check_dtype", "load_npy", "load_npz",
+           "read_csv"]
+
+
+def check_dtype(dtype: Any, name: str, *, allow_int: bool = True) -> None:
+    """Refuses what is not a real number type: complex (one message everywhere), object, strings, bool."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.complexfloating):
+        raise DataError(f"{name}: complex values (dtype {dtype}) are not image intensities; save real values "
+                        "(e.g. the magnitude, np.abs)")
+    ok = np.issubdtype(dtype, np.floating) or (allow_int and np.issubdtype(dtype, np.integer))
+    if not ok:
+        want = "floating" if not allow_int else "real numeric"
+        raise DataError(f"{name}: expected {want} values, got dtype {dtype}")
+
+
+def check_real(x: Any, name: str = "array", ndims: Sequence[int] = (2, 3)) -> np.ndarray:
+    """A raw slice (H, W) or volume (S, H, W) in any real units -> float32, checked: a real numeric
+    dtype, one of ``ndims``, not empty, finite."""
+    if not hasattr(x, "dtype"):
+        x = np.asarray(x)
+    check_dtype(x.dtype, name)
+    if x.ndim not in tuple(ndims):
+        shapes = " or ".join({2: "a slice (H, W)", 3: "a volume (S, H, W)"}.get(d, f"a {d}-D array") for d in ndims)
+        raise DataError(f"{name}: expected {shapes}, got shape {tuple(x.shape)}")
+    if x.size == 0:
+        raise DataError(f"{name}: empty array (shape {tuple(x.shape)})")
+    x = np.asarray(x, dtype=np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise DataError(f"{name}: {int(bad.sum())} NaN or inf value(s)")
+    return x
+
+
+def _unreadable(path: str, e: BaseException, what: str = "array") -> DataError:
+    text = str(e)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError:
+        magic = b""
+    numpy = magic == b"\x93NUMPY" or magic.startswith(b"PK")  # NumPy tries pickle on anything else
+    if numpy and ("pickle" in text or "Python objects" in text):
+        return DataError(f"{path}: cannot read {what}: it holds pickled Python objects, not plain numbers "
+                         "(not loaded, for safety)")
+    why = " ".join(text.split())[:200] or type(e).__name__
+    return DataError(f"{path}: cannot read {what}: not a NumPy file, or damaged or truncated ({why})")
+
+
+def load_npy(path: str | os.PathLike, mmap: bool = False, what: str = "array") -> np.ndarray:
+    """A ``.npy`` array (memory-mapped with ``mmap``); a missing, pickled, truncated or garbage file is
+    one :class:`DataError` naming it (and ``what`` it should hold)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise _unreadable(path, e, what) from None
+    if not isinstance(arr, np.ndarray):  # an .npz under an .npy name
+        arr.close()
+        raise DataError(f"{path}: is an .npz archive, not a single .npy array")
+    return arr
+
+
+def load_npz(path: str | os.PathLike) -> Dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (read now); errors as :func:`load_npy`."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise DataError(f"{path}: is a single .npy array, not an .npz archive")
+            return {k: z[k] for k in z.files}
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise _unreadable(path, e) from None
+
+
+def read_csv(path: str | os.PathLike, strip: bool = True) -> Tuple[List[str], List[Dict[str, str]]]:
+    """``(header, rows)`` of a UTF-8 CSV (a spreadsheet's byte-order mark is dropped); with ``strip``
+    names and values lose surrounding spaces. Text that is not UTF-8 or not CSV is one
+    :class:`DataError` naming the file."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the CSV as UTF-8") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = list(reader.fieldnames or [])
+        rows = list(reader)
+    except csv.Error as e:
+        raise DataError(f"{path}: not a readable CSV ({e})") from None
+    if strip:
+        header = [h.strip() for h in header]
+        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if isinstance(k, str) and k} for r in rows]
+    return header, rows
 
 
 def check_shape(x: Any, name: str = "patches", *, size: Optional[int] = None, channels: int = 1,
@@ -33,6 +141,8 @@ def check_shape(x: Any, name: str = "patches", *, size: Optional[int] = None, ch
     """
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.complexfloating):
+        check_dtype(x.dtype, name)
     number = np.issubdtype(x.dtype, np.floating) or (allow_int and np.issubdtype(x.dtype, np.integer))
     if not number:
         raise DataError(f"{name}: expected floating patches in [0, 1], got dtype {x.dtype} "

@@ -27,6 +27,8 @@ import numpy as np
 from btd_jax.data import dicom, preprocess, store
 from btd_jax.data.dicom_io import floats, functional_attr, read_header
 from btd_jax.data.errors import DataError
+from btd_jax.data.validate import check_real, load_npy
+from btd_jax.runtime.errors import require
 
 __all__ = ["Geometry", "Volume", "LPS_TO_RAS", "geometry_from_series", "read_volume", "read_store_series",
            "read_nifti",
@@ -157,10 +159,7 @@ def geometry_from_series(series: Any) -> Geometry:
 
 def read_nifti(path: str | os.PathLike) -> Tuple[np.ndarray, np.ndarray]:
     """A NIfTI file -> (data (S, H, W) float32 in its stored units, LPS affine (4, 4))."""
-    try:
-        import nibabel as nib
-    except ImportError:
-        raise DataError(f"{path}: reading NIfTI needs nibabel (pip install 'btd_jax[nifti]')") from None
+    nib = require("nibabel", f"{path}: reading NIfTI")  # a missing package is never a skippable bad file
     try:
         img = nib.load(str(path))
         data = np.asarray(img.get_fdata(dtype=np.float32))
@@ -246,23 +245,16 @@ def read_volume(path: str | os.PathLike, modality: str = "CT", units: str = "raw
     name = path.name.lower()
     geometry, skipped = None, []
     if name.endswith(".npy"):
-        try:
-            x = np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise DataError(f"{path}: not a readable .npy array ({e})") from None
+        x = load_npy(path)
     elif name.endswith(NIFTI_SUFFIXES):
         x, affine = read_nifti(path)
         geometry = Geometry(affine=affine, paths=(str(path),) * x.shape[0], modality=modality)
     else:
         series = dicom.load_series(path, series_uid=series_uid, modality=modality, strict=strict)
         x, geometry, skipped = series.pixels, geometry_from_series(series), list(series.skipped)
-    x = np.asarray(x, dtype=np.float32)
+    x = check_real(x, str(path))
     if x.ndim == 2:
         x = x[None]
-    if x.ndim != 3:
-        raise DataError(f"{path}: expected a slice (H, W) or a volume (S, H, W), got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise DataError(f"{path}: contains NaN or inf")
     if units == "raw":
         x = preprocess.to_unit_range(x, modality)
     return Volume(np.asarray(x, dtype=np.float32), geometry, str(path), skipped)
