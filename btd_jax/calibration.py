@@ -28,6 +28,7 @@ import numpy as np
 
 from btd_jax.configs import ScoreConfig
 from btd_jax.data.errors import DataError
+from btd_jax.runtime.atomic import write_json
 
 __all__ = ["Calibration", "fit", "threshold_at_fpr", "p_values", "FILENAME", "calibrate_scorer",
            "score_and_decide"]
@@ -156,11 +157,7 @@ class Calibration:
         """Writes JSON to ``path`` (a file) or ``path/calibration.json`` (a directory, e.g. the workdir)."""
         if os.path.isdir(path):
             path = os.path.join(path, FILENAME)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(tmp, path)  # never leave a half-written calibration beside the model
-        return path
+        return write_json(path, self.to_dict(), indent=1)  # never half-written beside the model
 
     @classmethod
     def load(cls, path: str) -> "Calibration":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import json
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -26,6 +25,7 @@ import numpy as np
 from btd_jax.data.dicom_io import read_header
 from btd_jax.data.errors import DataError
 from btd_jax.data.volume import Geometry
+from btd_jax.runtime.atomic import atomic_open, atomic_path, write_json
 
 __all__ = ["overlay_rgb", "write_png", "write_nifti", "write_parametric_map", "write_secondary_captures",
            "write_findings", "source_datasets", "CSV_FIELDS"]
@@ -62,7 +62,8 @@ def overlay_rgb(img01: np.ndarray, suspicion: np.ndarray, vmax: float, boxes: Se
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> str:
     from PIL import Image  # installed with matplotlib
 
-    Image.fromarray(rgb).save(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
     return str(path)
 
 
@@ -81,7 +82,8 @@ def write_nifti(path: str | os.PathLike, volume: np.ndarray, geometry: Optional[
     code = 0 if geometry is None else 1  # 1 = scanner-based anatomical coordinates
     img.set_sform(affine, code=code)
     img.set_qform(affine, code=code)
-    nib.save(img, str(path))
+    with atomic_path(path) as tmp:  # the temporary name ends like ``path`` (.nii.gz): nibabel reads it
+        nib.save(img, tmp)
     return str(path)
 
 
@@ -136,8 +138,8 @@ def write_parametric_map(path: str | os.PathLike, suspicion: np.ndarray, geometr
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=hi / 2, window_width=max(hi, 1e-12))],
         plane_positions=positions, plane_orientation=orientation, pixel_measures=measures,
         content_label="BTD", content_description="Back-in-Time Diffusion suspicion")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    pm.save_as(str(path))
+    with atomic_path(path) as tmp:
+        pm.save_as(tmp)
     return str(path)
 
 
@@ -198,7 +200,8 @@ def write_secondary_captures(folder: str | os.PathLike, rgbs: np.ndarray, slices
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
         ds.PixelData = np.ascontiguousarray(rgb, np.uint8).tobytes()
         path = os.path.join(folder, f"sc_{s:04d}.dcm")
-        ds.save_as(path, enforce_file_format=True)
+        with atomic_path(path) as tmp:
+            ds.save_as(tmp, enforce_file_format=True)
         out.append(path)
     return out
 
@@ -209,9 +212,8 @@ def write_findings(folder: str | os.PathLike, findings: List[Dict[str, Any]], re
     """``findings.json`` (``report`` plus ``findings``) and ``findings.csv`` (one row per finding)."""
     os.makedirs(folder, exist_ok=True)
     jpath, cpath = os.path.join(folder, "findings.json"), os.path.join(folder, "findings.csv")
-    with open(jpath, "w") as f:
-        json.dump({**report, "findings": findings}, f, indent=1)
-    with open(cpath, "w", newline="") as f:
+    write_json(jpath, {**report, "findings": findings}, indent=1)
+    with atomic_open(cpath, newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(findings)

@@ -20,8 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -30,14 +29,17 @@ import numpy as np
 from btd_jax import calibration, configs, diffusion
 from btd_jax.data.errors import DataError
 from btd_jax.models.unet import Unet
+from btd_jax.runtime.atomic import write_bytes, write_json
+from btd_jax.runtime.errors import require
 from btd_jax.score import parse_reduction, reduce_residual
 
-__all__ = ["ExportedScorer", "export_scorer", "load", "scorer_function", "ARTIFACT", "MANIFEST",
-           "DEFAULT_PLATFORMS"]
+__all__ = ["ExportedScorer", "export_scorer", "load", "scorer_function", "calibration_files", "ARTIFACT",
+           "MANIFEST", "DEFAULT_PLATFORMS", "PLATFORMS"]
 
 ARTIFACT = "scorer.jaxexport"
 MANIFEST = "scorer.json"
 DEFAULT_PLATFORMS = ("cpu", "cuda")
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export lowers for
 _CALIBRATIONS = ("calibration.json", "screen_calibration.json")
 
 
@@ -63,9 +65,14 @@ def export_scorer(scorer: Any, out_dir: str, center: Optional[int] = None, reduc
     """Exports ``scorer`` (a :class:`btd_jax.score.Scorer`: ``cfg``, ``params``) to ``out_dir``.
 
     ``center``/``reduction`` default to the config's ``score`` settings (``center=0``: whole patch).
-    ``platforms`` None = the current backend. Calibration files found in ``workdir`` (default
-    ``scorer.workdir``) are copied beside the artifact. Returns the manifest.
+    ``platforms`` None = the current backend (else names from :data:`PLATFORMS`). Calibration files
+    found in ``workdir`` (default ``scorer.workdir``) are copied beside the artifact. Every file is
+    written atomically, after the artifact is serialized. Returns the manifest.
     """
+    require("flatbuffers", "exporting a scorer")  # jax.export serializes with it: fail before lowering
+    unknown = [p for p in (platforms or ()) if p not in PLATFORMS]
+    if unknown:
+        raise DataError(f"unknown platform(s) {', '.join(map(repr, unknown))}; expected some of {', '.join(PLATFORMS)}")
     cfg = scorer.cfg
     center = cfg.score.center if center is None else (center or None)
     reduction = cfg.score.reduction if reduction is None else reduction
@@ -80,23 +87,25 @@ def export_scorer(scorer: Any, out_dir: str, center: Optional[int] = None, reduc
     spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"b, {size}, {size}, {ch}"), jnp.float32)
     plats = tuple(platforms) if platforms else (jax.default_backend(),)
     exp = jax.export.export(jax.jit(fn), platforms=plats)(spec)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, ARTIFACT), "wb") as f:
-        f.write(exp.serialize())
+    write_bytes(os.path.join(out_dir, ARTIFACT), bytes(exp.serialize()))
     workdir = workdir or getattr(scorer, "workdir", None)
     copied = []
-    for name in _CALIBRATIONS:
-        if workdir and os.path.exists(os.path.join(workdir, name)):
-            shutil.copyfile(os.path.join(workdir, name), os.path.join(out_dir, name))
-            copied.append(name)
+    for name in calibration_files(workdir):
+        with open(os.path.join(workdir, name), "rb") as f:
+            write_bytes(os.path.join(out_dir, name), f.read())
+        copied.append(name)
     manifest = {"format": "jax.export", "artifact": ARTIFACT, "jax": jax.__version__, "platforms": list(plats),
                 "input": {"shape": ["b", size, size, ch], "dtype": "float32", "range": [0.0, 1.0]},
                 "outputs": {"scores": ["b"], "maps": ["b", size, size]},
                 "steps": 1, "center": center, "reduction": reduction, "calibrations": copied,
                 "config": configs.to_dict(cfg)}
-    with open(os.path.join(out_dir, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=1)
+    write_json(os.path.join(out_dir, MANIFEST), manifest, indent=1)
     return manifest
+
+
+def calibration_files(workdir: Optional[str]) -> List[str]:
+    """The calibration files of ``workdir`` that :func:`export_scorer` copies beside the artifact."""
+    return [n for n in _CALIBRATIONS if workdir and os.path.exists(os.path.join(workdir, n))]
 
 
 @dataclasses.dataclass

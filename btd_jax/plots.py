@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from btd_jax import metrics
+from btd_jax.runtime.atomic import atomic_path
 
 __all__ = ["pyplot", "plot_roc", "plot_histogram", "save_overlay", "plot_bars", "write_overlays",
            "residual_grid", "mosaic"]
@@ -31,6 +32,15 @@ def pyplot() -> Any:
     return plt
 
 
+def _save(fig: Any, path: str, dpi: int) -> None:
+    """Saves ``fig`` atomically (the format from the suffix of ``path``) and closes it."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        pyplot().close(fig)
+
+
 def plot_roc(curves: Mapping[str, Tuple[Any, Any]], path: str, title: str = "") -> str:
     """ROC curves: ``curves`` = {legend label: (labels (N,), scores (N,))}; writes a PNG."""
     plt = pyplot()
@@ -42,8 +52,7 @@ def plot_roc(curves: Mapping[str, Tuple[Any, Any]], path: str, title: str = "") 
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, 120)
     return path
 
 
@@ -63,8 +72,7 @@ def plot_histogram(scores: Any, labels: Any, path: str, title: str = "", thresho
     ax.set(xlabel="BTD score", ylabel="density", title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, 120)
     return path
 
 
@@ -89,8 +97,7 @@ def save_overlay(img01: np.ndarray, res: Any, path: str, title: str = "") -> str
     ax.set_title(title or f"BTD suspicion (stride {res.stride}, window {res.patch})", fontsize=9)
     ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, 110)
     return path
 
 
@@ -120,8 +127,7 @@ def plot_bars(rows: Sequence[Mapping[str, Any]], path: str, title: str = "") -> 
     fig.legend(handles, names, loc="lower center", ncol=min(5, len(methods)), fontsize=8)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend below the bars
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, 110)
     return path
 
 
@@ -148,8 +154,7 @@ def write_overlays(folder: str, patches: np.ndarray, maps: np.ndarray, scores: A
         for a in ax:
             a.axis("off")
         fig.tight_layout()
-        fig.savefig(os.path.join(folder, f"{ids[i]}.png"), dpi=80)
-        plt.close(fig)
+        _save(fig, os.path.join(folder, f"{ids[i]}.png"), 80)
     return len(order)
 
 
@@ -180,8 +185,7 @@ def residual_grid(rows: Sequence[Tuple[str, Sequence[Mapping[str, Any]]]], path:
         axes[r, 0].set_ylabel(label, fontsize=7)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, 110)
     return str(path)
 
 
@@ -210,6 +214,5 @@ def mosaic(left: np.ndarray, right: np.ndarray, path: str, titles: Tuple[str, st
     axes[0, per_row + 1 + per_row // 2].set_title(titles[1], fontsize=8)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, 100)
     return str(path)

@@ -39,6 +39,7 @@ import numpy as np
 from btd_jax import keys
 from btd_jax.configs import ScoreConfig
 from btd_jax.data.errors import DataError
+from btd_jax.runtime.atomic import write_json
 from btd_jax.scoring import pooling
 from btd_jax.scoring.interfaces import ResidualModel
 from btd_jax.scoring.stream import SCORE_FIELDS, ModelStream
@@ -179,9 +180,7 @@ class Reference:
         """Writes JSON to ``path`` (a file, or a directory: ``path/score_reference.json``); returns the file."""
         if os.path.isdir(path):
             path = os.path.join(path, REFERENCE_FILE)
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-        return path
+        return write_json(path, self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def load(cls, path: str) -> "Reference":
