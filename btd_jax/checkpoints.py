@@ -34,6 +34,7 @@ from btd_jax import configs
 from btd_jax.configs import Config
 from btd_jax.data.errors import DataError
 from btd_jax.models.unet import init_params
+from btd_jax.runtime.background import drop_closed_loop_reports
 from btd_jax.runtime.finite import all_finite, nonfinite_leaves, tree_checksum
 
 __all__ = ["CONFIG_FILE", "CHECKPOINT_DIR", "write_config", "read_config", "check_compatible", "open_manager",
@@ -200,6 +201,7 @@ def restore_newest_good(mngr: ocp.CheckpointManager, restore: Callable[[int], An
     """
     steps = sorted(mngr.all_steps(), reverse=True) if step is None else [int(step)]
     failures: List[Tuple[int, str]] = []
+    drop_closed_loop_reports()  # a failed read leaves tensorstore callbacks that report a closed loop
     for s in steps:
         try:
             result = restore(s)
