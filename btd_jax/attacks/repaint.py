@@ -15,6 +15,11 @@ Every item draws its noise from ``fold_in(key, global index)``, so results do no
 size, padding or device count. The returned images equal the input exactly outside the mask::
 
     out = repaint.inpaint(params, cfg, images01, masks, jax.random.key(0))   # (N, H, W) in [0, 1]
+    z = repaint.inpaint_model_space(params, cfg, latents, masks, key)       # (N, h, w, C), model units
+
+:func:`inpaint_model_space` is the same sampler on arrays already in the model's units (e.g. the
+scaled latents of a latent diffusion model, whose DDPM has ``auto_normalize`` off): no [0, 1]
+mapping, no clipping of the result, any channel count.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from btd_jax.models.unet import Unet, abstract_params
 
 __all__ = ["RePaintOptions", "REMOVAL", "INJECTION", "REMOVAL_FULL", "INJECTION_FULL", "PRESETS", "DEFAULT_PRESET",
            "preset_options", "time_grid", "respaced_schedule", "jump_schedule", "check_params",
-           "check_inputs", "inpaint"]
+           "check_inputs", "check_model_inputs", "inpaint", "inpaint_model_space"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +173,33 @@ def check_inputs(images, masks, image_size: int, init=None) -> tuple:
     return x[..., None], m[..., None], init[..., None]
 
 
+def check_model_inputs(x, masks, cfg: Config, init=None) -> tuple:
+    """Model-unit arrays -> (x (N,h,w,C), masks (N,h,w,1), init or x), float32; one DataError if wrong.
+
+    ``x``/``init``: (N, h, w, C) with h = w = ``cfg.image_size`` and C = ``cfg.model.channels``, finite;
+    ``masks``: (N, h, w) or (N, h, w, 1), > 0.5 = generate (one mask for every channel).
+    """
+    want = (cfg.image_size, cfg.image_size, cfg.model.channels)
+    x = np.asarray(x, np.float32)
+    if x.ndim != 4 or x.shape[0] == 0 or x.shape[1:] != want:
+        raise DataError(f"model-space inputs: expected (N, {want[0]}, {want[1]}, {want[2]}) for {cfg.name!r}, got "
+                        f"shape {x.shape} (a model of another size?)")
+    m = np.asarray(masks)
+    m = m[..., 0] if m.ndim == 4 and m.shape[-1] == 1 else m
+    if m.shape != x.shape[:3]:
+        raise DataError(f"masks: shape {m.shape} does not match the inputs' {x.shape[:3]}")
+    m = (m > 0.5).astype(np.float32)
+    if not np.all(m.reshape(len(m), -1).any(axis=1)):
+        raise DataError(f"masks: item {int(np.argmin(m.reshape(len(m), -1).any(axis=1)))} selects no position")
+    init = x if init is None else np.asarray(init, np.float32)
+    if init.shape != x.shape:
+        raise DataError(f"init: shape {init.shape} does not match the inputs' {x.shape}")
+    for name, a in (("inputs", x), ("init", init)):
+        if not np.isfinite(a).all():
+            raise DataError(f"{name}: contains NaN or inf")
+    return x, m[..., None], init
+
+
 # ----------------------------------------------------------------------------- the sampler
 
 def _item_noise(item_keys: jax.Array, k: jax.Array, shape) -> jax.Array:
@@ -183,15 +215,14 @@ def _reverse(opts: RePaintOptions, sched, model_fn, x, i, z):
                                noise=z)[0]
 
 
-def _inpaint_local(params, sched, taus, pairs, x01, m, init01, idx, key, *, opts: RePaintOptions,
-                   model_cfg: ModelConfig):
-    """One device's rows: x01, m, init01 (B,S,S,1), idx (B,) -> generated (B,S,S,1) in [0, 1]."""
+def _sample_local(params, sched, taus, pairs, x0, m, init, idx, key, *, opts: RePaintOptions,
+                  model_cfg: ModelConfig):
+    """One device's rows in the model's units: x0, init (B,h,w,C), m (B,h,w,1), idx (B,) -> (B,h,w,C)."""
     model = Unet.from_config(model_cfg)
 
     def model_fn(x, i):
         return model.apply({"params": params}, x, taus[i])
 
-    x0, init = diffusion.normalize(x01), diffusion.normalize(init01)
     per_item = keys.item_keys(key, idx)
     shape = x0.shape[1:]
     top = sched.num_timesteps - 1
@@ -214,18 +245,54 @@ def _inpaint_local(params, sched, taus, pairs, x01, m, init01, idx, key, *, opts
         return jax.lax.cond(b < a, down, up, x), None
 
     x, _ = jax.lax.scan(body, x, (jnp.arange(pairs.shape[0], dtype=jnp.int32), (pairs[:, 0], pairs[:, 1])))
-    return jnp.clip(diffusion.unnormalize(x), 0.0, 1.0)
+    return x
+
+
+def _inpaint_local(params, sched, taus, pairs, x, m, init, idx, key, *, opts: RePaintOptions,
+                   model_cfg: ModelConfig, pixel: bool):
+    """``pixel``: x, init in [0, 1] -> [0, 1] (the DDPM works in [-1, 1]); else model units in and out."""
+    if not pixel:
+        return _sample_local(params, sched, taus, pairs, x, m, init, idx, key, opts=opts, model_cfg=model_cfg)
+    y = _sample_local(params, sched, taus, pairs, diffusion.normalize(x), m, diffusion.normalize(init), idx, key,
+                      opts=opts, model_cfg=model_cfg)
+    return jnp.clip(diffusion.unnormalize(y), 0.0, 1.0)
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(mesh, opts: RePaintOptions, model_cfg: ModelConfig) -> Callable:
-    """One jitted function per (mesh, options, model); every device works on its own rows."""
+def _compiled(mesh, opts: RePaintOptions, model_cfg: ModelConfig, pixel: bool = True) -> Callable:
+    """One jitted function per (mesh, options, model, units); every device works on its own rows."""
     ax = mesh.axis_names[0]
     rep, data = jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec(ax)
-    local = jax.shard_map(functools.partial(_inpaint_local, opts=opts, model_cfg=model_cfg), mesh=mesh,
+    local = jax.shard_map(functools.partial(_inpaint_local, opts=opts, model_cfg=model_cfg, pixel=pixel), mesh=mesh,
                           in_specs=(rep, rep, rep, rep, data, data, data, data, rep), out_specs=data)
     r, d = parallel.replicated(mesh), parallel.data_sharding(mesh)
     return jax.jit(local, in_shardings=(r, r, r, r, d, d, d, d, r), out_shardings=d)
+
+
+def _run(params, cfg: Config, x: np.ndarray, m: np.ndarray, init: np.ndarray, key: jax.Array,
+         options: RePaintOptions, batch_size: int, mesh, progress: Optional[Callable[[int], None]],
+         pixel: bool) -> np.ndarray:
+    """The sampler over every row of checked (N,h,w,C) inputs, in chunks sharded over ``mesh``."""
+    taus = time_grid(cfg.diffusion.timesteps, options.steps, options.t_start)
+    pairs = jump_schedule(len(taus), options.jump_length, options.resamplings)
+    mesh = parallel.make_mesh(jax.local_devices()) if mesh is None else mesh
+    rep = parallel.replicated(mesh)
+    p, sched = jax.device_put(params, rep), jax.device_put(respaced_schedule(cfg, taus), rep)
+    taus_d, pairs_d = jax.device_put(jnp.asarray(taus), rep), jax.device_put(jnp.asarray(pairs), rep)
+    fn = _compiled(mesh, options, cfg.model, pixel)
+    n_dev = mesh.devices.size
+    chunk = -(-min(batch_size, len(x)) // n_dev) * n_dev
+    out = np.empty(x.shape, np.float32)
+    for s in range(0, len(x), chunk):
+        parts = [parallel.pad_to_multiple(a[s:s + chunk], chunk)[0] for a in (x, m, init)]
+        nv = min(chunk, len(x) - s)
+        idx = np.arange(s, s + chunk, dtype=np.int32)
+        y = fn(p, sched, taus_d, pairs_d, *(parallel.shard_batch(a, mesh) for a in parts),
+               parallel.shard_batch(idx, mesh), key)
+        out[s:s + nv] = np.asarray(y)[:nv]
+        if progress is not None:
+            progress(nv)
+    return out
 
 
 def inpaint(params, cfg: Config, images, masks, key: jax.Array, *, init=None,
@@ -247,26 +314,28 @@ def inpaint(params, cfg: Config, images, masks, key: jax.Array, *, init=None,
     """
     check_params(params, cfg.model, f"{cfg.name} DDPM")
     x, m, init = check_inputs(images, masks, cfg.image_size, init)
-    taus = time_grid(cfg.diffusion.timesteps, options.steps, options.t_start)
-    pairs = jump_schedule(len(taus), options.jump_length, options.resamplings)
-    mesh = parallel.make_mesh(jax.local_devices()) if mesh is None else mesh
-    rep = parallel.replicated(mesh)
-    p, sched = jax.device_put(params, rep), jax.device_put(respaced_schedule(cfg, taus), rep)
-    taus_d, pairs_d = jax.device_put(jnp.asarray(taus), rep), jax.device_put(jnp.asarray(pairs), rep)
-    fn = _compiled(mesh, options, cfg.model)
-    n_dev = mesh.devices.size
-    chunk = -(-min(batch_size, len(x)) // n_dev) * n_dev
-    out = np.empty(x.shape[:3], np.float32)
-    for s in range(0, len(x), chunk):
-        parts = [parallel.pad_to_multiple(a[s:s + chunk], chunk)[0] for a in (x, m, init)]
-        nv = min(chunk, len(x) - s)
-        idx = np.arange(s, s + chunk, dtype=np.int32)
-        y = fn(p, sched, taus_d, pairs_d, *(parallel.shard_batch(a, mesh) for a in parts),
-               parallel.shard_batch(idx, mesh), key)
-        out[s:s + nv] = np.asarray(y)[:nv, ..., 0]
-        if progress is not None:
-            progress(nv)
+    out = _run(params, cfg, x, m, init, key, options, batch_size, mesh, progress, pixel=True)[..., 0]
     if not composite:
         return out
     # The last step already puts x0 in the known pixels; pasting on the host makes them bit-exact.
     return np.where(m[..., 0] > 0, out, x[..., 0]).astype(np.float32)
+
+
+def inpaint_model_space(params, cfg: Config, x, masks, key: jax.Array, *, init=None,
+                        options: RePaintOptions = RePaintOptions(clip_denoised=False), batch_size: int = 64,
+                        mesh=None, progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
+    """RePaint arrays already in the DDPM's units (e.g. scaled latents) where ``masks`` is set.
+
+    Args:
+      params, cfg: the DDPM (``cfg.model.channels`` channels of ``cfg.image_size``).
+      x: (N, h, w, C) float, finite; masks: (N, h, w), > 0.5 = generate (all channels of a position).
+      key: PRNG key; item i uses ``fold_in(key, i)``.
+      init: (N, h, w, C) whose masked positions seed the sampler at ``options.t_start`` (SDEdit).
+      options: sampler settings; by default the x0 prediction is not clipped (latents are not in [-1, 1]).
+    Returns:
+      (N, h, w, C) float32, equal to ``x`` (bit for bit) at unmasked positions.
+    """
+    check_params(params, cfg.model, f"{cfg.name} DDPM")
+    x, m, init = check_model_inputs(x, masks, cfg, init)
+    out = _run(params, cfg, x, m, init, key, options, batch_size, mesh, progress, pixel=False)
+    return np.where(m > 0, out, x).astype(np.float32)

@@ -37,15 +37,18 @@ _CHECK_CHUNK = 4096  # patches per value check: memory-mapped inputs are never r
 def check_patches(x, cfg: Config, what: str) -> np.ndarray:
     """Validates patches against ``cfg`` and returns them as ``(N, H, W, C)`` without copying.
 
-    Accepts ``(N, H, W)`` (single channel) or ``(N, H, W, C)`` floats in [0, 1]; raises ``DataError``
-    naming ``what`` for an empty set, a wrong patch size or channel count, NaNs or values outside
-    [0, 1]. Values are checked ``_CHECK_CHUNK`` patches at a time, so a memory-mapped file is never
-    read into memory whole; batches are converted to float32 when gathered.
+    Accepts ``(N, H, W)`` (single channel) or ``(N, H, W, C)`` floats in [0, 1] (with
+    ``diffusion.auto_normalize`` off: any finite values, data already in the model's units such as
+    scaled latents); raises ``DataError`` naming ``what`` for an empty set, a wrong patch size or
+    channel count, NaNs or values out of range. Values are checked ``_CHECK_CHUNK`` patches at a
+    time, so a memory-mapped file is never read into memory whole; batches are converted to float32
+    when gathered.
     """
     x = validate.check_shape(x, what, size=cfg.image_size, channels=cfg.model.channels,
                              owner=f"config {cfg.name!r}")
+    tol = 1e-6 if cfg.diffusion.auto_normalize else np.inf  # an infinite tolerance: finiteness only
     for lo in range(0, len(x), _CHECK_CHUNK):  # chunks: bounded memory for memory-mapped files
-        validate.check_values(x[lo:lo + _CHECK_CHUNK], what, offset=lo, tol=1e-6)
+        validate.check_values(x[lo:lo + _CHECK_CHUNK], what, offset=lo, tol=tol)
     return x
 
 

@@ -176,7 +176,8 @@ def train_and_evaluate(cfg: Config, workdir: str, train_data, val_data=None, *, 
         periods (``log_every``, ``eval_every``, ``checkpoint_every``) and ``keep_checkpoints``.
       workdir: output directory: ``config.json``, ``checkpoints/``, ``metrics.jsonl`` (and ``.lock``
         while a run holds it).
-      train_data: patches ``(N, H, W)`` or ``(N, H, W, C)`` in [0, 1] (NumPy, may be memory-mapped:
+      train_data: patches ``(N, H, W)`` or ``(N, H, W, C)`` in [0, 1], or any finite values in the
+        model's units with ``diffusion.auto_normalize`` off (NumPy, may be memory-mapped:
         checked in chunks, never copied whole), or a :class:`btd_jax.data.crops.SliceSet` of slices
         (a slice store, the authors' CT folder) to cut a fresh crop from per position and step.
         In a multi-process run every process passes the same dataset and reads only its rows.
