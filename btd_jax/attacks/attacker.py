@@ -15,8 +15,9 @@ patient CQ500-CT-310) and CT_small (body CT). The attacker's data is a choice
 * a path: DICOM file/folder, slice store or ``.npy`` slices (whole slices).
 
 Models: :func:`train_ddpm` fits a DDPM for RePaint/SDEdit (the detector's demo DDPM trains only at
-low t, so it cannot generate from noise: the attacker needs every t) and :func:`train_gan` the
-cGAN of :mod:`btd_jax.attacks.cgan`.
+low t, so it cannot generate from noise: the attacker needs every t), :func:`train_gan` the
+cGAN of :mod:`btd_jax.attacks.cgan` and :func:`train_ldm` the latent diffusion model of
+:mod:`btd_jax.attacks.ldm`.
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ import jax
 import numpy as np
 
 from btd_jax import configs, train
-from btd_jax.attacks import cgan, inputs
+from btd_jax.attacks import cgan, inputs, ldm
 from btd_jax.attacks.inputs import as_sources
 from btd_jax.configs import Config
 from btd_jax.data import demo_data, dicom, preprocess
 
 __all__ = ["ATTACKER_SOURCES", "DATA_CHOICES", "MIN_BODY", "as_sources", "attacker_sources", "training_sources",
-           "min_body", "attacker_patches", "ddpm_config", "train_ddpm", "train_gan"]
+           "min_body", "attacker_patches", "ddpm_config", "train_ddpm", "train_gan", "train_ldm"]
 
 # (file shipped with pydicom / pydicom-data, label) per modality: patients the detector never sees.
 ATTACKER_SOURCES = {
@@ -139,4 +140,23 @@ def train_gan(out_dir: str | Path, patches: np.ndarray, cfg: cgan.GanConfig, see
     """Train the cGAN on ``patches`` and save it in ``out_dir``; returns the training info."""
     params, info = cgan.train(patches, cfg, jax.random.key(seed), budget_s=budget_s)
     cgan.save(out_dir, params, cfg, info)
+    return info
+
+
+def train_ldm(out_dir: str | Path, patches: np.ndarray, cfg: ldm.LdmConfig, seed: int = 0, progress: bool = False,
+              budget_s: Optional[float] = None) -> Dict[str, Any]:
+    """Train the LDM attacker in ``out_dir``: its autoencoder (reused when ``out_dir`` holds one of this
+    config), then the latent DDPM on the scaled latents of ``patches`` (:func:`train_ddpm` in
+    ``out_dir/latent_ddpm``, resumed like any workdir). ``budget_s`` is shared (a third for the
+    autoencoder). Load the result with :func:`btd_jax.attacks.ldm.load`; returns the training info."""
+    t0 = time.perf_counter()
+    key = jax.random.key(seed)
+    ae_params, cfg, ae_info = ldm.train_autoencoder(out_dir, patches, cfg, key,
+                                                    budget_s=None if budget_s is None else budget_s / 3.0)
+    latents = ldm.training_latents(ae_params, cfg, patches, jax.random.fold_in(key, 2))
+    left = None if budget_s is None else max(budget_s - (time.perf_counter() - t0), 1.0)
+    ddpm_info = train_ddpm(Path(out_dir) / ldm.DDPM_DIR, latents, cfg.ddpm, progress=progress, budget_s=left)
+    info = {"autoencoder": ae_info, "ddpm": ddpm_info, "scale": cfg.scale, "n_patches": len(patches),
+            "seconds": time.perf_counter() - t0}
+    ldm.save_autoencoder(out_dir, ae_params, cfg, info)
     return info

@@ -23,7 +23,8 @@ import jax
 import numpy as np
 from scipy import ndimage as ndi
 
-from btd_jax.attacks import cgan, repaint, sdedit
+from btd_jax.attacks import cgan, ldm, repaint, sdedit
+from btd_jax.configs import Config
 from btd_jax.data import demo_data, preprocess, tamper, testset
 from btd_jax.data.errors import DataError
 from btd_jax.data.validate import read_csv
@@ -32,8 +33,9 @@ from btd_jax.runtime.atomic import atomic_open, save_npy
 __all__ = ["METHODS", "COMBINATIONS", "REMOVE_RADIUS_PX", "Attacker", "dataset_name", "choose_sites",
            "attack_patches", "attack_sources", "write_layout"]
 
-METHODS = {"repaint": "RePaint", "sdedit": "SDEdit", "cgan": "cGAN"}
-COMBINATIONS = (("repaint", "removal"), ("sdedit", "injection"), ("cgan", "injection"), ("cgan", "removal"))
+METHODS = {"repaint": "RePaint", "sdedit": "SDEdit", "cgan": "cGAN", "ldm": "LDM"}
+COMBINATIONS = (("repaint", "removal"), ("sdedit", "injection"), ("cgan", "injection"), ("cgan", "removal"),
+                ("ldm", "injection"), ("ldm", "removal"))
 # Removed structures: the radii of the demo's hand-made removals.
 REMOVE_RADIUS_PX: Tuple[float, float] = (4.0, 10.0)
 _HU_SCALE = preprocess.CT_HI - preprocess.CT_LO
@@ -55,7 +57,8 @@ def dataset_name(method: str, modality: str, attack: str) -> str:
 
 @dataclasses.dataclass
 class Attacker:
-    """A method with its model: ``cfg`` is the DDPM's Config (repaint, sdedit) or a GanConfig (cgan).
+    """A method with its model: ``cfg`` is the DDPM's Config (repaint, sdedit), a GanConfig (cgan) or an
+    LdmConfig (ldm, whose ``params`` are ``{'autoencoder', 'ddpm'}``).
 
     ``options`` None: the published sampler (:data:`repaint.PRESETS` ``"full"``)."""
 
@@ -63,15 +66,16 @@ class Attacker:
     params: Any
     cfg: Any
     options: Optional[repaint.RePaintOptions] = None
-    strength: float = 0.15  # SDEdit t* / (T - 1)
-    dilation: int = 2       # SDEdit: pixels generated around the painted nodule
+    strength: float = 0.15  # SDEdit (and LDM injection) t* / (T - 1)
+    dilation: int = 2       # SDEdit, LDM injection: pixels generated around the painted nodule
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise DataError(f"unknown attack method {self.method!r}; expected one of {', '.join(METHODS)}")
-        want = cgan.GanConfig if self.method == "cgan" else None
-        if (want is not None) != isinstance(self.cfg, cgan.GanConfig):
-            raise DataError(f"method {self.method!r} needs a {'cGAN' if want else 'DDPM'} model")
+        kinds = {"cgan": (cgan.GanConfig, "cGAN"), "ldm": (ldm.LdmConfig, "LDM")}
+        want, what = kinds.get(self.method, (Config, "DDPM"))
+        if not isinstance(self.cfg, want):
+            raise DataError(f"method {self.method!r} needs a {what} model")
 
     @property
     def image_size(self) -> int:
@@ -148,15 +152,24 @@ def attack_patches(atk: Attacker, attack: str, patches: np.ndarray, key: jax.Arr
         masks = _disc_masks(n, size, radii, rng)
         opts = atk.options or repaint.preset_options(repaint.DEFAULT_PRESET, "repaint")
         out = repaint.inpaint(atk.params, atk.cfg, unit, masks, key, options=opts, **kwargs)
-    else:
+    elif atk.method == "ldm" and a == "removal":  # the disc of RePaint, in-painted in latent space
+        radii = rng.uniform(REMOVE_RADIUS_PX[0], min(REMOVE_RADIUS_PX[1], (size // 2) / 1.2), n).astype(np.float32)
+        out, masks = ldm.remove(atk.params, atk.cfg, unit, _disc_masks(n, size, radii, rng), key,
+                                options=atk.options or ldm.LDM_REMOVAL, **kwargs)
+    else:  # sdedit, ldm injection: a painted nodule finished by the model
         radii = rng.uniform(sdedit.RADIUS_PX[0], min(sdedit.RADIUS_PX[1], size / 4.0), n).astype(np.float32)
         lo, hi = sdedit.CONTRAST_HU if ct else sdedit.CONTRAST_MRI
         contrasts = rng.uniform(lo, hi, n).astype(np.float32)
         c0 = size // 2
         painted = [sdedit.paint_nodule(p, c0, c0, r, c, rng) for p, r, c in zip(patches, radii, contrasts)]
         priors = _to_unit(np.stack([p for p, _ in painted]), ct)
-        out, masks = sdedit.sdedit(atk.params, atk.cfg, unit, priors, np.stack([m for _, m in painted]), key,
-                                   strength=atk.strength, dilation=atk.dilation, options=atk.options, **kwargs)
+        nodules = np.stack([m for _, m in painted])
+        if atk.method == "ldm":
+            out, masks = ldm.inject(atk.params, atk.cfg, unit, priors, nodules, key, strength=atk.strength,
+                                    dilation=atk.dilation, options=atk.options or ldm.LDM_INJECTION, **kwargs)
+        else:
+            out, masks = sdedit.sdedit(atk.params, atk.cfg, unit, priors, nodules, key, strength=atk.strength,
+                                       dilation=atk.dilation, options=atk.options, **kwargs)
     tampered = np.where(masks, _from_unit(out, ct), patches)
     return tampered.astype(np.float32), masks, radii, contrasts
 
