@@ -12,8 +12,9 @@ settings changed):
 2. ``attackers``: per modality and attacker data a DDPM (the demo U-Net at every t) and a cGAN
    (``WORK/attackers/<MOD>_<data>``): ``unseen`` = patients the detector never saw
    (``btd_jax.attacks.attacker.ATTACKER_SOURCES``), ``same`` = the detector's own training region
-   (same patients and scanners, disjoint pixels); ``ldm``: the latent-diffusion in-painter when
-   ``btd_jax.attacks.ldm`` is wired into the pipeline.
+   (same patients and scanners, disjoint pixels); and the latent-diffusion in-painter
+   (:mod:`btd_jax.attacks.ldm`: KL autoencoder + latent DDPM, its ``demo`` size) on the same data
+   (``WORK/attackers/<MOD>_<data>/attacker_ldm``; stage ``ldm``, after the pixel-space sets).
 3. ``sets``: on the demo's held-out test regions, ``--n`` fakes and ``--n`` reals per set
    (``WORK/sets/<data>``, the authors' layout): RePaint removal and SDEdit injection with the
    published sampler (``full`` preset: 250 respaced ancestral steps, j = 10, r = 10; SDEdit every
@@ -40,14 +41,14 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from btd_jax.attacks import attacker, inputs, pipeline, quality, repaint, suite
+from btd_jax.attacks import attacker, inputs, ldm, pipeline, quality, repaint, suite
 from btd_jax.data import demo_data
 from btd_jax.score import Scorer
 from btd_jax.scoring import variants
 from experiments import attacks_common as common
 
 MODALITIES, DATA, SIZE = ("CT", "MRI"), ("unseen", "same"), 32
-STAGES = ("attackers", "sets", "quality", "scores")
+STAGES = ("attackers", "sets", "ldm", "quality", "scores")
 SETTINGS = {"mean": {}, "max": {"reduction": "max"}, "p99": {"reduction": "percentile:99"},
             "multi_t": {"variant": "multi_t", "start_ts": (0, 1, 2, 3)}, "two_sided": {"variant": "two_sided"}}
 PAPER = "BTD demo mean"  # the paper's score, central 16 window
@@ -74,28 +75,49 @@ def attackers(work: Path, args, mod: str, data: str) -> Tuple[Path, Dict[str, An
     return out, _json(info_path)
 
 
+def ldm_attacker(work: Path, args, mod: str, data: str) -> Tuple[pipeline.Attacker, Dict[str, Any]]:
+    """The latent-diffusion attacker of (modality, data), trained once on the attacker's patches."""
+    out = work / "attackers" / f"{mod}_{data}" / "attacker_ldm"
+    info_path = out / "train_info.json"
+    if not info_path.is_file():
+        common.log(f"{mod}/{data}: training the LDM attacker (autoencoder, then latent DDPM {args.ldm_steps} steps)")
+        sources = attacker.training_sources(data, mod)
+        patches = attacker.attacker_patches(sources, SIZE, suite.FULL.n_patches, seed=1,
+                                            min_body=attacker.min_body(mod))  # the DDPM's patches
+        cfg = ldm.ldm_config("demo", SIZE, mod, ddpm_steps=args.ldm_steps)
+        info = attacker.train_ldm(out, patches, cfg, seed=0)
+        info_path.write_text(json.dumps(info, indent=2, default=str))
+    params, cfg = ldm.load(out)
+    return pipeline.Attacker("ldm", params, cfg, strength=ldm.STRENGTH), _json(info_path)
+
+
 def _set_settings(args, atk: pipeline.Attacker, method: str, info: Dict[str, Any]) -> Dict[str, Any]:
     """What a cached set must match to be reused."""
-    s = {"method": method, "n": args.n, "seed": args.seed, "size": SIZE, "attacker_steps": info.get("ddpm", {}).get(
-        "steps") if method != "cgan" else info.get("gan", {}).get("steps")}
-    if method in ("repaint", "sdedit"):
+    part = {"cgan": "gan", "ldm": "ddpm"}.get(method, "ddpm")
+    s = {"method": method, "n": args.n, "seed": args.seed, "size": SIZE, "attacker_steps": info.get(part, {}).get(
+        "steps")}
+    if atk.options is not None:
         s["options"] = dataclasses.asdict(atk.options)
-    if method == "sdedit":
+    if method in ("sdedit", "ldm"):
         s["strength"] = atk.strength
     return s
 
 
-def build_sets(work: Path, args, mod: str, data: str) -> Tuple[Path, Dict[str, Dict[str, Any]]]:
+def build_sets(work: Path, args, mod: str, data: str, with_ldm: bool) -> Tuple[Path, Dict[str, Dict[str, Any]]]:
     """Writes (once) every set of (modality, data) under ``WORK/sets/<data>``: (root, {set: record})."""
     folder, info = attackers(work, args, mod, data)
     atks = suite.load_attackers(folder, _suite_cfg(args, mod, data))
+    rows = list(suite.ROWS)
+    if with_ldm:
+        atks["ldm"], info["ldm"] = ldm_attacker(work, args, mod, data)
+        rows += [("ldm", "injection"), ("ldm", "removal")]
     root = work / "sets" / data
     sources = inputs.demo_sources(mod)
     records = {}
-    for method, attack in suite.ROWS:
+    for method, attack in rows:
         name = pipeline.dataset_name(method, mod, attack)
         marker = root / "done" / f"{name}.json"
-        want = _set_settings(args, atks[method], method, info)
+        want = _set_settings(args, atks[method], method, info["ldm"] if method == "ldm" else info)
         if marker.is_file() and _json(marker)["settings"] == want:
             records[name] = _json(marker)
             continue
@@ -194,6 +216,7 @@ def main(argv=None) -> int:
     ap.add_argument("--detector_steps", type=int, default=800)
     ap.add_argument("--ddpm_steps", type=int, default=1500, help="attacker DDPM training steps")
     ap.add_argument("--gan_steps", type=int, default=600, help="attacker cGAN training steps")
+    ap.add_argument("--ldm_steps", type=int, default=3000, help="latent DDPM training steps of the LDM attacker")
     ap.add_argument("--n", type=int, default=100, help="fake (and real) rows per set")
     ap.add_argument("--strength", type=float, default=suite.FULL.strength, help="SDEdit t* / (T - 1)")
     ap.add_argument("--seed", type=int, default=0, help="sites, radii and attack noise")
@@ -214,8 +237,8 @@ def main(argv=None) -> int:
         detectors[mod] = _json(wd / "done.json")
         for data in args.data:
             infos[f"{mod}/{data}"] = attackers(work, args, mod, data)[1]
-            if "sets" in args.stages or "quality" in args.stages or "scores" in args.stages:
-                root, rec = build_sets(work, args, mod, data)
+            if {"sets", "ldm", "quality", "scores"} & set(args.stages):
+                root, rec = build_sets(work, args, mod, data, with_ldm="ldm" in args.stages)
                 roots.setdefault(mod, {})[data] = root
                 records.update({f"{k} ({data})": v for k, v in rec.items()})
         if "quality" in args.stages:
