@@ -1,9 +1,14 @@
 """The ``btd-jax`` command line: a thin dispatcher over ``btd_jax.commands.<name>``.
 
 Each command module exposes ``add_parser(subparsers)`` and ``run(args) -> int``. A run imports only
-the module of the command it runs (``--help`` alone imports them all). Bad input surfaces as one
-line on stderr and exit status 2; a run stopped by SIGTERM/SIGINT (after saving) exits with
-128 + the signal number (143, 130); a diverged run or a workdir in use by another run exits 1.
+the module of the command it runs (``--help`` alone imports them all).
+
+This is the one exception boundary: a bad flag, bad input, a missing or unreadable file, text that
+is not UTF-8, an unreadable array or a missing optional package surfaces as one line on stderr
+(``btd-jax CMD: error: ...``, naming the file) and exit status 2 (see
+:func:`btd_jax.runtime.describe`); a diverged run or a workdir in use by another run exits 1; a run
+stopped by SIGTERM/SIGINT (after saving) exits with 128 + the signal number (143, 130). A command
+that fails leaves none of the outputs it declared in its plan (:mod:`btd_jax.runtime.outputs`).
 """
 
 from __future__ import annotations
@@ -16,8 +21,7 @@ from typing import Optional, Sequence
 from absl import app, flags, logging
 from absl.flags import argparse_flags
 
-from btd_jax.data.errors import DataError
-from btd_jax.runtime import NonFiniteError, Stopped, WorkdirBusy
+from btd_jax.runtime import Stopped, describe, discard_active
 
 # Order is the order shown in --help.
 COMMANDS = ("demo", "prepare", "train", "score", "evaluate", "localize", "screen", "compare", "attack", "convert",
@@ -35,10 +39,17 @@ def _load_commands(names: Sequence[str] = COMMANDS):
     return modules
 
 
+class _Parser(argparse_flags.ArgumentParser):
+    """Reports a bad flag in one line (``btd-jax CMD: error: argument --x: ...``), like every other error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see {self.prog} --help)\n")
+
+
 def build_parser(only: Optional[str] = None):
     """The parser of every command, or with ``only`` the one command that will run (the others get
     empty placeholders, so their modules are not imported)."""
-    parser = argparse_flags.ArgumentParser(
+    parser = _Parser(
         prog="btd-jax", description="Back-in-Time Diffusion deepfake detection for CT and MRI (JAX).",
         allow_abbrev=False)  # top-level abbreviations would make short sub-command flags (--n) ambiguous
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -57,21 +68,26 @@ def build_parser(only: Optional[str] = None):
 def _main(args, quiet: bool = True) -> int:
     if quiet:  # orbax and JAX log every save/restore at INFO; --verbosity 0 (or more) shows them
         logging.set_verbosity(logging.WARNING)
+    discard_active(failed=False)  # plans of an earlier in-process run are not this run's
     try:
-        return int(args._run(args) or 0)
-    except (DataError, FileNotFoundError, KeyError, ValueError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"btd-jax {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+        status = int(args._run(args) or 0)
     except Stopped as e:  # SIGTERM/SIGINT: the work reached was saved
+        discard_active(failed=False)
         print(f"btd-jax {args.command}: {e}", file=sys.stderr)
         return e.exit_code
-    except (NonFiniteError, WorkdirBusy) as e:
-        print(f"btd-jax {args.command}: error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
+        discard_active()
         print(f"btd-jax {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        discard_active()
+        known = describe(e)
+        if known is None:  # a bug: keep its traceback
+            raise
+        print(f"btd-jax {args.command}: error: {known[1]}", file=sys.stderr)
+        return known[0]
+    discard_active(failed=False)
+    return status
 
 
 def main(argv=None):

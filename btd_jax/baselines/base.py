@@ -152,7 +152,10 @@ def load_state(path: str, name: str, config_cls: type) -> State:
         path += ".npz"
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such baseline checkpoint")
-    flat = validate.load_npz(path)
+    try:
+        flat = validate.load_npz(path)
+    except DataError as e:
+        raise DataError(f"{path}: not a baseline checkpoint (.npz): {str(e).removeprefix(path + ': ')}") from None
     if _META not in flat:
         raise DataError(f"{path}: not a baseline checkpoint (no {_META!r} entry)")
     meta = json.loads(str(flat.pop(_META)))

@@ -1,10 +1,12 @@
 """Flags and helpers every command shares for safe outputs and lenient input.
 
-``--overwrite``: an existing output file (or a non-empty output folder) is replaced only when given;
-outputs never replace an input or a workdir's own files, even with it. ``--lenient``: bad DICOM
-files and bad rows of the authors' layout are skipped instead of stopping the command; each skipped
-item and its reason goes to ``<output>.skipped.csv`` next to an output file, or ``skipped.csv`` in an
-output folder (and one line to stderr).
+``--overwrite``: an existing output file (or a non-empty output folder this command did not write)
+is replaced only when given; outputs never replace an input, lie inside an input folder or replace a
+workdir's own files, even with it. ``--lenient``: the per-item failures of :data:`LENIENT_HELP`
+(unreadable DICOM files, bad rows of a CSV, unreadable or malformed array files of a test set or
+training folder) are skipped instead of stopping the command; each skipped item and its reason goes
+to ``<output>.skipped.csv`` next to an output file, or ``skipped.csv`` in an output folder (and one
+line per item to stderr).
 """
 
 from __future__ import annotations
@@ -14,43 +16,43 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from btd_jax.runtime.outputs import check_output, check_output_dir, skipped_path, write_skipped
+from btd_jax.runtime.outputs import OutputPlan, skipped_path, write_skipped
 
-__all__ = ["add_overwrite_flag", "add_lenient_flag", "check_outputs", "report_skipped"]
+__all__ = ["LENIENT_HELP", "add_overwrite_flag", "add_lenient_flag", "output_plan", "report_skipped",
+           "skipped_file"]
+
+LENIENT_HELP = ("skip unreadable DICOM files, bad CSV rows and unreadable or malformed array files instead of "
+                "stopping; the skipped items and why are listed in the skipped list ({where})")
 
 
 def add_overwrite_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
-                   help="replace existing output files (inputs and a workdir's own files are never replaced)")
+                   help="replace existing output files and write into non-empty output folders (inputs, "
+                        "input folders and a workdir's own files are never written)")
 
 
-def add_lenient_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lenient", action="store_true",
-                   help="skip unreadable DICOM files and bad rows instead of stopping; the skipped items and "
-                        "why are listed in <output>.skipped.csv")
+def add_lenient_flag(p: argparse.ArgumentParser, where: str = "OUT.skipped.csv or OUT/skipped.csv") -> None:
+    p.add_argument("--lenient", action="store_true", help=LENIENT_HELP.format(where=where))
 
 
-def check_outputs(args, files: Sequence[Optional[str]] = (), folders: Sequence[Optional[str]] = (),
-                  inputs: Sequence[Optional[str]] = (), workdirs: Sequence[Optional[str]] = ()) -> None:
-    """Refuses (DataError) output ``files``/``folders`` that exist without ``--overwrite`` or would
-    replace ``inputs`` or a workdir's files; call before any work so a refusal costs nothing."""
-    overwrite = bool(getattr(args, "overwrite", False))
-    for path in files:
-        if path:
-            check_output(path, overwrite=overwrite, inputs=inputs, workdirs=workdirs)
-    for path in folders:
-        if path:
-            check_output_dir(path, overwrite=overwrite, inputs=inputs, workdirs=workdirs)
+def output_plan(args, inputs: Sequence[Optional[str]] = (), workdirs: Sequence[Optional[str]] = ()) -> OutputPlan:
+    """An empty :class:`OutputPlan` for the command ``args`` runs (its ``--overwrite`` flag applies)."""
+    return OutputPlan(getattr(args, "command", None) or "btd-jax", overwrite=bool(getattr(args, "overwrite", False)),
+                      inputs=inputs, workdirs=workdirs)
+
+
+def skipped_file(out: str, folder: bool = False) -> str:
+    """The skipped list of the output ``out``: ``OUT/skipped.csv`` for a folder, else ``OUT.skipped.csv``
+    (declare it in the plan)."""
+    return os.path.join(out, "skipped.csv") if folder else skipped_path(out)
 
 
 def report_skipped(command: str, out: str, skipped: Sequence, folder: bool = False) -> Optional[str]:
-    """Writes ``skipped`` (items with ``.item``/``.reason``) to ``<out>.skipped.csv`` (``folder``: to
-    ``<out>/skipped.csv``) and says so on stderr; nothing when nothing was skipped."""
+    """Writes ``skipped`` (items with ``.item``/``.reason``) to :func:`skipped_file` and says so on
+    stderr; nothing when nothing was skipped."""
     for s in skipped:
         print(f"btd-jax {command}: skipped {s.item}: {s.reason}", file=sys.stderr)
-    if folder and skipped:
-        os.makedirs(out, exist_ok=True)
-    path = write_skipped(os.path.join(out, "skipped.csv") if folder else skipped_path(out), skipped)
+    path = write_skipped(skipped_file(out, folder), skipped)
     if path:
         print(f"btd-jax {command}: skipped {len(skipped)} item(s); list -> {path}", file=sys.stderr)
     return path

@@ -20,8 +20,10 @@ import jax
 import numpy as np
 
 from btd_jax import configs, parallel, score
-from btd_jax.commands._safety import add_overwrite_flag, check_outputs
+from btd_jax.commands._flags import non_negative_float, non_negative_int, positive_int, positive_int_list
+from btd_jax.commands._safety import add_overwrite_flag, output_plan
 from btd_jax.models.unet import init_params
+from btd_jax.runtime.atomic import write_text
 from btd_jax.scoring import stream
 from btd_jax.timing import load_average, throughput, time_runs
 
@@ -31,13 +33,15 @@ AfterBatch = Callable[[Dict[str, Any], "JaxBench", Any, int, List[Dict[str, Any]
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--config", default="ct", help="preset name (default: ct, 96 px, dim 32)")
-    p.add_argument("--batch_size", type=int, default=None, help="time only this batch size")
-    p.add_argument("--batches", default="1,64,256", help="comma-separated batch sizes (default 1,64,256)")
+    p.add_argument("--batch_size", type=positive_int, default=None, help="time only this batch size")
+    p.add_argument("--batches", type=positive_int_list, default="1,64,256",
+                   help="comma-separated batch sizes (default 1,64,256)")
     p.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes (default float32,bfloat16)")
-    p.add_argument("--min_time", type=float, default=3.0, help="seconds of timed runs per point (>= 2 runs)")
+    p.add_argument("--min_time", type=non_negative_float, default=3.0,
+                   help="seconds of timed runs per point (>= 2 runs)")
     p.add_argument("--out", default=None, help="JSON output path (default: print only)")
     p.add_argument("--micro_batch", default="auto", help="rows per U-Net pass per device: auto (1 on CPU), none, or K")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     return p
 
 
@@ -49,8 +53,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def _ints(text: str) -> List[int]:
-    return [int(v) for v in str(text).split(",") if v.strip()]
+def _ints(text: Any) -> List[int]:
+    """Batch sizes from ``1,64,256`` or the list that ``--batches`` parses to."""
+    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    return [int(v) for v in items if str(v).strip()]
 
 
 # ----------------------------------------------------------------------------- JAX side
@@ -154,15 +160,15 @@ def write_report(report: Dict[str, Any], out: Optional[str]) -> None:
     """The report as indented JSON to ``out`` (directories created) or, without a path, to stdout."""
     text = json.dumps(report, indent=2, default=float)
     if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as f:
-            f.write(text + "\n")
+        write_text(out, text + "\n")
         print(f"wrote {out}")
     else:
         print(text)
 
 
 def run(args: argparse.Namespace) -> int:
-    check_outputs(args, files=[args.out])  # an existing --out needs --overwrite, before the minutes of timing
+    plan = output_plan(args)  # an existing --out needs --overwrite, before the minutes of timing
+    plan.file(args.out)
+    plan.check()
     write_report(measure(args), args.out)
     return 0

@@ -20,7 +20,7 @@ import argparse
 from absl import logging
 
 from btd_jax import demo
-from btd_jax.commands._flags import add_deprecated_alias
+from btd_jax.commands._flags import add_deprecated_alias, non_negative_int, positive_float, positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -29,12 +29,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", default="btd_demo", help="output folder (data/, workdir/, report/); default btd_demo")
     p.add_argument("--config", default="demo",
                    help="preset (demo: 32 px, default; tiny: 16 px; ct8: 96 px; ...) or JSON config file")
-    p.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of the whole demo (default 10)")
-    p.add_argument("--num_steps", "--num-steps", type=int, default=None,
+    p.add_argument("--minutes", type=positive_float, default=10.0, help="wall-clock budget of the whole demo (default 10)")
+    p.add_argument("--num_steps", "--num-steps", type=positive_int, default=None,
                    help="optimiser steps of the detector (default: the preset's, budget permitting)")
-    add_deprecated_alias(p, "--steps", "--num_steps", "num_steps", type=int)
+    add_deprecated_alias(p, "--steps", "--num_steps", "num_steps", type=positive_int)
     p.add_argument("--modality", choices=("CT", "MRI"), default="CT", help="CT (default) or MRI slices")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny model, few steps and patches: a pipeline check")
     p.add_argument("--no_progress", "--no-progress", action="store_true",
                    help="plain log lines instead of progress bars (for log files)")
@@ -46,10 +46,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.minutes <= 0:
-        raise ValueError(f"--minutes must be > 0, got {args.minutes}")
-    if args.num_steps is not None and args.num_steps < 1:
-        raise ValueError(f"--num_steps must be >= 1, got {args.num_steps}")
     if not args.verbose:  # orbax logs every checkpoint at INFO; the progress bar says enough
         logging.set_verbosity(logging.WARNING)
 

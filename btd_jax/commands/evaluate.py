@@ -7,9 +7,10 @@ Writes ``results.md`` / ``results.csv`` / ``results.json`` (AUC and EER per data
 CTGAN-CT-Inject, full-patch and centre reductions, scanner-balanced bootstrap mean and 95% CI),
 ``scores.csv`` (per-sample scores, re-usable with ``--scores``), ``roc_<dataset>.png`` and
 ``hist_<dataset>_<reduction>.png``. With ``--calibrate VAL`` (real-only validation patches) it
-also fits a threshold at ``--target-fpr`` and saves ``calibration.json`` in the workdir. Existing
-results (or calibration) are replaced only with ``--overwrite``; ``--lenient`` skips bad test-set
-rows and lists them in ``OUT/skipped.csv``.
+also fits a threshold at ``--target-fpr`` and saves ``calibration.json`` in the workdir. Every
+output (the figures included) is checked before any work: existing ones are replaced only with
+``--overwrite``, a non-empty ``--out`` that evaluate did not write needs it too, and nothing is
+written into the test set; ``--lenient`` skips bad test-set rows and lists them in ``OUT/skipped.csv``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ import jax
 from tqdm import tqdm
 
 from btd_jax import calibration, evaluate
-from btd_jax.commands._flags import add_deprecated_alias
-from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, check_outputs, report_skipped
+from btd_jax.commands._flags import (
+    add_deprecated_alias, existing_file, existing_folder, existing_path, non_negative_int, open_fraction,
+    positive_int,
+)
+from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, report_skipped, skipped_file
 from btd_jax.data import datasets
 from btd_jax.score import Scorer
 
@@ -31,32 +35,34 @@ from btd_jax.score import Scorer
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("evaluate", help="AUC/EER tables (paper Table 1), ROC curves and histograms",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", help="trained model directory (config.json + checkpoints)")
-    p.add_argument("--dataset", help="test-set root in the authors' layout, or a .npz with patches/labels[/scanner/method]")
-    p.add_argument("--scores", help="already scored CSV with 'label' and 'score' or 'score_<reduction>' columns "
+    p.add_argument("--workdir", type=existing_folder, help="trained model directory (config.json + checkpoints)")
+    p.add_argument("--dataset", type=existing_path,
+                   help="test-set root in the authors' layout, or a .npz with patches/labels[/scanner/method]")
+    p.add_argument("--scores", type=existing_file, help="already scored CSV with 'label' and 'score' or 'score_<reduction>' columns "
                                     "(optional 'scanner', 'method'); no model needed")
     p.add_argument("--modality", default="CT", choices=("CT", "MRI"))
     p.add_argument("--attack", required=True, choices=("injection", "removal"))
     p.add_argument("--tamper", default=None, help="only this tamper method, e.g. CTGAN or SD (default: all)")
     p.add_argument("--out", required=True, help="output directory (created)")
-    p.add_argument("--reverse_steps", type=int, default=None,
+    p.add_argument("--reverse_steps", type=positive_int, default=None,
                    help="reverse diffusion steps d (default: the model config's score.steps, paper 1)")
-    add_deprecated_alias(p, "--steps", "--reverse_steps", "reverse_steps", type=int)
-    p.add_argument("--centers", type=int, nargs="*", default=[32],
+    add_deprecated_alias(p, "--steps", "--reverse_steps", "reverse_steps", type=positive_int)
+    p.add_argument("--centers", type=positive_int, nargs="*", default=[32],
                    help="central window sizes k reported besides the full patch (paper: 32)")
     p.add_argument("--reduction", default=None,
                    help="pooling of the residual over each window: mean | max | percentile:Q "
                         "(default: the model config's score.reduction, paper mean)")
-    p.add_argument("--n_boot", "--n-boot", type=int, default=100, help="bootstrap iterations (paper: 100)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed and, for d > 1, the noise key")
+    p.add_argument("--n_boot", "--n-boot", type=positive_int, default=100, help="bootstrap iterations (paper: 100)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed and, for d > 1, the noise key")
     p.add_argument("--group_column", "--group-column", default="scanner",
                    help="metadata column the bootstrap balances over (paper: scanner)")
-    p.add_argument("--batch_size", "--batch-size", type=int, default=None,
+    p.add_argument("--batch_size", "--batch-size", type=positive_int, default=None,
                    help="patches per device chunk (default: the model config's)")
     p.add_argument("--clip_inputs", action="store_true", help="clip inputs to [0, 1] instead of refusing them")
     add_deprecated_alias(p, "--clip", "--clip_inputs", "clip_inputs", flag=True)
-    p.add_argument("--calibrate", default=None, help="real-only validation patches (.npy/.npz) to fit calibration.json")
-    p.add_argument("--target_fpr", "--target-fpr", type=float, default=0.1, help="calibration FPR (paper Fig. 4: 0.1)")
+    p.add_argument("--calibrate", default=None, type=existing_file,
+                   help="real-only validation patches (.npy/.npz) to fit calibration.json")
+    p.add_argument("--target_fpr", "--target-fpr", type=open_fraction, default=0.1, help="calibration FPR (paper Fig. 4: 0.1)")
     add_overwrite_flag(p)
     add_lenient_flag(p)
     return p
@@ -108,18 +114,28 @@ def _threshold_for(workdir, reduction, steps):
     return cal.threshold if same else None
 
 
-def run(args) -> int:
-    if args.n_boot < 1:
-        raise ValueError(f"--n_boot must be >= 1, got {args.n_boot}")
-    centers = [None] + [int(c) for c in args.centers]
+def plan_outputs(args):
+    """Every path this run writes (results, scores, figures, skipped list, calibration), checked before any work."""
+    plan = output_plan(args, inputs=[args.dataset, args.scores, args.calibrate], workdirs=[args.workdir])
+    plan.folder(args.out)
     names = ("results.md", "results.csv", "results.json") + (() if args.scores else ("scores.csv",))
-    results = [os.path.join(args.out, n) for n in names]
-    cal = os.path.join(args.workdir, calibration.FILENAME) if args.calibrate and args.workdir else None
-    check_outputs(args, files=results + [cal], inputs=[args.dataset, args.scores, args.calibrate],
-                  workdirs=[args.workdir])
+    for path in [os.path.join(args.out, n) for n in names] + [skipped_file(args.out, folder=True)]:
+        plan.file(path)
+    plan.pattern(args.out, "roc_*.png")
+    plan.pattern(args.out, "hist_*.png")
+    if args.calibrate and args.workdir:
+        plan.file(os.path.join(args.workdir, calibration.FILENAME))
+    return plan.check()
+
+
+def run(args) -> int:
+    if args.scores and args.calibrate:
+        raise ValueError("--calibrate needs a model (--workdir), not --scores")
+    if not args.scores and not (args.workdir and args.dataset):
+        raise ValueError("need --workdir and --dataset (or --scores scored.csv)")
+    centers = [None] + [int(c) for c in args.centers]
+    plan_outputs(args)
     if args.scores:
-        if args.calibrate:
-            raise ValueError("--calibrate needs a model (--workdir), not --scores")
         labels, scores, meta = evaluate.read_scores_csv(args.scores)
         args.reverse_steps = args.reverse_steps or 1
     else:
@@ -129,7 +145,6 @@ def run(args) -> int:
                                     n_boot=args.n_boot, seed=args.seed, group_column=args.group_column)
     if args.group_column not in meta:
         print(f"note: no {args.group_column!r} column; the bootstrap balances classes only", file=sys.stderr)
-    os.makedirs(args.out, exist_ok=True)
     paths = evaluate.write_all(rows, args.out, modality=args.modality, attack=args.attack, steps=args.reverse_steps,
                                source=os.path.abspath(args.scores or args.dataset or ""),
                                workdir=os.path.abspath(args.workdir) if args.workdir else None)

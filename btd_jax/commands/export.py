@@ -5,8 +5,10 @@
 
 Writes ``scorer/scorer.jaxexport`` (symbolic batch dimension, parameters inside), ``scorer.json``
 (input/output shapes, settings, config) and copies the workdir's calibration files. Serve it with
-``jax.export.deserialize(open(path, 'rb').read()).call(images)`` -> (scores, maps). An existing
-export is replaced only with ``--overwrite``.
+``jax.export.deserialize(open(path, 'rb').read()).call(images)`` -> (scores, maps). Needs the
+``export`` extra (``pip install 'btd_jax[export]'``: flatbuffers). The outputs are checked before
+any work: an existing export is replaced only with ``--overwrite``, and a failed export leaves no
+file behind.
 """
 
 from __future__ import annotations
@@ -15,29 +17,43 @@ import argparse
 import os
 
 from btd_jax import export
-from btd_jax.commands._safety import add_overwrite_flag, check_outputs
+from btd_jax.commands._flags import choice_list, existing_folder, non_negative_int
+from btd_jax.commands._safety import add_overwrite_flag, output_plan
+from btd_jax.runtime.errors import require
 from btd_jax.score import Scorer
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("export", help="export the d = 1 scorer with jax.export (StableHLO)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", required=True, help="trained model directory")
+    p.add_argument("--workdir", required=True, type=existing_folder, help="trained model directory")
     p.add_argument("--out", required=True, help="output directory (created)")
-    p.add_argument("--center", type=int, default=None, help="central window k (0: whole patch; default: config)")
+    p.add_argument("--center", type=non_negative_int, default=None,
+                   help="central window k (0: whole patch; default: config)")
     p.add_argument("--reduction", default=None, help="'mean', 'max' or 'percentile:Q' (default: config)")
-    p.add_argument("--platforms", default=",".join(export.DEFAULT_PLATFORMS),
-                   help="comma-separated lowering platforms (cpu, cuda, rocm, tpu)")
+    p.add_argument("--platforms", type=choice_list(export.PLATFORMS, "platforms"),
+                   default=list(export.DEFAULT_PLATFORMS),
+                   help=f"comma-separated lowering platforms from {', '.join(export.PLATFORMS)} "
+                        f"(default {','.join(export.DEFAULT_PLATFORMS)})")
     add_overwrite_flag(p)
     return p
 
 
+def plan_outputs(args):
+    """The artifact, its manifest and the copied calibration files, checked before any work."""
+    plan = output_plan(args, workdirs=[args.workdir])
+    plan.folder(args.out)
+    for name in (export.ARTIFACT, export.MANIFEST, *export.calibration_files(args.workdir)):
+        plan.file(os.path.join(args.out, name))
+    return plan.check()
+
+
 def run(args) -> int:
-    check_outputs(args, files=[os.path.join(args.out, n) for n in (export.ARTIFACT, export.MANIFEST)],
-                  workdirs=[args.workdir])
+    require("flatbuffers", "btd-jax export")
+    plan_outputs(args)
     scorer = Scorer.load(args.workdir)
-    plats = [p.strip() for p in args.platforms.split(",") if p.strip()]
-    m = export.export_scorer(scorer, args.out, center=args.center, reduction=args.reduction, platforms=plats)
+    m = export.export_scorer(scorer, args.out, center=args.center, reduction=args.reduction,
+                             platforms=args.platforms, workdir=args.workdir)
     print(f"exported {m['config']['name']} scorer (center {m['center']}, {m['reduction']}, platforms "
           f"{','.join(m['platforms'])}, calibrations: {', '.join(m['calibrations']) or 'none'}) -> {args.out}")
     return 0

@@ -8,9 +8,12 @@
 or a DICOM file/folder. With ``--locations`` (CSV with columns ``path, x, y`` and optional ``frame``; paths
 relative to the CSV or to ``--input``) the patches are cut around those points; without it a DICOM folder
 gives ``--n_per_slice`` random patches per slice. The CSV has ``id, score``, ``label`` for test sets, and
-every metadata column of the input (scanner, method, patient, path, x, y, ...). Existing outputs are
-replaced only with ``--overwrite`` (never the input or the workdir's files); ``--lenient`` skips bad
-DICOM files and rows and lists them in ``OUT.skipped.csv``. Scores that are NaN/inf are never written.
+every metadata column of the input (scanner, method, patient, path, x, y, ...). Every output
+(``--out``, ``OUT.skipped.csv``, ``--maps`` with the ``.npz`` NumPy adds, ``--fit_reference``, the
+PNGs in ``--png``) is checked before any work: existing ones are replaced only with ``--overwrite``,
+never an input, a file inside an input folder or the workdir's files; ``--lenient`` skips bad DICOM
+files, CSV rows and array files and lists them in ``OUT.skipped.csv``. Scores that are NaN/inf are
+never written.
 """
 
 from __future__ import annotations
@@ -25,11 +28,14 @@ import numpy as np
 from tqdm import tqdm
 
 from btd_jax import plots
-from btd_jax.commands._flags import add_deprecated_alias
-from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, check_outputs, report_skipped
-from btd_jax.data import datasets, dicom, preprocess
+from btd_jax.commands._flags import (
+    add_deprecated_alias, existing_file, existing_folder, existing_path, non_negative_int, positive_int,
+)
+from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, report_skipped, skipped_file
+from btd_jax.data import datasets, dicom, preprocess, validate
 from btd_jax.data.errors import DataError
 from btd_jax.data.records import Skipped
+from btd_jax.runtime.atomic import atomic_open, numpy_name, save_npz
 from btd_jax.runtime.errors import NonFiniteError
 from btd_jax.score import Scorer
 from btd_jax.scoring import variants
@@ -38,36 +44,47 @@ from btd_jax.scoring import variants
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("score", help="BTD scores of patches -> CSV (+ residual maps, PNG overlays)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", required=True, help="trained model directory (config.json + checkpoints)")
-    p.add_argument("--input", required=True, help=".npy/.npz patches, a test-set root, or a DICOM file/folder")
+    p.add_argument("--workdir", required=True, type=existing_folder,
+                   help="trained model directory (config.json + checkpoints)")
+    p.add_argument("--input", required=True, type=existing_path,
+                   help=".npy/.npz patches, a test-set root, or a DICOM file/folder")
     p.add_argument("--out", required=True, help="output CSV")
-    p.add_argument("--locations", default=None, help="CSV of points (path, x, y[, frame]) to cut from DICOM files")
-    p.add_argument("--reverse_steps", type=int, default=None,
+    p.add_argument("--locations", default=None, type=existing_file,
+                   help="CSV of points (path, x, y[, frame]) to cut from DICOM files")
+    p.add_argument("--reverse_steps", type=positive_int, default=None,
                    help="reverse diffusion steps d (default: the config's score.steps, paper 1)")
-    add_deprecated_alias(p, "--steps", "--reverse_steps", "reverse_steps", type=int)
-    p.add_argument("--center", type=int, default=None, help="score the central k x k window (paper: 32 for injection)")
+    add_deprecated_alias(p, "--steps", "--reverse_steps", "reverse_steps", type=positive_int)
+    p.add_argument("--center", type=positive_int, default=None,
+                   help="score the central k x k window (paper: 32 for injection)")
     p.add_argument("--reduction", default=None,
                    help="mean | max | percentile:Q over the window (default: the config's, paper mean)")
     p.add_argument("--variant", default="btd", choices=("btd", "multi_t", "two_sided"),
                    help="btd (the paper); multi_t: residual averaged over --start_ts; two_sided: |log E - mu| / sd "
                         "against real patches (--reference / --fit_reference)")
-    p.add_argument("--start_ts", type=int, nargs="+", default=None, help="multi_t start times (default 0 1 2 3)")
-    p.add_argument("--reference", default=None, help="two_sided reference JSON (default WORKDIR/score_reference.json)")
+    p.add_argument("--start_ts", type=non_negative_int, nargs="+", default=None,
+                   help="multi_t start times (default 0 1 2 3)")
+    p.add_argument("--reference", default=None, type=existing_file,
+                   help="two_sided reference JSON (default WORKDIR/score_reference.json)")
     p.add_argument("--fit_reference", default=None, metavar="JSON",
                    help="treat --input as REAL validation patches: fit the two_sided reference and save it here")
     p.add_argument("--sampler", default=None, choices=("ddpm", "ddim"), help="default: the config's (paper ddpm)")
-    p.add_argument("--start_t", type=int, default=None, help="lowest timestep (default: the config's, paper 0)")
-    p.add_argument("--maps", default=None, help="write residual maps (N, H, W) + ids + scores to this .npz")
+    p.add_argument("--start_t", type=non_negative_int, default=None,
+                   help="lowest timestep (default: the config's, paper 0)")
+    p.add_argument("--maps", default=None,
+                   help="write residual maps (N, H, W) + ids + scores to this .npz ('.npz' is added if missing)")
     p.add_argument("--png", default=None, help="folder for PNG overlays (patch | residual | overlay)")
-    p.add_argument("--png_max", type=int, default=32, help="at most this many PNGs (the highest scores)")
-    p.add_argument("--batch_size", type=int, default=None, help="patches per device chunk (default: the config's)")
-    p.add_argument("--seed", type=int, default=0, help="noise key for d > 1; random DICOM patch locations")
+    p.add_argument("--png_max", type=non_negative_int, default=32, help="at most this many PNGs (the highest scores)")
+    p.add_argument("--batch_size", type=positive_int, default=None,
+                   help="patches per device chunk (default: the config's)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="noise key for d > 1; random DICOM patch locations")
     p.add_argument("--clip_inputs", action="store_true", help="clip inputs to [0, 1] instead of refusing them")
     add_deprecated_alias(p, "--clip", "--clip_inputs", "clip_inputs", flag=True)
     p.add_argument("--modality", default=None, help="CT or MRI (picks the test set / DICOM series)")
     p.add_argument("--attack", default=None, help="injection or removal (picks the test set)")
     p.add_argument("--tamper", default=None, help="test sets: only this tamper method, e.g. CTGAN")
-    p.add_argument("--n_per_slice", type=int, default=4, help="DICOM without --locations: random patches per slice")
+    p.add_argument("--n_per_slice", type=positive_int, default=4,
+                   help="DICOM without --locations: random patches per slice")
     add_overwrite_flag(p)
     add_lenient_flag(p)
     return p
@@ -94,10 +111,7 @@ def patches_from_locations(csv_path: str, root: str, size: int, modality=None, s
     """
     if not os.path.isfile(csv_path):
         raise DataError(f"{csv_path}: locations CSV not found")
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    header, rows = validate.read_csv(csv_path)
     missing = [c for c in ("path", "x", "y") if c not in header]
     if missing:
         raise DataError(f"{csv_path}: missing column(s) {missing}; found {header}")
@@ -148,8 +162,7 @@ def _load_input(args, size):
 def write_scores_csv(path: str, scores, labels=None, columns=None) -> None:
     """CSV with id, score, label (if any), then every metadata column (except id/score/label)."""
     columns = {k: v for k, v in (columns or {}).items() if k not in ("id", "score", "label", "index")}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "score"] + (["label"] if labels is not None else []) + list(columns))
         for i, s in enumerate(scores):
@@ -175,14 +188,24 @@ def _variant_options(args, scorer, patches, s, kw, want_maps) -> None:
         kw["reference"] = ref
 
 
+def plan_outputs(args):
+    """Every path this run writes, checked before any work (``--maps`` as NumPy names it)."""
+    plan = output_plan(args, inputs=[args.input, args.locations, args.reference], workdirs=[args.workdir])
+    args.maps = plan.file(numpy_name(args.maps, ".npz") if args.maps else None)
+    for path in (args.out, skipped_file(args.out), args.fit_reference):
+        plan.file(path)
+    if args.png:
+        plan.pattern(args.png, "*.png")
+    return plan.check()
+
+
 def run(args) -> int:
-    if args.png_max < 0:
-        raise ValueError(f"--png_max must be >= 0, got {args.png_max}")
-    check_outputs(args, files=[args.out, args.maps, args.fit_reference], folders=[args.png],
-                  inputs=[args.input, args.locations, args.reference], workdirs=[args.workdir])
+    plan_outputs(args)
     scorer = Scorer.load(args.workdir)
     cfg = scorer.cfg
     patches, labels, columns, skipped = _load_input(args, cfg.image_size)
+    validate.check_shape(patches, args.input, size=cfg.image_size, channels=cfg.model.channels,
+                         owner=f"the model ({cfg.name})")  # before any work, not after the first chunk
     report_skipped("score", args.out, skipped)
     given = dict(steps=args.reverse_steps, center=args.center, reduction=args.reduction, sampler=args.sampler,
                  start_t=args.start_t, batch_size=args.batch_size, clip_inputs=args.clip_inputs or None)
@@ -203,9 +226,7 @@ def run(args) -> int:
     print(f"scored {len(scores)} patches ({args.variant}, d={s.steps}, center={s.center}, {s.reduction}) -> {args.out}")
     ids = np.arange(len(scores))
     if args.maps:
-        os.makedirs(os.path.dirname(os.path.abspath(args.maps)), exist_ok=True)
-        np.savez_compressed(args.maps, maps=maps, ids=ids, scores=scores,
-                            **({"labels": labels} if labels is not None else {}))
+        save_npz(args.maps, maps=maps, ids=ids, scores=scores, **({"labels": labels} if labels is not None else {}))
         print(f"residual maps {maps.shape} -> {args.maps}")
     if args.png:
         n = plots.write_overlays(args.png, np.asarray(patches), maps, scores, ids, args.png_max)

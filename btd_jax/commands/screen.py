@@ -12,9 +12,11 @@ coordinates, SOPInstanceUID, file), ``suspicion.npy`` and ``suspicion.nii.gz`` (
 for DICOM input ``dicom/suspicion_pm.dcm`` (Parametric Map, with highdicom) and ``dicom/sc/``
 (Secondary Capture overlays of the slices with findings), and ``overlays/*.png``.
 The scan decision uses ``screen_calibration.json`` from the workdir (or ``--calibration``): fit one
-with ``--calibrate`` on real scans, screened with the same settings. Existing findings (or
-calibration) are replaced only with ``--overwrite``; ``--lenient`` skips unreadable DICOM files and
-lists them in ``skipped.csv`` beside the findings.
+with ``--calibrate`` on real scans, screened with the same settings. Every output above is checked
+before any work: existing ones are replaced only with ``--overwrite``, a non-empty ``--out`` that
+screen did not write needs it too, and nothing is ever written into an input (a DICOM series folder
+stays as it was); ``--lenient`` skips unreadable DICOM files and lists them in ``skipped.csv``
+beside the findings.
 """
 
 from __future__ import annotations
@@ -26,49 +28,60 @@ import jax
 import numpy as np
 
 from btd_jax import calibration, clinical_io, configs, screen
-from btd_jax.commands._flags import add_deprecated_alias
-from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, check_outputs, report_skipped
+from btd_jax.commands._flags import (
+    add_deprecated_alias, existing_folder, existing_path, fraction, non_negative_int, open_fraction,
+    positive_int,
+)
+from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, report_skipped, skipped_file
 from btd_jax.data import volume as volume_io
 from btd_jax.data.errors import DataError
+from btd_jax.runtime.atomic import save_npy
 from btd_jax.score import Scorer
 
 CALIBRATION_FILE = "screen_calibration.json"
+# The files of one screened volume (``dicom/`` only for DICOM input, ``suspicion.nii.gz`` with nibabel).
+FILES = ("findings.json", "findings.csv", "suspicion.npy", "suspicion.nii.gz", "skipped.csv",
+         os.path.join("dicom", "suspicion_pm.dcm"))
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("screen", help="whole-scan screening: findings, suspicion volume (NIfTI/DICOM)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", required=True, help="trained model directory")
-    p.add_argument("--input", required=True, action="append", help="DICOM series, NIfTI, slice store or .npy (repeatable)")
+    p.add_argument("--workdir", required=True, type=existing_folder, help="trained model directory")
+    p.add_argument("--input", required=True, action="append", type=existing_path,
+                   help="DICOM series, NIfTI, slice store or .npy (repeatable)")
     p.add_argument("--out", default=None, help="output directory (created); one subfolder per input if several")
     p.add_argument("--units", choices=("raw", "unit"), default="raw")
     p.add_argument("--series_uid", default=None, help="which series when a folder or slice store holds several")
-    p.add_argument("--top_k", type=int, default=10)
-    p.add_argument("--center", type=int, default=None, help="central window k (0: whole window; default: config)")
-    p.add_argument("--reverse_steps", type=int, default=None, help="backward diffusion steps d (default: config)")
-    add_deprecated_alias(p, "--steps", "--reverse_steps", "reverse_steps", type=int)
+    p.add_argument("--top_k", type=positive_int, default=10)
+    p.add_argument("--center", type=non_negative_int, default=None,
+                   help="central window k (0: whole window; default: config)")
+    p.add_argument("--reverse_steps", type=positive_int, default=None, help="backward diffusion steps d (default: config)")
+    add_deprecated_alias(p, "--steps", "--reverse_steps", "reverse_steps", type=positive_int)
     p.add_argument("--reduction", default=None, help="'mean', 'max' or 'percentile:Q' (default: config)")
     p.add_argument("--proposal", choices=screen.PROPOSALS, default="grid", help="first, cheap pass")
-    p.add_argument("--stride", type=int, default=16, help="grid of the exact windows (as btd-jax localize)")
-    p.add_argument("--proposal_stride", type=int, default=None, help="grid proposal step (default: the patch)")
-    p.add_argument("--proposal_center", type=int, default=None,
+    p.add_argument("--stride", type=positive_int, default=16, help="grid of the exact windows (as btd-jax localize)")
+    p.add_argument("--proposal_stride", type=positive_int, default=None, help="grid proposal step (default: the patch)")
+    p.add_argument("--proposal_center", type=non_negative_int, default=None,
                    help="central part of each proposal window that makes the map (default: --center)")
-    p.add_argument("--per_slice", type=int, default=2, help="candidates kept per slice")
-    p.add_argument("--max_candidates", type=int, default=0,
+    p.add_argument("--per_slice", type=positive_int, default=2, help="candidates kept per slice")
+    p.add_argument("--max_candidates", type=non_negative_int, default=0,
                    help="cap on the candidates scored exactly per volume (0: none, per_slice per slice)")
-    p.add_argument("--shortlist", type=int, default=0,
+    p.add_argument("--shortlist", type=non_negative_int, default=0,
                    help="candidates per slice scored exactly to choose the per_slice refined (0: per_slice)")
-    p.add_argument("--refine", type=int, default=1, help="exact neighbours of a candidate, in grid steps")
+    p.add_argument("--refine", type=non_negative_int, default=1, help="exact neighbours of a candidate, in grid steps")
     p.add_argument("--no_climb", dest="climb", action="store_false",
                    help="score only the neighbourhood of each refined candidate (default: move to the best "
                         "neighbour until it is a local maximum)")
-    p.add_argument("--tissue_min", type=float, default=0.0, help="skip windows with less body tissue (0-1)")
+    p.add_argument("--tissue_min", type=fraction, default=0.0, help="skip windows with less body tissue (0-1)")
     p.add_argument("--dtype", choices=configs.DTYPES, default=None, help="compute dtype (default: config)")
-    p.add_argument("--batch_size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0, help="noise key for d > 1")
-    p.add_argument("--calibration", default=None, help=f"scan-level calibration (default: workdir/{CALIBRATION_FILE})")
+    p.add_argument("--batch_size", type=positive_int, default=None)
+    p.add_argument("--seed", type=non_negative_int, default=0, help="noise key for d > 1")
+    p.add_argument("--calibration", default=None,
+                   help=f"scan-level calibration (default: workdir/{CALIBRATION_FILE}); written with --calibrate")
     p.add_argument("--calibrate", action="store_true", help="the inputs are real scans: fit and save the calibration")
-    p.add_argument("--target_fpr", type=float, default=0.1, help="with --calibrate: false positives per real scan")
+    p.add_argument("--target_fpr", type=open_fraction, default=0.1,
+                   help="with --calibrate: false positives per real scan")
     p.add_argument("--no_dicom", action="store_true", help="skip the DICOM outputs")
     add_overwrite_flag(p)
     add_lenient_flag(p)
@@ -102,9 +115,7 @@ def _calibration(args):
 
 def write_outputs(out: str, vol: volume_io.Volume, res: screen.ScreenResult, report: dict, dicom: bool = True) -> dict:
     """Everything :mod:`btd_jax.clinical_io` can write for one screened volume; returns the paths."""
-    os.makedirs(out, exist_ok=True)
-    paths = {"suspicion_npy": os.path.join(out, "suspicion.npy")}
-    np.save(paths["suspicion_npy"], res.suspicion)
+    paths = {"suspicion_npy": save_npy(os.path.join(out, "suspicion.npy"), res.suspicion)}
     notes = []
     try:
         paths["nifti"] = clinical_io.write_nifti(os.path.join(out, "suspicion.nii.gz"), res.suspicion, vol.geometry)
@@ -116,7 +127,6 @@ def write_outputs(out: str, vol: volume_io.Volume, res: screen.ScreenResult, rep
     for s in slices:
         boxes = [f["window"] for f in res.findings if f["slice"] == s]
         rgbs.append(clinical_io.overlay_rgb(vol.pixels[s], res.suspicion[s], vmax, boxes))
-    os.makedirs(os.path.join(out, "overlays"), exist_ok=True)
     paths["overlays"] = [clinical_io.write_png(os.path.join(out, "overlays", f"slice_{s:04d}.png"), r)
                          for s, r in zip(slices, rgbs)]
     g = vol.geometry
@@ -142,27 +152,46 @@ def _report(args, vol, res: screen.ScreenResult, scorer) -> dict:
             "decision": res.decision, "settings": res.settings, "work": res.work}
 
 
+def _outs(args) -> list:
+    """The output folder of each input: --out itself, or one numbered subfolder per input."""
+    n = len(args.input)
+    return [args.out] if n == 1 else [os.path.join(args.out, f"{i:03d}") for i in range(n)]
+
+
+def plan_outputs(args):
+    """Every path this run writes, checked before any work."""
+    cal = args.calibration or os.path.join(args.workdir, CALIBRATION_FILE)
+    plan = output_plan(args, inputs=[*args.input, None if args.calibrate else args.calibration],
+                       workdirs=[args.workdir])
+    if args.calibrate:
+        plan.file(cal)
+        plan.file(skipped_file(cal))
+        return plan.check()
+    if args.calibration is not None and not os.path.isfile(args.calibration):
+        raise DataError(f"{args.calibration}: no such calibration file")
+    if len(args.input) > 1:
+        plan.folder(args.out)
+    for out in _outs(args):
+        plan.folder(out)
+        for name in FILES if not args.no_dicom else FILES[:-1]:
+            plan.file(os.path.join(out, name))
+        plan.pattern(os.path.join(out, "overlays"), "slice_*.png")
+        if not args.no_dicom:
+            plan.pattern(os.path.join(out, "dicom", "sc"), "sc_*.dcm")
+    return plan.check()
+
+
 def run(args) -> int:
-    if args.top_k < 1:
-        raise ValueError("--top_k must be >= 1")
     if args.out is None and not args.calibrate:
         raise ValueError("--out is required (except with --calibrate)")
-    if args.calibrate:
-        check_outputs(args, files=[args.calibration or os.path.join(args.workdir, CALIBRATION_FILE)],
-                      inputs=args.input, workdirs=[args.workdir])
-    elif args.out is not None:
-        n = len(args.input)
-        outs = [args.out if n == 1 else os.path.join(args.out, f"{i:03d}") for i in range(n)]
-        check_outputs(args, files=[os.path.join(o, f) for o in outs for f in ("findings.json", "findings.csv")],
-                      inputs=args.input, workdirs=[args.workdir])
+    plan_outputs(args)
     scorer = _scorer(args)
     kw = _screen_kw(args)
     vols = [volume_io.read_volume(p, scorer.cfg.modality, args.units, args.series_uid, strict=not args.lenient)
             for p in args.input]
-    if args.out is not None:
-        for i, vol in enumerate(vols):
-            report_skipped("screen", args.out if len(vols) == 1 else os.path.join(args.out, f"{i:03d}"),
-                           vol.skipped, folder=True)
+    if not args.calibrate:
+        for out, vol in zip(_outs(args), vols):
+            report_skipped("screen", out, vol.skipped, folder=True)
     else:
         report_skipped("screen", args.calibration or os.path.join(args.workdir, CALIBRATION_FILE),
                        [s for v in vols for s in v.skipped])
@@ -173,10 +202,9 @@ def run(args) -> int:
               f"(empirical FPR {cal.empirical_fpr:.3g}, target {cal.target_fpr}) -> {path}")
         return 0
     cal = _calibration(args)
-    for i, vol in enumerate(vols):
+    for out, vol in zip(_outs(args), vols):
         res = screen.screen_volume(scorer, vol.pixels, vol.geometry, top_k=args.top_k, calibration=cal,
                                    name=vol.source, **kw)
-        out = args.out if len(vols) == 1 else os.path.join(args.out, f"{i:03d}")
         paths = write_outputs(out, vol, res, _report(args, vol, res, scorer), dicom=not args.no_dicom)
         d = res.decision
         verdict = ("FLAGGED" if d["flagged"] else "not flagged") + f" (p={d['p_value']:.3g})" if d["calibrated"] \

@@ -9,7 +9,9 @@ an ``.npz``, a folder of DICOM files (random patch centres, ``--n_per_slice`` pe
 in the authors' test-set layout (its real rows only). Validation patches come from ``--val_data`` or are held out by patient
 (``--val_fraction``). ``--config`` is a preset name or a JSON config file; ``--set KEY=VALUE``
 changes one field (parsed by its type). A workdir with a run continues from its newest checkpoint;
-``--config`` may then be left out; ``--lenient`` skips unreadable DICOM files, bad test-set rows and
+``--config`` may then be left out. ``--workdir`` must be new, empty or a btd-jax workdir, and never
+(inside) the data; every number is checked at its flag and every ``--set`` by the config's own
+validation, before any work. ``--lenient`` skips unreadable DICOM files, bad test-set rows and
 unreadable slices of the authors' CT folder (listed in ``WORKDIR/skipped.csv``). Multi-host: start one
 process per host with ``--coordinator_address``, ``--num_processes`` and ``--process_id`` (or
 ``--distributed`` on TPU pods / SLURM).
@@ -27,7 +29,10 @@ import numpy as np
 from absl import logging
 
 from btd_jax import checkpoints, configs, parallel, train
-from btd_jax.commands._safety import report_skipped
+from btd_jax.commands._flags import (
+    existing_path, fraction_below_one, non_negative_int, positive_float, positive_int,
+)
+from btd_jax.commands._safety import LENIENT_HELP, output_plan, report_skipped
 from btd_jax.data import authors_train, crops, datasets, sources, validate
 from btd_jax.data.errors import DataError
 from btd_jax.data.records import Skipped
@@ -39,36 +44,39 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None,
                    help="preset name (ct, mri, ct8, tiny, ...) or JSON config file; default: the workdir's")
-    p.add_argument("--data", required=True, help="slice store (btd-jax prepare), the authors' CT training folder, "
+    p.add_argument("--data", required=True, type=existing_path, help="slice store (btd-jax prepare), the authors' CT training folder, "
                    ".npy/.npz patches in [0,1], a DICOM folder or a test-set folder")
     p.add_argument("--workdir", required=True, help="output directory: config.json, checkpoints/, metrics.jsonl")
-    p.add_argument("--num_steps", "--num-steps", type=int, default=None, help="total optimiser steps (train.num_steps)")
-    p.add_argument("--steps", dest="steps_alias", type=int, default=None, help="deprecated alias of --num_steps")
-    p.add_argument("--batch_size", "--batch-size", type=int, default=None, help="global batch per micro-step")
-    p.add_argument("--grad_accum", "--grad-accum", type=int, default=None, help="micro-batches per optimiser step")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (train.learning_rate)")
+    p.add_argument("--num_steps", "--num-steps", type=positive_int, default=None,
+                   help="total optimiser steps (train.num_steps)")
+    p.add_argument("--steps", dest="steps_alias", type=positive_int, default=None, help="deprecated alias of --num_steps")
+    p.add_argument("--batch_size", "--batch-size", type=positive_int, default=None, help="global batch per micro-step")
+    p.add_argument("--grad_accum", "--grad-accum", type=positive_int, default=None,
+                   help="micro-batches per optimiser step")
+    p.add_argument("--lr", type=positive_float, default=None, help="learning rate (train.learning_rate)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="compute dtype (params stay f32)")
     p.add_argument("--hflip", action="store_true", help="random horizontal flips")
-    p.add_argument("--seed", type=int, default=None, help="run seed (init, data order, noise)")
+    p.add_argument("--seed", type=non_negative_int, default=None, help="run seed (init, data order, noise)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override parsed by the field's type, e.g. --set train.eval_every=500 (repeatable)")
-    p.add_argument("--val_data", "--val-data", default=None, help="held-out real patches (same formats as --data)")
-    p.add_argument("--val_fraction", "--val-fraction", type=float, default=0.05,
+    p.add_argument("--val_data", "--val-data", default=None, type=existing_path,
+                   help="held-out real patches (same formats as --data)")
+    p.add_argument("--val_fraction", "--val-fraction", type=fraction_below_one, default=0.05,
                    help="fraction of patients held out for validation when --val_data is absent (0: none)")
-    p.add_argument("--n_per_slice", "--n-per-slice", type=int, default=4, help="random patches per DICOM slice")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--n_per_slice", "--n-per-slice", type=positive_int, default=4,
+                   help="random patches per DICOM slice")
+    p.add_argument("--workers", type=non_negative_int, default=0,
                    help="slice stores: worker processes cutting crops (grain; 0: a background thread)")
-    p.add_argument("--stop_at", "--stop-at", type=int, default=None, help="stop (with a checkpoint) at this step")
+    p.add_argument("--stop_at", "--stop-at", type=positive_int, default=None,
+                   help="stop (with a checkpoint) at this step")
     p.add_argument("--no_progress", "--no-progress", action="store_true", help="log lines instead of a progress bar")
-    p.add_argument("--lenient", action="store_true",
-                   help="skip unreadable DICOM files, bad test-set rows and unreadable slices of the authors' CT "
-                        "folder; list them in WORKDIR/skipped.csv")
+    p.add_argument("--lenient", action="store_true", help=LENIENT_HELP.format(where="WORKDIR/skipped.csv"))
     p.add_argument("--tensorboard", action="store_true",
                    help="also log metrics as TensorBoard events in WORKDIR/tensorboard (needs tensorboardX)")
     g = p.add_argument_group("multi-host")
     g.add_argument("--coordinator_address", default=None, help="host:port of process 0")
-    g.add_argument("--num_processes", type=int, default=None)
-    g.add_argument("--process_id", type=int, default=None)
+    g.add_argument("--num_processes", type=positive_int, default=None)
+    g.add_argument("--process_id", type=non_negative_int, default=None)
     g.add_argument("--distributed", action="store_true", help="auto-detect the cluster (TPU pods, SLURM)")
     return p
 
@@ -86,7 +94,18 @@ def _config(args):
              "train.learning_rate": args.lr, "model.dtype": args.dtype, "train.seed": args.seed,
              "train.hflip": True if args.hflip else None}
     updates.update({k: v for k, v in flags.items() if v is not None})
-    return configs.override(cfg, updates)
+    cfg = configs.override(cfg, updates)  # validates every field, --set ones included
+    if cfg.train.num_steps < 1:
+        raise DataError(f"train.num_steps must be >= 1 to train, got {cfg.train.num_steps}")
+    return cfg
+
+
+def plan_outputs(args):
+    """The workdir: new, empty, or one train (or convert) wrote; never the data or inside its folder."""
+    local = [p for p in (args.data, args.val_data) if p and "://" not in p]
+    plan = output_plan(args, inputs=local)
+    plan.folder(args.workdir, resume=(checkpoints.CONFIG_FILE,))
+    return plan.check()
 
 
 def _num_steps(args):
@@ -189,12 +208,7 @@ def _slice_data(args, cfg, skipped=None):
 def _array_data(args, cfg, skipped=None):
     """Patches (memory-mapped for .npy) split into (data, train rows, validation patches, note)."""
     if args.data.lower().endswith(".npy"):
-        try:
-            x = np.load(args.data, mmap_mode="r", allow_pickle=False)
-        except FileNotFoundError:
-            raise DataError(f"{args.data}: no such file") from None
-        except (ValueError, OSError) as e:
-            raise DataError(f"{args.data}: cannot read array ({type(e).__name__}: {e})") from None
+        x = validate.load_npy(args.data, mmap=True)
         # Shape now (cheap); values are checked chunk by chunk when training starts.
         validate.check_shape(x, args.data, size=cfg.image_size, channels=cfg.model.channels,
                              owner=f"config {cfg.name!r}")
@@ -239,6 +253,8 @@ def run(args) -> int:
     parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
 
     cfg = _config(args)
+    if jax.process_index() == 0:
+        plan_outputs(args)
     skipped = [] if args.lenient else None
     sliced = _slice_data(args, cfg, skipped)
     if sliced is not None:

@@ -65,12 +65,13 @@ def _unreadable(path: str, e: BaseException, what: str = "array") -> DataError:
             magic = f.read(6)
     except OSError:
         magic = b""
-    numpy = magic == b"\x93NUMPY" or magic.startswith(b"PK")  # NumPy tries pickle on anything else
-    if numpy and ("pickle" in text or "Python objects" in text):
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):  # NumPy would try it as a pickle
+        return DataError(f"{path}: cannot read {what}: not a NumPy file (no .npy or .npz header)")
+    if "pickle" in text or "Python objects" in text:
         return DataError(f"{path}: cannot read {what}: it holds pickled Python objects, not plain numbers "
                          "(not loaded, for safety)")
     why = " ".join(text.split())[:200] or type(e).__name__
-    return DataError(f"{path}: cannot read {what}: not a NumPy file, or damaged or truncated ({why})")
+    return DataError(f"{path}: cannot read {what}: damaged or truncated ({why})")
 
 
 def load_npy(path: str | os.PathLike, mmap: bool = False, what: str = "array") -> np.ndarray:

@@ -1,20 +1,24 @@
-"""Run-time safety: workdir locks, output guards, graceful stop on signals, finite checks and checksums.
+"""Run-time safety: workdir locks, output plans and atomic writes, graceful stop on signals, one-line
+errors, finite checks and checksums.
 
 Low level: knows nothing of models or configs. The finite checks (which import JAX) load on first use.
 """
 
 import importlib
 
-from btd_jax.runtime.errors import NonFiniteError
+from btd_jax.runtime.atomic import atomic_open, atomic_path
+from btd_jax.runtime.errors import MissingExtra, NonFiniteError, describe, require
 from btd_jax.runtime.lock import LOCK_FILE, WorkdirBusy, WorkdirLock, lock_workdir, read_lock
-from btd_jax.runtime.outputs import WORKDIR_ENTRIES, check_output, check_output_dir, skipped_path, write_skipped
+from btd_jax.runtime.outputs import (
+    MARKER, WORKDIR_ENTRIES, OutputPlan, discard_active, skipped_path, write_skipped,
+)
 from btd_jax.runtime.stop import GracefulStop, Stopped, exit_code
 
 _LAZY = ("all_finite", "nonfinite_leaves", "tree_checksum")
 
-__all__ = ["NonFiniteError", "LOCK_FILE", "WorkdirBusy", "WorkdirLock", "lock_workdir", "read_lock", "WORKDIR_ENTRIES",
-           "check_output", "check_output_dir", "skipped_path", "write_skipped", "GracefulStop", "Stopped",
-           "exit_code", *_LAZY]
+__all__ = ["NonFiniteError", "MissingExtra", "describe", "require", "LOCK_FILE", "WorkdirBusy", "WorkdirLock",
+           "lock_workdir", "read_lock", "WORKDIR_ENTRIES", "MARKER", "OutputPlan", "discard_active", "atomic_open",
+           "atomic_path", "skipped_path", "write_skipped", "GracefulStop", "Stopped", "exit_code", *_LAZY]
 
 
 def __getattr__(name):

@@ -35,8 +35,15 @@ def test_unknown_command_is_refused():
     assert e.value.code == 2
 
 
-def test_compare_steps_is_a_deprecated_alias_of_reverse_steps(capsys):
-    base = ["compare", "--dataset", "d.npz", "--train", "t.npy", "--out", "o", "--attack", "injection"]
+def _files(tmp_path, *names):
+    for n in names:
+        (tmp_path / n).write_bytes(b"")
+    return [str(tmp_path / n) for n in names]
+
+
+def test_compare_steps_is_a_deprecated_alias_of_reverse_steps(capsys, tmp_path):
+    d, t = _files(tmp_path, "d.npz", "t.npy")
+    base = ["compare", "--dataset", d, "--train", t, "--out", "o", "--attack", "injection"]
     assert cli.build_parser().parse_args(base).reverse_steps == 1
     assert cli.build_parser().parse_args(base + ["--reverse_steps", "4"]).reverse_steps == 4
     assert cli.build_parser().parse_args(base + ["--steps", "3"]).reverse_steps == 3
@@ -45,7 +52,7 @@ def test_compare_steps_is_a_deprecated_alias_of_reverse_steps(capsys):
 
 @pytest.mark.parametrize("argv, dest, new", [
     (["demo"], "num_steps", "--num_steps"),
-    (["screen", "--workdir", "w", "--input", "v.npy"], "reverse_steps", "--reverse_steps"),
+    (["screen", "--workdir", ".", "--input", "."], "reverse_steps", "--reverse_steps"),
 ])
 def test_steps_alias_names_what_it_counts(argv, dest, new, capsys):
     assert getattr(cli.build_parser().parse_args(argv + [new, "4"]), dest) == 4
@@ -53,10 +60,12 @@ def test_steps_alias_names_what_it_counts(argv, dest, new, capsys):
     assert f"--steps is deprecated, use {new}" in capsys.readouterr().err
 
 
-def test_a_run_imports_only_its_command():
+def test_a_run_imports_only_its_command(tmp_path):
+    (a,) = _files(tmp_path, "a.npz")
     code = ("import sys; from btd_jax import cli; p = cli.build_parser(only='convert'); "
-            "print(sorted(m for m in sys.modules if m.startswith('btd_jax.commands.') and not m.endswith('._flags'))); "
-            "print(p.parse_args(['convert', '--torch', 'a.npz', '--workdir', 'w']).command)")
+            "print(sorted(m for m in sys.modules if m.startswith('btd_jax.commands.') and not m.startswith("
+            "'btd_jax.commands._'))); "
+            f"print(p.parse_args(['convert', '--torch', {a!r}, '--workdir', 'w']).command)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["['btd_jax.commands.convert']", "convert"]

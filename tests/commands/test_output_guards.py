@@ -94,13 +94,15 @@ def test_prepare_never_writes_into_its_input_or_a_foreign_folder(tmp_path, capsy
     src.mkdir()
     (src / "a.dcm").write_bytes(b"x")
     code, err = _cli(["prepare", "--input", src, "--out", src / "store", "--no_progress"], capsys)
-    assert code == 2 and "refusing to write outputs there: it is (inside) the input" in err
+    assert code == 2 and "refusing to write outputs there: it is inside the input folder" in err
     assert sorted(os.listdir(src)) == ["a.dcm"]
     other = tmp_path / "other"
     other.mkdir()
     (other / "manifest.jsonl").write_text("a user's file")
     code, err = _cli(["prepare", "--input", src, "--out", other, "--no_progress"], capsys)
-    assert code == 2 and f"{other}: folder exists and is not empty; pass --overwrite to write into it" in err
+    assert code == 2 and err.strip() == (f"btd-jax prepare: error: {other}: folder exists and holds files that "
+                                         "btd-jax prepare did not write (manifest.jsonl); give a new or empty "
+                                         "folder, or pass --overwrite to write into it")
     assert sorted(os.listdir(other)) == ["manifest.jsonl"]
     from argparse import Namespace
 
@@ -108,8 +110,9 @@ def test_prepare_never_writes_into_its_input_or_a_foreign_folder(tmp_path, capsy
     from btd_jax.data import store
 
     (other / store.PLAN_FILE).write_text("{}")  # an interrupted store: a rerun resumes it, no flag needed
-    prepare_cmd._check_out(Namespace(input=str(src), out=str(other), overwrite=False))
-    prepare_cmd._check_out(Namespace(input=str(src), out="gs://bucket/store", overwrite=False))
+    prepare_cmd.plan_outputs(Namespace(command="prepare", input=str(src), out=str(other), overwrite=False))
+    assert prepare_cmd.plan_outputs(Namespace(command="prepare", input=str(src), out="gs://bucket/store",
+                                              overwrite=False)) is None
 
 
 @pytest.mark.parametrize("command, flags, existing", [
@@ -123,6 +126,10 @@ def test_rerun_into_an_existing_output_needs_overwrite(command, flags, existing,
     out.mkdir()
     (out / existing).write_text("keep me")
     wd = tmp_path / "wd"  # refused before the model is loaded: the workdir need not hold one
+    wd.mkdir()
+    for f in flags:
+        if "." in f:
+            (tmp_path / f).write_bytes(b"")
     code, err = _cli([command, "--workdir", wd, *[tmp_path / f if "." in f else f for f in flags], "--out", out], capsys)
     assert code == 2 and err.strip() == (f"btd-jax {command}: error: {out / existing}: already exists; "
                                          "pass --overwrite to replace it")
@@ -132,6 +139,9 @@ def test_rerun_into_an_existing_output_needs_overwrite(command, flags, existing,
 def test_an_output_never_replaces_the_input(tmp_path, capsys):
     x = tmp_path / "slice.npy"
     np.save(x, np.zeros((64, 64), np.float32))
+    (tmp_path / "wd").mkdir()
+    (tmp_path / "results.md").write_text("a user's file")
     code, err = _cli(["compare", "--workdir", tmp_path / "wd", "--dataset", tmp_path / "results.md", "--train", x,
                       "--attack", "injection", "--methods", "ae", "--out", tmp_path, "--overwrite"], capsys)
     assert code == 2 and "refusing to write the output there: it is the input" in err
+    assert (tmp_path / "results.md").read_text() == "a user's file"

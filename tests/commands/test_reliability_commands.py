@@ -154,12 +154,14 @@ def test_outputs_need_overwrite_and_never_replace_inputs_or_workdir_files(tmp_pa
         (["--out", existing], f"{existing}: already exists; pass --overwrite to replace it"),
         (["--out", x, "--overwrite"], f"{x}: refusing to write the output there: it is the input"),
         (["--out", config, "--overwrite"], "refusing to write the output there: it is config.json of the workdir"),
-        (["--out", tmp_path / "new.csv", "--maps", existing], "s.csv: already exists"),
+        (["--out", tmp_path / "new.csv", "--maps", tmp_path / "m"], "m.npz: already exists"),  # as NumPy names it
     ]
+    (tmp_path / "m.npz").write_text("keep me")
     for flags, message in cases:
         code, err = _cli(["score", "--workdir", tiny_workdir, "--input", x, *flags], capsys)
         assert code == 2 and message in err, err
     assert existing.read_text() == "keep me" and open(config).read() == before
+    assert (tmp_path / "m.npz").read_text() == "keep me" and not (tmp_path / "new.csv").exists()
     out = tmp_path / "eval"
     out.mkdir()
     (out / "results.json").write_text("{}")

@@ -80,7 +80,8 @@ def test_dicom_with_locations(tmp_path, workdir, scorer):
         w.writerow(["path", "x", "y", "patient"])
         w.writerows([[dcm, x, y, "P1"] for x, y in pts])
     out = tmp_path / "s.csv"
-    assert _run("--workdir", workdir, "--input", tmp_path, "--locations", loc, "--out", out) == 0
+    (tmp_path / "in").mkdir()  # outputs never go inside an input folder
+    assert _run("--workdir", workdir, "--input", tmp_path / "in", "--locations", loc, "--out", out) == 0
     rows = _read(out)
     assert [(int(r["x"]), int(r["y"]), r["patient"]) for r in rows] == [(x, y, "P1") for x, y in pts]
     img = preprocess.window_ct(dicom.read_slice(dcm).pixels[0])
@@ -100,7 +101,8 @@ def test_bad_inputs_exit_2_with_one_message(tmp_path, workdir, capsys):
     assert "8x8 but the model (tiny) expects 16x16" in capsys.readouterr().err
     loc = tmp_path / "l.csv"
     loc.write_text("path,x\nfoo.dcm,3\n")
-    assert _run("--workdir", workdir, "--input", tmp_path, "--locations", loc, "--out", tmp_path / "s.csv") == 2
+    (tmp_path / "in").mkdir()
+    assert _run("--workdir", workdir, "--input", tmp_path / "in", "--locations", loc, "--out", tmp_path / "s.csv") == 2
     assert "missing column(s) ['y']" in capsys.readouterr().err
 
 
@@ -116,13 +118,14 @@ def test_reverse_steps_and_clip_inputs_with_deprecated_aliases(tmp_path, workdir
     err = capsys.readouterr().err
     assert "btd-jax score: --steps is deprecated, use --reverse_steps" in err
     assert "btd-jax score: --clip is deprecated, use --clip_inputs" in err
-    base = ["score", "--workdir", workdir, "--input", "x.npy", "--out", "s.csv"]
+    x = str(tmp_path / "p.npy")
+    base = ["score", "--workdir", workdir, "--input", x, "--out", "s.csv"]
     for cmd in ("score", "evaluate", "localize"):
-        argv = base if cmd == "score" else [cmd, "--workdir", workdir, "--out", "o", "--input", "x", "--dataset", "d"]
+        argv = base if cmd == "score" else [cmd, "--workdir", workdir, "--out", "o", "--input", x, "--dataset", x]
         if cmd == "localize":
             argv = argv[:-2]
         if cmd == "evaluate":
-            argv = [a for a in argv if a not in ("--input", "x")] + ["--attack", "injection"]
+            argv = [a for a in argv if a not in ("--input", x)][:-1] + ["--dataset", x, "--attack", "injection"]
         args = cli.build_parser().parse_args(argv + ["--steps", "3", "--clip"])
         assert (args.reverse_steps, args.clip_inputs) == (3, True)
         args = cli.build_parser().parse_args(argv)

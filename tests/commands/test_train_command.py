@@ -21,7 +21,10 @@ def _restore_xla_flags(monkeypatch):
 
 
 def _cli(argv, capsys):
-    args = cli.build_parser().parse_args(["train"] + argv)
+    try:
+        args = cli.build_parser().parse_args(["train"] + argv)
+    except SystemExit as e:  # refused at the flag
+        return e.code, capsys.readouterr()
     rc = cli._main(args)
     return rc, capsys.readouterr()
 

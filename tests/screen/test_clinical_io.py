@@ -92,9 +92,10 @@ def test_screen_command_writes_everything(tmp_path):
     assert np.load(tmp_path / "out" / "suspicion.npy").shape == (2, 128, 128)
     assert (tmp_path / "out" / "overlays" / f"slice_{f['slice']:04d}.png").exists()
     assert any((tmp_path / "out" / "dicom" / "sc").iterdir())
-    bad = cli.build_parser().parse_args(["screen", "--workdir", wd, "--input", str(tmp_path / "nope.npy"),
-                                         "--out", str(tmp_path / "o2")])
-    assert cli._main(bad) == 2
+    with pytest.raises(SystemExit) as e:  # a missing input stops at the flag
+        cli.build_parser().parse_args(["screen", "--workdir", wd, "--input", str(tmp_path / "nope.npy"),
+                                       "--out", str(tmp_path / "o2")])
+    assert e.value.code == 2 and not (tmp_path / "o2").exists()
 
 
 def test_slice_store_series_keeps_geometry(tmp_path, series):
