@@ -155,9 +155,6 @@ class OutputPlan:
         self.shared.append(os.fspath(path))
         return path
 
-    def input(self, *paths: Optional[str]) -> None:
-        self.inputs = list(self.inputs) + [os.fspath(p) for p in paths if p]
-
     # ------------------------------------------------------------------ checking
 
     def _refuse(self, path: str, why: str) -> None:
