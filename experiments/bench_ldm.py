@@ -75,7 +75,11 @@ def main(argv=None) -> dict:
     sources = attacker.attacker_sources("CT")
     patches = attacker.attacker_patches(sources, size, args.patches, seed=args.seed + 1)
     cfg = ldm.ldm_config(args.preset, size, "CT", ae_steps=args.ae_steps, ddpm_steps=args.ddpm_steps, seed=args.seed)
-    train_info = attacker.train_ldm(args.workdir, patches, cfg, seed=args.seed, progress=False)
+    # A folder that holds a finished LDM is reused: its training figures are the ones it recorded.
+    meta = Path(args.workdir) / ldm.LDM_FILE
+    reused = meta.is_file() and "ddpm" in json.loads(meta.read_text())["info"]
+    train_info = (json.loads(meta.read_text())["info"] if reused
+                  else attacker.train_ldm(args.workdir, patches, cfg, seed=args.seed, progress=False))
     params, cfg = ldm.load(args.workdir)
 
     held = attacker.attacker_patches(sources, size, 512, seed=args.seed + 99)
@@ -126,7 +130,7 @@ def main(argv=None) -> dict:
         "config": {"preset": args.preset, "size": size, "autoencoder": dataclasses.asdict(cfg.autoencoder),
                    "scale": cfg.scale, "ddpm_model": dataclasses.asdict(cfg.ddpm.model),
                    "ddpm_steps": cfg.ddpm.train.num_steps, "patches": len(patches)},
-        "training": {"autoencoder_s": train_info["autoencoder"].get("seconds"),
+        "training": {"reused_model": reused, "autoencoder_s": train_info["autoencoder"].get("seconds"),
                      "autoencoder_steps": train_info["autoencoder"].get("steps"),
                      "autoencoder_final_loss": (train_info["autoencoder"].get("losses") or [[None] * 5])[-1],
                      "ddpm_s": train_info["ddpm"]["seconds"], "ddpm_steps": train_info["ddpm"]["steps"],

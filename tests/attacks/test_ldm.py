@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from btd_jax import cli, configs, evaluate, parallel
-from btd_jax.attacks import attacker, autoencoder, ldm, repaint
+from btd_jax.attacks import attacker, autoencoder, ldm, pipeline, repaint
 from btd_jax.models.unet import init_params
 from btd_jax.train import feed
 from btd_jax.data import preprocess
@@ -143,6 +143,13 @@ def test_only_the_returned_mask_changes(removed, inputs16, trained):
     out, changed = ldm.inject(params, cfg, x, prior, m, jax.random.key(3), strength=0.3, dilation=1, options=FAST)
     assert np.all(changed[m]) and not np.all(changed)
     np.testing.assert_array_equal(out[~changed], x[~changed])
+    # MRI patches ([0, 1] units) through the pipeline: the same compiled sampler (t* and shapes as above)
+    mri = np.clip(x * 2.0, 0.0, 1.0)
+    atk = pipeline.Attacker("ldm", params, cfg, options=FAST, strength=0.3, dilation=1)
+    fake, masks, _, contrasts = pipeline.attack_patches(atk, "injection", mri, jax.random.key(3),
+                                                        np.random.default_rng(0), ct=False)
+    np.testing.assert_array_equal(fake[~masks], mri[~masks])
+    assert masks.any(axis=(1, 2)).all() and 0.0 <= fake.min() and fake.max() <= 1.0 and np.all(contrasts < 1.0)
 
 
 def test_reproducible_across_batch_sizes_and_device_counts(removed, trained, inputs16):
