@@ -34,6 +34,7 @@ from btd_jax import configs
 from btd_jax.configs import Config
 from btd_jax.data.errors import DataError
 from btd_jax.models.unet import init_params
+from btd_jax.runtime.atomic import write_text
 from btd_jax.runtime.background import drop_closed_loop_reports
 from btd_jax.runtime.finite import all_finite, nonfinite_leaves, tree_checksum
 
@@ -57,12 +58,7 @@ def write_config(workdir: str, cfg: Config) -> None:
     """Writes ``workdir/config.json`` (process 0 only; atomically, so a crash never leaves half a file)."""
     if jax.process_index() != 0:
         return
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, CONFIG_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(configs.to_json(cfg))
-    os.replace(tmp, path)
+    write_text(os.path.join(workdir, CONFIG_FILE), configs.to_json(cfg))
 
 
 def read_config(workdir: str) -> Config:

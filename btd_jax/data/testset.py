@@ -25,7 +25,7 @@ import numpy as np
 from btd_jax.data import dicom, preprocess
 from btd_jax.data.errors import DataError
 from btd_jax.data.records import Skipped, TestSet
-from btd_jax.data.validate import load_npy, read_csv
+from btd_jax.data.validate import check_dtype, load_npy, read_csv
 from btd_jax.runtime.atomic import atomic_open, atomic_path, save_npy
 
 __all__ = ["ATTACKS", "LABELS", "testset_csv_path", "load_testset", "write_testset"]
@@ -103,6 +103,7 @@ def _read_image(path: Path, mod: str) -> np.ndarray:
         raise DataError(f"{path}: unsupported {mod} image type {suffix!r} "
                         f"({'.npy in HU or .dcm' if mod == 'CT' else '.npy or .png'})")
     img = np.asarray(img)
+    check_dtype(img.dtype, str(path))  # before any cast: complex is refused, never silently made real
     if img.ndim == 3 and img.shape[0] == 1:
         img = img[0]
     if img.ndim != 2:

@@ -80,8 +80,10 @@ def test_compare_command_end_to_end(task, tmp_path, capsys):
     args = cli.build_parser().parse_args(argv[1:] + ["--reuse", "--overwrite"])
     assert cli._main(args) == 0
     assert (out / "scores.csv").read_text() == first
-    # Bad input: one clear line, exit status 2.
-    args = cli.build_parser().parse_args(argv[1:4] + ["--train", str(tmp_path / "nope.npy"), "--out", str(out) + "2",
-                                                      "--attack", "removal", "--methods", "ae"])
-    assert cli._main(args) == 2
-    assert "nope.npy" in capsys.readouterr().err
+    # Bad input: one clear line, exit status 2 (a missing file stops at the flag).
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args(argv[1:4] + ["--train", str(tmp_path / "nope.npy"), "--out", str(out) + "2",
+                                                   "--attack", "removal", "--methods", "ae"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("btd-jax compare: error: argument --train:") and "nope.npy: no such file" in err[-1]

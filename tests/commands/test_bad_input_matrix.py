@@ -13,6 +13,7 @@ The model is the shared tiny workdir, loaded once.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import sys
 from typing import Dict, NamedTuple, Optional, Tuple
@@ -37,6 +38,12 @@ def _save(path, arr, **kw):
 
 def _ok(r):
     _save(r / "ok.npy", np.random.default_rng(0).uniform(size=(4, S, S)).astype(np.float32))
+
+
+def _npy_bytes(arr):
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
 
 
 def _testset(root, image=None, csv_bytes=None):
@@ -79,6 +86,7 @@ BUILD = {
     "dicom": lambda r: write_ct_series(r / "dicom", [0, 1, 2]),
     "ts": lambda r: _testset(r / "ts"),
     "ts_garbage": lambda r: _testset(r / "ts_garbage", image=b"not a NumPy file"),
+    "ts_complex": lambda r: _testset(r / "ts_complex", image=_npy_bytes(np.full((24, 24), 40 + 1j, np.complex64))),
     "ts_notutf8": lambda r: _testset(r / "ts_notutf8", csv_bytes=b"path,x,y,type\nimages/f\xe9.npy,1,1,TM\n"),
     "ts_nocols": lambda r: _testset(r / "ts_nocols", csv_bytes=b"path,x,type\nimages/img_00000.npy,1,TM\n"),
     "afile": lambda r: (r / "afile").write_text("a user's file"),
@@ -185,6 +193,8 @@ CASES = [
        "{r}/complex.npz (patches): complex values (dtype complex64)", ["complex.npz"]),
     _c("evaluate", "garbage-image", "evaluate --workdir {W} --dataset {r}/ts_garbage --attack injection --out {r}/ev",
        "img_00001.npy: cannot read array: not a NumPy file", ["ts_garbage"]),
+    _c("evaluate", "complex-image", "evaluate --workdir {W} --dataset {r}/ts_complex --attack injection --out {r}/ev",
+       "img_00001.npy: complex values (dtype complex64)", ["ts_complex"]),
     _c("evaluate", "csv-not-utf8", "evaluate --workdir {W} --dataset {r}/ts_notutf8 --attack injection --out {r}/ev",
        "{r}/ts_notutf8/CT/Inject/CT_Inject.csv: not UTF-8 text", ["ts_notutf8"]),
     _c("evaluate", "csv-columns", "evaluate --workdir {W} --dataset {r}/ts_nocols --attack injection --out {r}/ev",
