@@ -81,7 +81,7 @@ def test_cli_rejects_bad_arguments(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         cli.main(["btd-jax", "demo", "--minutes", "0"])
     assert e.value.code == 2
-    assert "--minutes must be > 0" in capsys.readouterr().err
+    assert "argument --minutes: expected a number > 0, got '0'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         cli.main(["btd-jax", "demo", "--config", "nope", "--out", str(tmp_path / "x")])
     assert e.value.code == 2
