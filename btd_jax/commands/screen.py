@@ -64,6 +64,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--proposal_stride", type=positive_int, default=None, help="grid proposal step (default: the patch)")
     p.add_argument("--proposal_center", type=non_negative_int, default=None,
                    help="central part of each proposal window that makes the map (default: --center)")
+    p.add_argument("--proposal_scale", type=positive_int, default=1,
+                   help="the proposal pass sees the slice shrunk by this factor (default 1: full resolution)")
     p.add_argument("--per_slice", type=positive_int, default=2, help="candidates kept per slice")
     p.add_argument("--max_candidates", type=non_negative_int, default=0,
                    help="cap on the candidates scored exactly per volume (0: none, per_slice per slice)")
@@ -73,9 +75,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no_climb", dest="climb", action="store_false",
                    help="score only the neighbourhood of each refined candidate (default: move to the best "
                         "neighbour until it is a local maximum)")
-    p.add_argument("--tissue_min", type=fraction, default=0.0, help="skip windows with less body tissue (0-1)")
+    p.add_argument("--tissue_min", type=fraction, default=screen.Cascade.tissue_min,
+                   help="skip windows with a smaller fraction of body tissue (default 0.01: almost all air; "
+                        "0 scores every window; 0.25: in tissue)")
     p.add_argument("--dtype", choices=configs.DTYPES, default=None, help="compute dtype (default: config)")
-    p.add_argument("--batch_size", type=positive_int, default=None)
+    p.add_argument("--batch_size", type=positive_int, default=None,
+                   help="windows per batch (default: 32 on CPU, the config's score.batch_size elsewhere)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="noise key for d > 1")
     p.add_argument("--calibration", default=None,
                    help=f"scan-level calibration (default: workdir/{CALIBRATION_FILE}); written with --calibrate")
@@ -98,7 +103,7 @@ def _scorer(args) -> Scorer:
 def _screen_kw(args) -> dict:
     kw = dict(center=args.center, steps=args.reverse_steps, reduction=args.reduction, batch_size=args.batch_size,
               proposal=args.proposal, stride=args.stride, proposal_stride=args.proposal_stride,
-              proposal_center=args.proposal_center,
+              proposal_center=args.proposal_center, proposal_scale=args.proposal_scale,
               per_slice=args.per_slice, shortlist=args.shortlist or None, max_candidates=args.max_candidates or None,
               refine=args.refine, climb=args.climb, tissue_min=args.tissue_min)
     if (args.reverse_steps or 1) > 1:

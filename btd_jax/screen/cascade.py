@@ -29,7 +29,9 @@ class Cascade:
     ``max_candidates`` caps the shortlist per volume (None: no cap, so the cost is linear in the
     number of slices and a slice's result does not depend on the others).
     ``tissue_min``: skip windows with less than this fraction of pixels above ``tissue_level``
-    (default: -500 HU after CT windowing) in both passes (0 = off)."""
+    (default: -500 HU after CT windowing) in both passes (0 = off). The default 0.01 skips windows
+    that are almost all air: it agreed with exhaustive search's best window as often as scoring
+    every window did, with ~20% fewer windows (BUILD_NOTES)."""
 
     proposal: str = "grid"
     proposal_stride: Optional[int] = None
@@ -42,7 +44,7 @@ class Cascade:
     refine: int = 1
     climb: bool = True
     max_climb: int = 8
-    tissue_min: float = 0.0
+    tissue_min: float = 0.01
     tissue_level: float = 200.0 / 2700.0
 
     def __post_init__(self):

@@ -71,8 +71,8 @@ class _Run:
         self.slabs: collections.deque = collections.deque()  # (slice, fullconv input) not yet sent
         self.next_slice, self.finished, self.capped = 0, 0, []
         self.cells = len(self.grid[0]) * len(self.grid[1])
-        self.work = dict(slices=n, proposal_windows=0, fullconv_slices=0, candidates=0, batches=0, batch_size=self.chunk,
-                         padded_windows=0, wait_s=0.0, proposal_s=0.0)
+        self.work = dict(slices=n, proposal_windows=0, fullconv_slices=0, candidates=0, batches=0,
+                         batch_size=self.chunk, padded_windows=0, wait_s=0.0, proposal_s=0.0)
 
     # --------------------------------------------------------------- producing work
 
@@ -278,4 +278,5 @@ def calibrate(scorer: Any, real_volumes: Sequence[Any], target_fpr: float = 0.1,
         raise DataError("calibrate: no real scans given")
     return calib.fit(np.asarray(best), target_fpr=target_fpr, level="scan",
                      score={k: settings[k] for k in ("steps", "center", "reduction")},
-                     screen={k: v for k, v in settings.items() if k not in ("steps", "center", "reduction", "batch_size")})
+                     screen={k: v for k, v in settings.items()
+                             if k not in ("steps", "center", "reduction", "batch_size")})

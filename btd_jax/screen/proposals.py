@@ -25,7 +25,8 @@ from btd_jax.scoring.pooling import pool
 from btd_jax.screen.cascade import Cascade
 
 __all__ = ["tissue_fraction", "window_proxy", "shrink", "enlarge", "GridTiles", "grid_tiles", "grid_map",
-           "fullconv_input", "fullconv_fn", "submit_fullconv", "fullconv_residual", "fullconv_trace_count", "slice_candidates"]
+           "fullconv_input", "fullconv_fn", "submit_fullconv", "fullconv_residual", "fullconv_trace_count",
+           "slice_candidates"]
 
 _TRACES = [0]  # traces of the whole-slice function (the no-recompilation test reads it)
 
