@@ -26,7 +26,8 @@ def random_scorer(config: Any, dtype: str = "float32", seed: int = 0, devices: O
     first ``devices`` local devices (None: all)."""
     cfg = configs.override(configs.get(config) if isinstance(config, str) else config, {"model.dtype": dtype})
     rng = np.random.default_rng(seed)
-    params = jax.tree.map(lambda a: (0.05 * rng.standard_normal(a.shape)).astype(np.float32), abstract_params(cfg.model))
+    params = jax.tree.map(lambda a: (0.05 * rng.standard_normal(a.shape)).astype(np.float32),
+                          abstract_params(cfg.model))
     return Scorer.from_params(params, cfg, parallel.make_mesh(jax.local_devices()[:devices]))
 
 

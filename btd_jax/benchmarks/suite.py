@@ -107,7 +107,8 @@ def _input(s: SuiteSettings, cfg, train_images_per_s: Optional[float]) -> Dict[s
 def _screening(s: SuiteSettings, cfg) -> Dict[str, Any]:
     scorer = screening.random_scorer(cfg, cfg.model.dtype, s.seed, s.devices)
     vol, source = screening.ct_volume(s.screen_slices)
-    vol = vol[:, :s.screen_size, :s.screen_size]
+    o = max((vol.shape[1] - s.screen_size) // 2, 0)  # the middle: the slice's corners are air
+    vol = vol[:, o:o + s.screen_size, o:o + s.screen_size]
     center = cfg.score.center if cfg.score.center is not None else cfg.image_size // 3  # the paper's 32 of 96
     timed = screening.time_screening(scorer, vol, {"default": {}}, center, s.screen_batch,
                                      warm_slices=min(2, len(vol)))["default"]

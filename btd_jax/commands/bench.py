@@ -5,6 +5,11 @@ device (the same function :class:`btd_jax.score.Scorer` streams chunks through),
 from XLA's cost analysis and reports the achieved GFLOP/s, the CPU time per patch and the machine
 load. ``experiments/bench_throughput.py`` runs the same measurement side by side with the PyTorch
 reference (lucidrains ``p_sample`` on the same weights and inputs).
+
+``--suite`` measures everything this host offers btd_jax in one JSON (:mod:`btd_jax.benchmarks.suite`):
+scoring throughput (float32 and bfloat16, batches 64-1024), the training step at global batch 128
+(images/s and share of the chip's peak FLOP/s), the input pipeline's crops/s and screening's seconds
+per slice, with the device kind, versions and the command; ~6 minutes on one GPU/TPU host.
 """
 
 from __future__ import annotations
@@ -13,19 +18,18 @@ import argparse
 import json
 import os
 import sys
-import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 import jax
 import numpy as np
 
-from btd_jax import configs, parallel, score
+from btd_jax import configs
+from btd_jax.benchmarks import suite
+from btd_jax.benchmarks.scoring import JaxBench
 from btd_jax.commands._flags import non_negative_float, non_negative_int, positive_int, positive_int_list
 from btd_jax.commands._safety import add_overwrite_flag, output_plan
-from btd_jax.models.unet import init_params
 from btd_jax.runtime.atomic import write_text
-from btd_jax.scoring import stream
-from btd_jax.timing import load_average, throughput, time_runs
+from btd_jax.timing import load_average
 
 # Called after each batch size with (report, bench, inputs, batch, rows, {dtype: scores (batch,)}).
 AfterBatch = Callable[[Dict[str, Any], "JaxBench", Any, int, List[Dict[str, Any]], Dict[str, Any]], None]
@@ -49,8 +53,51 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser("bench", help="throughput of BTD scoring (patches/s, GFLOP/s)",
                               description=__doc__.split("\n")[0])
     add_arguments(p)
+    add_suite_arguments(p)
     add_overwrite_flag(p)
     return p
+
+
+def add_suite_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    g = p.add_argument_group("--suite", "every measurement in one JSON (btd_jax.benchmarks.suite); --config, "
+                             "--dtypes, --min_time, --micro_batch and --seed apply too")
+    g.add_argument("--suite", action="store_true",
+                   help="scoring throughput, the training step (share of peak FLOP/s), input crops/s and "
+                        "screening s/slice: ~6 minutes on one GPU/TPU host")
+    g.add_argument("--suite_batches", type=positive_int_list, default="64,256,1024",
+                   help="scoring batch sizes (default 64,256,1024)")
+    g.add_argument("--parts", default=",".join(suite.PARTS), help=f"some of {','.join(suite.PARTS)}")
+    g.add_argument("--train_batch", type=positive_int, default=128, help="global training batch (default 128)")
+    g.add_argument("--train_dtype", choices=configs.DTYPES, default="bfloat16")
+    g.add_argument("--train_steps", type=positive_int, default=5, help="timed optimiser steps")
+    g.add_argument("--store_slices", type=positive_int, default=32, help="512 x 512 slices in the input store")
+    g.add_argument("--crop_steps", type=positive_int, default=20, help="timed batches of crops")
+    g.add_argument("--screen_slices", type=positive_int, default=8, help="slices of the screened volume")
+    g.add_argument("--screen_size", type=positive_int, default=512, help="side of the screened slices")
+    g.add_argument("--devices", type=positive_int, default=None, help="use the first N local devices (default all)")
+    return p
+
+
+def suite_settings(args: argparse.Namespace) -> suite.SuiteSettings:
+    """The suite's settings from the command line."""
+    return suite.SuiteSettings(
+        config=args.config, parts=tuple(v.strip() for v in args.parts.split(",") if v.strip()),
+        batches=tuple(_ints(args.suite_batches)), dtypes=tuple(d.strip() for d in args.dtypes.split(",") if d.strip()),
+        min_time=args.min_time, micro_batch=_micro(args.micro_batch), train_batch=args.train_batch,
+        train_dtype=args.train_dtype, train_steps=args.train_steps, store_slices=args.store_slices,
+        crop_steps=args.crop_steps, screen_slices=args.screen_slices, screen_size=args.screen_size,
+        devices=args.devices, seed=args.seed)
+
+
+def suite_command(args: argparse.Namespace) -> str:
+    """The command line that reruns this suite, every setting spelled out."""
+    s = suite_settings(args)
+    flags = {"config": s.config, "dtypes": ",".join(s.dtypes), "min_time": s.min_time, "micro_batch": args.micro_batch,
+             "seed": s.seed, "suite_batches": ",".join(map(str, s.batches)), "parts": ",".join(s.parts),
+             "train_batch": s.train_batch, "train_dtype": s.train_dtype, "train_steps": s.train_steps,
+             "store_slices": s.store_slices, "crop_steps": s.crop_steps, "screen_slices": s.screen_slices,
+             "screen_size": s.screen_size, "devices": s.devices, "out": args.out}
+    return " ".join(["btd-jax bench --suite"] + [f"--{k} {v}" for k, v in flags.items() if v is not None])
 
 
 def _ints(text: Any) -> List[int]:
@@ -64,62 +111,6 @@ def _ints(text: Any) -> List[int]:
 def _micro(text: str) -> Any:
     text = str(text).strip().lower()
     return "auto" if text == "auto" else None if text in ("none", "0", "") else int(text)
-
-
-class JaxBench:
-    """The JAX side: one ``Scorer`` per dtype, the same jitted function ``Scorer.score`` streams through."""
-
-    def __init__(self, cfg: Any, dtypes: List[str], seed: int, micro_batch: Any = "auto"):
-        self.cfg = cfg
-        self.params = init_params(cfg.model, cfg.image_size, jax.random.key(seed))
-        self.mesh = parallel.make_mesh(jax.local_devices())
-        self.micro_batch = micro_batch
-        self.scorers = {d: score.Scorer.from_params(self.params, configs.override(cfg, {"model.dtype": d}), self.mesh)
-                        for d in dtypes}
-        self.gflop = {}
-
-    def _args(self, scorer, x):
-        return (scorer.params, scorer.sched, parallel.shard_batch(x, self.mesh),
-                parallel.shard_batch(np.arange(len(x), dtype=np.int32), self.mesh), jax.random.key(0))
-
-    def _gflop_per_patch(self, dtype, inputs):
-        """XLA cost analysis of a plain batched pass (a micro-batch loop would be counted once)."""
-        if dtype not in self.gflop:
-            scorer, nd = self.scorers[dtype], self.mesh.devices.size
-            x = inputs[:1].repeat(nd, axis=0)
-            fn = self._function(scorer, micro_batch=None)
-            cost = fn.lower(*self._args(scorer, x)).compile().cost_analysis()
-            cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-            self.gflop[dtype] = float(cost.get("flops", float("nan"))) / nd / 1e9 if cost else float("nan")
-        return self.gflop[dtype]
-
-    def _function(self, scorer, micro_batch):
-        """The jitted d = 1 scoring function ``Scorer.score`` streams chunks through."""
-        opts = stream._Options(model=scorer.cfg.model, micro_batch=micro_batch,
-                               normalize=bool(scorer.cfg.diffusion.auto_normalize))
-        return stream._compiled(self.mesh, opts)
-
-    def run(self, dtype: str, b: int, inputs: np.ndarray, min_time: float) -> Tuple[Dict[str, Any], np.ndarray]:
-        """Times one (dtype, batch) point; returns (row, scores (b,))."""
-        scorer = self.scorers[dtype]
-        x, n = parallel.pad_to_multiple(inputs[:b], parallel.local_batch_multiple(self.mesh))
-        micro = score.resolve_micro_batch(self.micro_batch, len(x) // self.mesh.devices.size)
-        fn = self._function(scorer, micro)
-        args = self._args(scorer, x)
-        t0 = time.perf_counter()
-        compiled = fn.lower(*args).compile()
-        compile_s = time.perf_counter() - t0
-        out = np.asarray(compiled(*args)[0])[:n]  # warm-up
-        row = dict(impl="jax", dtype=dtype, micro_batch=micro, compile_s=compile_s, padded_batch=len(x),
-                   load_before=load_average(), **throughput(time_runs(
-                       lambda: compiled(*args)[0].block_until_ready(), min_time), b))
-        row["load_after"] = load_average()
-        row["gflop_per_patch"] = self._gflop_per_patch(dtype, inputs)
-        row["gflop_per_s"] = row["gflop_per_patch"] * len(x) / row["sec_per_batch_median"]
-        print(f"jax  {dtype:8s} batch {b:4d}: {row['patches_per_s']:9.2f} patches/s "
-              f"({row['gflop_per_patch']:.3f} GFLOP/patch, {row['gflop_per_s']:.1f} GFLOP/s, "
-              f"{row['cpu_s_per_patch']:.3f} CPU-s/patch, {row['runs']} runs, load {row['load_before']})", flush=True)
-        return row, out
 
 
 # ----------------------------------------------------------------------------- driver
@@ -170,5 +161,8 @@ def run(args: argparse.Namespace) -> int:
     plan = output_plan(args)  # an existing --out needs --overwrite, before the minutes of timing
     plan.file(args.out)
     plan.check()
+    if getattr(args, "suite", False):
+        write_report(suite.run_suite(suite_settings(args), command=suite_command(args)), args.out)
+        return 0
     write_report(measure(args), args.out)
     return 0
