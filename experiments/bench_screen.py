@@ -11,10 +11,12 @@ Three parts, one run, JSON to ``--out``:
   cascade's top-1 / top-k, does the cascade's top-1 equal exhaustive localisation's top-1 (same
   window; within one stride; an exact score within 0.1% of it), the windows scored per slice and
   the seconds of both.
-* **timing**: seconds per 512x512 slice for exhaustive stride-16 localisation and for the cascade
-  on one volume, float32 and bfloat16 (``--timing_model``: the paper's ``ct`` preset with random
-  weights, speed does not depend on their values, or the ``--workdir`` model). A 300-slice volume
-  is extrapolated from the measured slices.
+* **timing**: seconds per 512x512 slice of each cascade setting on one ``--timing_slices`` volume
+  (flips/rotations of the CQ500 slice) and of exhaustive stride-16 localisation of
+  ``--exhaustive_slices`` of its slices, in the same run (``--timing_model``: the paper's ``ct``
+  preset with random weights, speed does not depend on their values, or the ``--workdir`` model).
+  Every batch shape is compiled before the timed calls (``compilations_inside`` counts any that
+  were not). A 300-slice volume is 300 times the seconds per slice (the cost is linear in slices).
 * **bf16**: the bfloat16 scores' agreement with float32 (Spearman, relative differences, top-1) on
   the trained weights and on the ct preset's random weights.
 
@@ -22,9 +24,14 @@ Three parts, one run, JSON to ``--out``:
         --site_body 0.7 --repaint --settings grid grid_tissue grid_half --skip timing bf16 \
         --out experiments/results/bench_screen_ct8.json
 
-Settings are named presets (``grid``, ``grid_tissue``, ...) or ``NAME:FIELD=VALUE,...`` with
-:class:`btd_jax.screen.Cascade` fields, e.g. the in-tissue cascade
-``half_tissue:proposal_stride=48,proposal_center=48,tissue_min=0.25``.
+    python -m experiments.bench_screen --skip recall bf16 --timing_slices 16 \
+        --timing_proposals grid default fullconv --dtypes float32 --out experiments/results/bench_screen_timing.json
+
+Settings are named presets (``grid``: tiles, 2 candidates per slice, every window scored;
+``default``: :class:`btd_jax.screen.Cascade` as it is; ``grid_tissue``, ...) or ``NAME:FIELD=VALUE,...``
+with Cascade fields, e.g. the in-tissue cascade ``half_tissue:proposal_stride=48,proposal_center=48,tissue_min=0.25``.
+A setting gated at ``--tissue_min`` is compared with exhaustive search's best window in tissue, any
+other with its best window over the slice.
 
 Load averages are recorded around each timed part: the machine may be shared.
 """
@@ -38,7 +45,7 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import jax
 import numpy as np
@@ -47,6 +54,7 @@ from scipy import stats
 from btd_jax import configs, demo, localize, screen
 from btd_jax import train as btd_train
 from btd_jax.attacks import repaint
+from btd_jax.benchmarks.screening import ct_volume, dihedral, random_scorer, time_exhaustive, time_screening
 from btd_jax.data import demo_data, preprocess, tamper
 from btd_jax.models.unet import abstract_params
 from btd_jax.score import Scorer
@@ -56,10 +64,6 @@ STYLES = ("inject-gan", "inject-latent", "inject-smooth", "remove-ctgan", "remov
 
 def _load() -> List[float]:
     return [round(v, 2) for v in os.getloadavg()]
-
-
-def _dihedral(img: np.ndarray, k: int) -> np.ndarray:
-    return np.rot90(img[:, ::-1] if k >= 4 else img, k % 4).copy()
 
 
 def _tampered_slice(src, style: str, rng, scorer, p: int, site_body: float = 0.9):
@@ -123,9 +127,9 @@ def _moved(real: np.ndarray, img: np.ndarray, mask: np.ndarray, s_t: int, n: int
     vol, out_mask = np.empty((n,) + real.shape, np.float32), None
     for s in range(n):
         k, (dy, dx) = int(rng.integers(8)), (int(v) for v in rng.integers(-shift, shift + 1, 2))
-        vol[s] = _shifted(_dihedral(img if s == s_t else real, k), dy, dx)
+        vol[s] = _shifted(dihedral(img if s == s_t else real, k), dy, dx)
         if s == s_t:
-            out_mask = _shifted(_dihedral(mask, k), dy, dx)
+            out_mask = _shifted(dihedral(mask, k), dy, dx)
     return vol, out_mask
 
 
@@ -184,22 +188,12 @@ def _custom_setting(spec: str) -> Dict[str, Any]:
     return out
 
 
-def _warm_buckets(scorer: Scorer, p: int, center, batch: int) -> None:
-    """Compiles every chunk shape a screening call can use (the stream pads small calls, e.g. the exact
-    stage's climbing rounds, to power-of-two buckets), so that no compilation lands inside a timing."""
-    b = jax.device_count()
-    while True:
-        x = np.full((min(b, batch), p, p), 0.5, np.float32)
-        scorer.score(x, center=center, batch_size=batch)
-        scorer.residual_map(x, batch_size=batch)
-        if b >= batch:
-            return
-        b *= 2
-
-
 def _named_settings(args, names: List[str], p: int) -> Dict[str, Dict[str, Any]]:
     """Setting names (or NAME:FIELD=VALUE,...) -> screen_volume keywords."""
-    named = {"grid": dict(proposal="grid"), "grid_half": dict(proposal="grid", proposal_stride=p // 2),
+    # "grid" is the cascade of the first screening runs (tiles, 2 candidates per slice, every window),
+    # spelled out; "default" is screen.Cascade() as it is now
+    named = {"grid": dict(proposal="grid", proposal_scale=1, per_slice=2, tissue_min=0.0), "default": {},
+             "grid_half": dict(proposal="grid", proposal_stride=p // 2),
              "grid_tissue": dict(proposal="grid", tissue_min=args.tissue_min), "fullconv": dict(proposal="fullconv"),
              "grid_wide": dict(proposal="grid", per_slice=6, refine=2),
              "grid4": dict(proposal="grid", per_slice=4),
@@ -208,26 +202,27 @@ def _named_settings(args, names: List[str], p: int) -> Dict[str, Dict[str, Any]]
     cap = args.max_candidates or None
     out = {name: dict(named[name] if name in named else _custom_setting(spec), max_candidates=cap)
            for name, spec in (n.partition(":")[::2] for n in names)}
-    if any(kw.get("tissue_min", args.tissue_min) not in (0, args.tissue_min) for kw in out.values()):
-        raise SystemExit("--settings: a tissue-gated setting must use --tissue_min (exhaustive search's best "
-                         "window in tissue is taken at that fraction)")
     return out
+
+
+def _in_tissue(kw: Dict[str, Any], args) -> bool:
+    """A setting gated at ``--tissue_min`` is compared with exhaustive search's best window in tissue;
+    any other (no gate, or one that only skips near-empty windows) with its best over the slice."""
+    return bool(kw.get("tissue_min")) and kw["tissue_min"] == args.tissue_min
 
 
 def recall_part(args, scorer) -> Dict[str, Any]:
     p = scorer.cfg.image_size
     center = scorer.cfg.score.center
     src = next(s for s in demo_data.load_sources("CT", 0.35, p) if s.image.shape == (512, 512))
-    real = np.stack([_dihedral(src.unit, k) for k in range(args.slices)])
+    real = np.stack([dihedral(src.unit, k) for k in range(args.slices)])
     settings = _named_settings(args, args.settings, p)
     styles = STYLES + (("repaint",) if args.repaint else ())
     rng = np.random.default_rng(args.seed)
     cache: Dict[Any, Any] = {}
     if args.crop:
         real = real[:, :args.crop, :args.crop]
-    _warm_buckets(scorer, p, center, 64)
-    for kw in settings.values():  # fixed chunk shapes (batch_size), compiled once outside the timings
-        kw["batch_size"] = 64
+    for kw in settings.values():  # every shape compiled once, outside the timings
         screen.screen_volume(scorer, real, top_k=args.top_k, **kw)
     # --reuse: the same volumes (same seed and options) against another run's exhaustive results
     before = json.load(open(args.reuse))["recall"]["per_trial"] if args.reuse else None
@@ -247,7 +242,7 @@ def recall_part(args, scorer) -> Dict[str, Any]:
             vol, mask = _moved(src.unit, img, mask, s_t, args.slices, args.shift, rng)
         else:
             vol = real.copy()
-            vol[s_t], mask = _dihedral(img, s_t), _dihedral(mask, s_t)
+            vol[s_t], mask = dihedral(img, s_t), dihedral(mask, s_t)
         row = {"style": style, "slice": s_t, "tamper_pixels": int(mask.sum())}
         if before is not None:
             old = before[i]
@@ -263,12 +258,16 @@ def recall_part(args, scorer) -> Dict[str, Any]:
                                  "topk_hit": any(_hit(f, mask, s_t, center or p) for f in ex_top),
                                  "tampered_slice_s": ex_seconds[0], "slice_seconds": ex_seconds, "top1": ex_top[0],
                                  "top1_tissue": ex_tissue, "top1_tissue_hit": _hit(ex_tissue, mask, s_t, center or p)}
+        e = ex_top[0]  # how much body exhaustive search's best window holds (a tissue gate's margin)
+        row["exhaustive_top1_body"] = float(screen.tissue_fraction(
+            vol[e["slice"]], np.array([max(e["row"] - p // 2, 0)]), np.array([max(e["col"] - p // 2, 0)]), p,
+            screen.Cascade().tissue_level)[0])
         for name, kw in settings.items():
             t0 = time.perf_counter()
             res = screen.screen_volume(scorer, vol, top_k=args.top_k, **kw)
             dt = time.perf_counter() - t0
             # a tissue-gated cascade is compared with exhaustive search's best window in tissue
-            top1, e1 = res.findings[0], (ex_tissue if kw.get("tissue_min") else ex_top[0])
+            top1, e1 = res.findings[0], (ex_tissue if _in_tissue(kw, args) else ex_top[0])
             w = res.work
             row[name] = {"top1_hit": _hit(top1, mask, s_t, center or p),
                          "topk_hit": any(_hit(f, mask, s_t, center or p) for f in res.findings),
@@ -278,7 +277,12 @@ def recall_part(args, scorer) -> Dict[str, Any]:
                          # a window as suspicious as exhaustive search's best (near-ties: flipped copies)
                          "score_ratio": top1["score"] / e1["score"],
                          "windows_per_slice": (w["proposal_windows"] + w["exact_windows"]) / len(vol),
+                         "score_equal": abs(top1["score"] / e1["score"] - 1) <= 1e-3,
                          "seconds": dt, "work": w}
+        # --reuse is valid only if this model gives exhaustive search's stored scores: some setting must
+        # find its top-1 window with the same score (to 0.1%: a retrained model differs by ~1e-4)
+        row["reproduces_exhaustive"] = any(row[n]["agree_top1"] and row[n]["score_equal"]
+                                           for n, kw in settings.items() if not _in_tissue(kw, args))
         trials.append(row)
         print(json.dumps({"trial": i, "style": style, **{k: {m: v for m, v in row[k].items()
                                                              if m in ("top1_hit", "topk_hit", "agree_top1",
@@ -289,12 +293,14 @@ def recall_part(args, scorer) -> Dict[str, Any]:
     summary = {"exhaustive": {"top1_recall": float(np.mean([t["exhaustive"]["top1_hit"] for t in trials])),
                               "top1_tissue_recall": float(np.mean([t["exhaustive"]["top1_tissue_hit"] for t in trials])),
                               "topk_recall": float(np.mean([t["exhaustive"]["topk_hit"] for t in trials])),
-                              "seconds_per_slice": ex_per_slice, "windows_per_slice": ex_windows}}
+                              "seconds_per_slice": ex_per_slice, "windows_per_slice": ex_windows,
+                              "trials_reproduced": int(sum(t["reproduces_exhaustive"] for t in trials))}}
     for name in settings:
         per_slice = float(np.median([t[name]["seconds"] for t in trials])) / args.slices
         windows = float(np.mean([t[name]["windows_per_slice"] for t in trials]))
         summary[name] = {
             **{k: float(np.mean([t[name][k] for t in trials])) for k in ("agree_top1", "agree_within_stride")},
+            "agree_top1_count": int(sum(t[name]["agree_top1"] for t in trials)),
             "agree_score_999": float(np.mean([t[name]["score_ratio"] >= 0.999 for t in trials])),
             "windows_per_slice": windows, "speedup_by_windows": ex_windows / windows,
             "top1_recall": float(np.mean([t[name]["top1_hit"] for t in trials])),
@@ -306,13 +312,6 @@ def recall_part(args, scorer) -> Dict[str, Any]:
             "slice_size": int(vol.shape[1]),
             "trials": len(trials), "top_k": args.top_k, "styles": list(styles), "settings": settings,
             "load_before": load0, "load_after": _load(), "summary": summary, "per_trial": trials}
-
-
-def _random_scorer(name: str, dtype: str = "float32") -> Scorer:
-    cfg = configs.override(configs.get(name), {"model.dtype": dtype})
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda a: (0.05 * rng.standard_normal(a.shape)).astype(np.float32), abstract_params(cfg.model))
-    return Scorer.from_params(params, cfg)
 
 
 def bf16_agreement(scorer: Scorer, windows: np.ndarray, center) -> Dict[str, Any]:
@@ -332,52 +331,44 @@ def bf16_agreement(scorer: Scorer, windows: np.ndarray, center) -> Dict[str, Any
             "top1_same": bool(np.argmax(a) == np.argmax(b)), "float32_s": ta, "bfloat16_s": tb}
 
 
-def timing_part(args, model: Scorer) -> Dict[str, Any]:
-    """Seconds per 512x512 slice: exhaustive stride 16 and the cascade on one ``--timing_slices``
-    volume (``--timing_model``: the ``ct`` preset with random weights, or the ``--workdir`` model)."""
+def timing_part(args, model: Optional[Scorer]) -> Dict[str, Any]:
+    """Seconds per 512x512 slice of each cascade setting on one ``--timing_slices`` volume, and of
+    exhaustive stride-16 search on ``--exhaustive_slices`` of its slices (all 729 windows of each),
+    in the same run (``--timing_model``: the ``ct`` preset with random weights, or the ``--workdir``
+    model). The cascade's cost is linear in the slices (no per-volume cap), so a 300-slice volume is
+    300 times the measured seconds per slice; so is exhaustive search's."""
     trained = args.timing_model == "workdir"
     base = model.cfg if trained else configs.get("ct")
     p, center = base.image_size, (base.score.center if trained else 32)
-    src = next(s for s in demo_data.load_sources("CT", 0.35, p) if s.image.shape == (512, 512))
-    vol = np.stack([_dihedral(src.unit, k % 8) for k in range(args.timing_slices)])
+    vol, source = ct_volume(args.timing_slices)
     out: Dict[str, Any] = {"config": base.name, "weights": "trained (--workdir)" if trained else "random (timing only)",
-                           "slice": [512, 512], "center": center, "slices_measured": args.timing_slices,
-                           "batch_size": args.timing_batch}
+                           "volume": source, "slice": [512, 512], "center": center,
+                           "slices_measured": args.timing_slices, "batch_size": args.timing_batch,
+                           "exhaustive_slices_measured": args.exhaustive_slices}
     timed = _named_settings(args, args.timing_proposals, p)
+    for kw in timed.values():
+        kw.pop("batch_size", None)
     for dtype in args.dtypes:
         sc = (Scorer.from_params(model.params, configs.override(model.cfg, {"model.dtype": dtype})) if trained
-              else _random_scorer("ct", dtype))
+              else random_scorer("ct", dtype))
         row: Dict[str, Any] = {"load_before": _load()}
-        _warm_buckets(sc, p, center, args.timing_batch)
-        for name, kw in timed.items():
-            kw = dict(kw, batch_size=args.timing_batch)  # one chunk shape: compiled once, untimed
-            # ~18 exact windows per slice: enough slices that the exact stage also fills a whole chunk
-            screen.screen_volume(sc, vol[:min(len(vol), -(-args.timing_batch // 16))], center=center, **kw)
-            t0 = time.perf_counter()
-            res = screen.screen_volume(sc, vol, center=center, **kw)
-            dt = time.perf_counter() - t0
-            w = res.work
-            exact_per_window = w["exact_s"] / max(w["exact_windows"], 1)
-            cap = res.settings["max_candidates"]  # None: the exact stage grows with the slices too
-            exact_300 = (300 * w["exact_windows"] / len(vol) if cap is None else
-                         min(w["exact_windows"] / max(w["candidates"], 1), 9) * cap)  # cap x neighbourhood
-            row[name] = {"seconds": dt, "seconds_per_slice": dt / len(vol), "work": w,
-                         "proposal_s_per_slice": w["proposal_s"] / len(vol), "exact_s_per_window": exact_per_window,
-                         "volume_300_s_extrapolated": 300 * w["proposal_s"] / len(vol) + exact_300 * exact_per_window}
+        row.update(time_screening(sc, vol, timed, center, args.timing_batch))
+        for name in timed:
+            row[name]["volume_300_s_extrapolated"] = 300 * row[name]["seconds_per_slice"]
         if dtype in args.exhaustive_dtypes:
-            side = p + 16 * 15
-            localize.localize_slice(sc, vol[0][:side, :side], stride=16, center=center)  # compile (256 windows)
-            t0 = time.perf_counter()
-            ex = localize.localize_slice(sc, vol[0], stride=16, center=center, top_k=5)
-            dt = time.perf_counter() - t0
-            row["exhaustive_stride16"] = {"seconds_per_slice": dt, "windows": int(ex.scores.size),
-                                          "volume_300_s_extrapolated": 300 * dt}
+            ex = [time_exhaustive(sc, vol[k], center) for k in range(args.exhaustive_slices)]
+            per_slice = float(np.median([e["seconds_per_slice"] for e in ex]))
+            row["exhaustive_stride16"] = {"seconds_per_slice": per_slice, "windows": ex[0]["windows"],
+                                          "seconds_per_window": per_slice / ex[0]["windows"], "runs": ex,
+                                          "volume_300_s_extrapolated": 300 * per_slice}
             for name in timed:
-                row[name]["speedup_vs_exhaustive_per_slice"] = dt / row[name]["seconds_per_slice"]
-                row[name]["speedup_vs_exhaustive_300"] = 300 * dt / row[name]["volume_300_s_extrapolated"]
+                row[name]["speedup_vs_exhaustive"] = per_slice / row[name]["seconds_per_slice"]
+                row[name]["speedup_by_windows"] = ex[0]["windows"] / row[name]["windows_per_slice"]
         row["load_after"] = _load()
         out[dtype] = row
-        print(json.dumps({dtype: {k: v for k, v in row.items() if k != "work"}}, default=str), flush=True)
+        brief = {k: ({m: v for m, v in r.items() if m not in ("work", "runs", "cascade")} if isinstance(r, dict) else r)
+                 for k, r in row.items()}
+        print(json.dumps({dtype: brief}, default=str), flush=True)
     return out
 
 
@@ -394,7 +385,9 @@ def train_model(workdir: str, preset: str, steps: int, n_patches: int = 2048, se
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", required=True, help="a trained model (btd-jax demo / train)")
+    p.add_argument("--workdir", default=None,
+                   help="a trained model (btd-jax demo / train); not needed for the timing part alone with "
+                        "--timing_model ct")
     p.add_argument("--train", type=int, default=0,
                    help="first train --train_preset for this many steps in --workdir (resumes a run there)")
     p.add_argument("--train_preset", default="ct8", help="with --train: the U-Net preset (ct8: 96 px)")
@@ -418,12 +411,15 @@ def main(argv=None) -> dict:
                    help="recall volumes of whole slices, each randomly flipped and moved by up to this many px")
     p.add_argument("--crop", type=int, default=0,
                    help="recall volumes of random crops of this size (fresh content every trial) instead of flips")
-    p.add_argument("--timing_slices", type=int, default=2)
+    p.add_argument("--timing_slices", type=int, default=16, help="slices of the timed volume")
+    p.add_argument("--exhaustive_slices", type=int, default=1,
+                   help="timing part: slices searched exhaustively (each all 729 windows; the per-slice median)")
     p.add_argument("--timing_model", choices=["ct", "workdir"], default="ct",
                    help="timing part: the ct preset with random weights, or the --workdir model")
     p.add_argument("--timing_proposals", nargs="+", default=["fullconv", "grid"],
                    help="timing part: cascade settings, named as in --settings")
-    p.add_argument("--timing_batch", type=int, default=16, help="timing part: windows per chunk")
+    p.add_argument("--timing_batch", type=int, default=None,
+                   help="timing part: windows per batch (default: screen_volume's, 32 on CPU)")
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--exhaustive_dtypes", nargs="*", default=["float32"])
     p.add_argument("--bf16", nargs="*", default=["model", "ct_random"], choices=["model", "ct_random"],
@@ -442,9 +438,12 @@ def main(argv=None) -> dict:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1, default=str)
 
+    needs_model = {"recall", "bf16"} - set(args.skip) or args.timing_model == "workdir" or args.train
+    if needs_model and not args.workdir:
+        p.error("--workdir is needed (the recall and bf16 parts, --timing_model workdir, --train)")
     if args.train:
         train_model(args.workdir, args.train_preset, args.train)
-    model = Scorer.load(args.workdir)
+    model = Scorer.load(args.workdir) if needs_model else None
     if "bf16" not in args.skip:
         src = next(s for s in demo_data.load_sources("CT", 0.35, 96) if s.image.shape == (512, 512))
         pm = model.cfg.image_size
@@ -454,7 +453,7 @@ def main(argv=None) -> dict:
             out["bf16_model"] = {"config": model.cfg.name, "patch": pm,
                                  **bf16_agreement(model, wm[:128 if pm <= 32 else 64], model.cfg.score.center)}
         if "ct_random" in args.bf16:
-            out["bf16_ct_random"] = bf16_agreement(_random_scorer("ct"), w96[:32], 32)
+            out["bf16_ct_random"] = bf16_agreement(random_scorer("ct"), w96[:32], 32)
         print(json.dumps({k: out[k] for k in ("bf16_model", "bf16_ct_random") if k in out}), flush=True)
         save()
     if "timing" not in args.skip:
