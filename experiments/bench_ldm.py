@@ -10,9 +10,9 @@ reconstruction error in HU (posterior means, decoded) on other crops of the atta
 and on the demo detector's slices (patients the autoencoder never saw), and times
 :func:`btd_jax.attacks.ldm.remove` and :func:`btd_jax.attacks.ldm.inject` at full strength
 (``ldm.LDM_REMOVAL`` / ``ldm.LDM_INJECTION``, or ``--steps/--jump_length/--resamplings``) on ``--n``
-patches in one call after a compiling call on one batch of the same shape. The injection's mean
-change inside the nodule (HU) says whether the nodule survived. The machine is shared: the load
-average is recorded with the figures.
+patches of the detector's patients: the second of two identical calls (the first compiles). The
+injection's mean change inside the nodule (HU) against the painted prior's says how much of the
+nodule survived. The machine is shared: the load average is recorded with the figures.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--patches", type=int, default=4096)
     ap.add_argument("--ae_steps", type=int, default=1500)
     ap.add_argument("--ddpm_steps", type=int, default=3000)
-    ap.add_argument("--n", type=int, default=8, help="patches per timed attack")
+    ap.add_argument("--n", type=int, default=16, help="patches per timed attack")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--strength", type=float, default=ldm.STRENGTH)
     ap.add_argument("--steps", type=int, default=None)
@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
     given = {k: v for k, v in given.items() if v is not None}
     opts_rm, opts_inj = (dataclasses.replace(o, **given) for o in (ldm.LDM_REMOVAL, ldm.LDM_INJECTION))
     rng = np.random.default_rng(args.seed)
-    x = demo[:args.n]
+    x = demo[rng.permutation(len(demo))[:args.n]]  # both of the detector's patients
     radii = rng.uniform(pipeline.REMOVE_RADIUS_PX[0], min(pipeline.REMOVE_RADIUS_PX[1], size / 2.4), len(x))
     c = size // 2
     masks = np.stack([(np.hypot(*np.mgrid[:size, :size] - c) <= r) for r in radii])
@@ -102,7 +102,8 @@ def main(argv=None) -> dict:
         return ldm.remove(params, cfg, x, masks, jax.random.key(1), options=opts_rm, batch_size=args.batch)
 
     hu = _hu(x)
-    painted = [sdedit.paint_nodule(p, c, c, r / 1.5, rng.uniform(*sdedit.CONTRAST_HU), rng) for p, r in zip(hu, radii)]
+    nodule_radii = rng.uniform(sdedit.RADIUS_PX[0], min(sdedit.RADIUS_PX[1], size / 4.0), len(x))  # as the pipeline
+    painted = [sdedit.paint_nodule(p, c, c, r, rng.uniform(*sdedit.CONTRAST_HU), rng) for p, r in zip(hu, nodule_radii)]
     priors = preprocess.window_ct(np.stack([p for p, _ in painted]))
     nodules = np.stack([m for _, m in painted])
 

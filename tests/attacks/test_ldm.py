@@ -10,10 +10,10 @@ import pytest
 
 from btd_jax import cli, configs, evaluate, parallel
 from btd_jax.attacks import attacker, autoencoder, ldm, pipeline, repaint
-from btd_jax.models.unet import init_params
-from btd_jax.train import feed
 from btd_jax.data import preprocess
 from btd_jax.data.errors import DataError
+from btd_jax.models.unet import init_params
+from btd_jax.train import feed
 
 FAST = repaint.RePaintOptions(sampler="ddpm", steps=6, jump_length=2, resamplings=2, clip_denoised=False)
 _HU = preprocess.CT_HI - preprocess.CT_LO
@@ -73,20 +73,20 @@ def ldm_dir(tmp_path_factory, hu_slices):
 
 
 @pytest.fixture(scope="module")
-def trained(ldm_dir):
+def loaded(ldm_dir):
     return ldm.load(ldm_dir[0])
 
 
-def test_save_load_round_trip(trained, ldm_dir):
-    params, cfg = trained
+def test_save_load_round_trip(loaded, ldm_dir):
+    params, cfg = loaded
     assert cfg == dataclasses.replace(ldm.ldm_config("tiny", 16), scale=0.5)
     assert json.loads((ldm_dir[0] / ldm.LDM_FILE).read_text())["info"] == {"note": "untrained"}
     autoencoder.check_params(params["autoencoder"], cfg.autoencoder)
     repaint.check_params(params["ddpm"], cfg.ddpm.model)
 
 
-def test_latent_ddpm_data_may_leave_the_unit_range_but_not_be_nan(trained):
-    _, cfg = trained
+def test_latent_ddpm_data_may_leave_the_unit_range_but_not_be_nan(loaded):
+    _, cfg = loaded
     z = np.full((4, 4, 4, 2), 3.0, np.float32)  # scaled latents: auto_normalize is off
     assert feed.check_patches(z, cfg.ddpm, "latents").shape == z.shape
     z[1, 0, 0, 0] = np.nan
@@ -125,20 +125,20 @@ def inputs16(hu_slices):
 
 
 @pytest.fixture(scope="module")
-def removed(trained, inputs16):
-    params, cfg = trained
+def removed(loaded, inputs16):
+    params, cfg = loaded
     x, m = inputs16
     return ldm.remove(params, cfg, x, m, jax.random.key(3), options=FAST)
 
 
-def test_only_the_returned_mask_changes(removed, inputs16, trained):
+def test_only_the_returned_mask_changes(removed, inputs16, loaded):
     x, m = inputs16
     out, changed = removed
     assert out.shape == x.shape and out.dtype == np.float32 and changed.dtype == bool
     assert np.all(changed[m]) and changed.sum() > m.sum()  # the mask and its feather ring
     np.testing.assert_array_equal(out[~changed], x[~changed])
     assert np.abs(out - x)[m].mean() > 0.01 and 0.0 <= out.min() and out.max() <= 1.0
-    params, cfg = trained
+    params, cfg = loaded
     prior = np.clip(x + 0.05 * m, 0.0, 1.0)
     out, changed = ldm.inject(params, cfg, x, prior, m, jax.random.key(3), strength=0.3, dilation=1, options=FAST)
     assert np.all(changed[m]) and not np.all(changed)
@@ -152,8 +152,8 @@ def test_only_the_returned_mask_changes(removed, inputs16, trained):
     assert masks.any(axis=(1, 2)).all() and 0.0 <= fake.min() and fake.max() <= 1.0 and np.all(contrasts < 1.0)
 
 
-def test_reproducible_across_batch_sizes_and_device_counts(removed, trained, inputs16):
-    params, cfg = trained
+def test_reproducible_across_batch_sizes_and_device_counts(removed, loaded, inputs16):
+    params, cfg = loaded
     x, m = inputs16
     out, changed = removed
     one = ldm.remove(params, cfg, x, m, jax.random.key(3), options=FAST, batch_size=2,
@@ -165,8 +165,8 @@ def test_reproducible_across_batch_sizes_and_device_counts(removed, trained, inp
     assert np.abs(other - out)[m].mean() > 1e-3
 
 
-def test_bad_input_gets_one_clear_error(trained, inputs16, tmp_path, ldm_dir, hu_slices, capsys):
-    params, cfg = trained
+def test_bad_input_gets_one_clear_error(loaded, inputs16, tmp_path, ldm_dir, hu_slices, capsys):
+    params, cfg = loaded
     x, m = inputs16
     key = jax.random.key(0)
     with pytest.raises(DataError, match="a mask outside the image"):
