@@ -22,13 +22,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from btd_jax import metrics
+from btd_jax.configs import reductions
 from btd_jax.data import datasets, validate
 from btd_jax.data.errors import DataError
 from btd_jax.eval_io import (read_scores_csv, table1_markdown, write_all, write_csv, write_json, write_markdown,
                              write_scores_csv)
 from btd_jax.metrics import parse_labels
 from btd_jax.plots import plot_histogram, plot_roc
-from btd_jax.scoring.pooling import parse_reduction, pool_window
+from btd_jax.scoring.pooling import pool_window
 
 __all__ = ["ATTACKS", "dataset_name", "reduction_name", "parse_labels", "split_by_tamper", "dataset_indices", "evaluate_scores",
            "reduce_maps", "score_reductions", "evaluate_testset", "write_markdown", "write_csv", "write_json",
@@ -51,10 +52,8 @@ def reduction_name(center: Optional[int], reduction: str = "mean") -> str:
 
     Other poolings get a suffix: ('max' -> 'full_max', 'percentile:99' -> 'center32_p99')."""
     name = "full" if center is None else f"center{int(center)}"
-    kind, q = parse_reduction(reduction)
-    if kind == "mean":
-        return name
-    return f"{name}_max" if kind == "max" else f"{name}_p{q:g}"
+    suffix = reductions.label(reduction)
+    return f"{name}_{suffix}" if suffix else name
 
 
 def split_by_tamper(labels: np.ndarray, method: Optional[np.ndarray], tamper: Optional[str] = None

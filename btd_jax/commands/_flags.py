@@ -17,9 +17,12 @@ import os
 import sys
 from typing import Callable, List
 
+from btd_jax.configs import reductions
+
 __all__ = ["positive_int", "non_negative_int", "positive_float", "non_negative_float", "fraction",
            "fraction_below_one", "open_fraction", "positive_fraction", "existing_file", "existing_path",
-           "existing_folder", "positive_int_list", "choice_list", "DeprecatedAlias", "add_deprecated_alias"]
+           "existing_folder", "positive_int_list", "choice_list", "reduction", "add_reduction_flag", "DeprecatedAlias",
+           "add_deprecated_alias"]
 
 
 def _number(text: str, kind: type, what: str):
@@ -105,6 +108,22 @@ def choice_list(choices, name: str = "choice_list"):
 
     parse.__name__ = name
     return parse
+
+
+def reduction(text: str) -> str:
+    """A pooling name of :mod:`btd_jax.configs.reductions` (``mean``, ``percentile:99``, ...)."""
+    try:
+        reductions.parse(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {reductions.grammar()}, got {text!r}") from None
+    return text
+
+
+def add_reduction_flag(p: argparse.ArgumentParser, what: str = "the window") -> None:
+    """``--reduction``: its help lists every registered pooling."""
+    p.add_argument("--reduction", default=None, type=reduction,
+                   help=f"pooling of the residual over {what}: {reductions.grammar()} "
+                        "(default: the config's score.reduction, paper mean)")
 
 
 class DeprecatedAlias(argparse.Action):

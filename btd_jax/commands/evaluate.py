@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from btd_jax import calibration, evaluate
 from btd_jax.commands._flags import (
-    add_deprecated_alias, existing_file, existing_folder, existing_path, non_negative_int, open_fraction,
-    positive_int,
+    add_deprecated_alias, add_reduction_flag, existing_file, existing_folder, existing_path, non_negative_int,
+    open_fraction, positive_int,
 )
 from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, report_skipped, skipped_file
 from btd_jax.data import datasets
@@ -49,9 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_deprecated_alias(p, "--steps", "--reverse_steps", "reverse_steps", type=positive_int)
     p.add_argument("--centers", type=positive_int, nargs="*", default=[32],
                    help="central window sizes k reported besides the full patch (paper: 32)")
-    p.add_argument("--reduction", default=None,
-                   help="pooling of the residual over each window: mean | max | percentile:Q "
-                        "(default: the model config's score.reduction, paper mean)")
+    add_reduction_flag(p, "each window")
     p.add_argument("--n_boot", "--n-boot", type=positive_int, default=100, help="bootstrap iterations (paper: 100)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="bootstrap seed and, for d > 1, the noise key")
     p.add_argument("--group_column", "--group-column", default="scanner",

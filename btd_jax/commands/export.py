@@ -17,7 +17,7 @@ import argparse
 import os
 
 from btd_jax import export
-from btd_jax.commands._flags import choice_list, existing_folder, non_negative_int
+from btd_jax.commands._flags import add_reduction_flag, choice_list, existing_folder, non_negative_int
 from btd_jax.commands._safety import add_overwrite_flag, output_plan
 from btd_jax.runtime.errors import require
 from btd_jax.score import Scorer
@@ -30,7 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--center", type=non_negative_int, default=None,
                    help="central window k (0: whole patch; default: config)")
-    p.add_argument("--reduction", default=None, help="'mean', 'max' or 'percentile:Q' (default: config)")
+    add_reduction_flag(p)
     p.add_argument("--platforms", type=choice_list(export.PLATFORMS, "platforms"),
                    default=list(export.DEFAULT_PLATFORMS),
                    help=f"comma-separated lowering platforms from {', '.join(export.PLATFORMS)} "

@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from btd_jax import plots
 from btd_jax.commands._flags import (
-    add_deprecated_alias, existing_file, existing_folder, existing_path, non_negative_int, positive_int,
+    add_deprecated_alias, add_reduction_flag, existing_file, existing_folder, existing_path, non_negative_int,
+    positive_int,
 )
 from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, report_skipped, skipped_file
 from btd_jax.data import datasets, dicom, preprocess, validate
@@ -56,8 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_deprecated_alias(p, "--steps", "--reverse_steps", "reverse_steps", type=positive_int)
     p.add_argument("--center", type=positive_int, default=None,
                    help="score the central k x k window (paper: 32 for injection)")
-    p.add_argument("--reduction", default=None,
-                   help="mean | max | percentile:Q over the window (default: the config's, paper mean)")
+    add_reduction_flag(p)
     p.add_argument("--variant", default="btd", choices=("btd", "multi_t", "two_sided"),
                    help="btd (the paper); multi_t: residual averaged over --start_ts; two_sided: |log E - mu| / sd "
                         "against real patches (--reference / --fit_reference)")

@@ -29,8 +29,8 @@ import numpy as np
 
 from btd_jax import calibration, clinical_io, configs, screen
 from btd_jax.commands._flags import (
-    add_deprecated_alias, existing_folder, existing_path, fraction, non_negative_int, open_fraction,
-    positive_int,
+    add_deprecated_alias, add_reduction_flag, existing_folder, existing_path, fraction, non_negative_int,
+    open_fraction, positive_int,
 )
 from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, report_skipped, skipped_file
 from btd_jax.data import volume as volume_io
@@ -58,7 +58,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="central window k (0: whole window; default: config)")
     p.add_argument("--reverse_steps", type=positive_int, default=None, help="backward diffusion steps d (default: config)")
     add_deprecated_alias(p, "--steps", "--reverse_steps", "reverse_steps", type=positive_int)
-    p.add_argument("--reduction", default=None, help="'mean', 'max' or 'percentile:Q' (default: config)")
+    add_reduction_flag(p)
     p.add_argument("--proposal", choices=screen.PROPOSALS, default="grid", help="first, cheap pass")
     p.add_argument("--stride", type=positive_int, default=16, help="grid of the exact windows (as btd-jax localize)")
     p.add_argument("--proposal_stride", type=positive_int, default=None, help="grid proposal step (default: the patch)")

@@ -6,6 +6,7 @@
     cfg = configs.override(cfg, {"train.batch_size": "32"})  # strings parsed by the field's type
 """
 
+from btd_jax.configs import reductions
 from btd_jax.configs.presets import FAST_BASES, FAST_SCORE, FAST_TRAIN, NAMES, get, load
 from btd_jax.configs.schema import (ARCH_VERSIONS, BETA_SCHEDULES, DTYPES, LR_SCHEDULES, MODALITIES, OBJECTIVES,
                                     SAMPLERS, SECTIONS, T_SAMPLINGS, Config, DiffusionConfig, ModelConfig,
@@ -15,5 +16,5 @@ from btd_jax.configs.schema import (ARCH_VERSIONS, BETA_SCHEDULES, DTYPES, LR_SC
 __all__ = [
     "ModelConfig", "DiffusionConfig", "TrainConfig", "ScoreConfig", "Config", "SAMPLERS", "parse_reduction",
     "NAMES", "get", "load", "override", "parse_assignments", "parse_value", "to_dict", "from_dict", "to_json",
-    "from_json",
+    "from_json", "reductions",
 ]

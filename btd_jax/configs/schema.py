@@ -16,6 +16,8 @@ import numbers
 import typing
 from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Union
 
+from btd_jax.configs import reductions
+from btd_jax.configs.reductions import parse_reduction
 from btd_jax.configs.values import TypeMismatch, convert, type_name
 
 __all__ = [
@@ -34,24 +36,6 @@ LR_SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16")
 SAMPLERS = ("ddpm", "ddim")
 MODALITIES = ("CT", "MRI")
-
-
-def parse_reduction(reduction: str) -> Tuple[str, float]:
-    """Residual pooling name -> (kind, Q): 'mean' | 'max' | 'percentile:Q' with 0 <= Q <= 100.
-
-    Raises ValueError otherwise. The one grammar of poolings: configs validate it, scoring and
-    evaluation apply it.
-    """
-    kind, sep, arg = str(reduction).partition(":")
-    if kind in ("mean", "max") and not sep:
-        return kind, 0.0
-    try:
-        q = float(arg) if kind == "percentile" else -1.0
-    except ValueError:
-        q = -1.0
-    if not 0.0 <= q <= 100.0:
-        raise ValueError(f"unknown reduction {reduction!r}; use 'mean', 'max' or 'percentile:Q' with 0 <= Q <= 100")
-    return kind, q
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -182,7 +166,7 @@ class ScoreConfig:
     """BTD scoring settings (the paper: d = 1 at t = 0; centre window 32 for injection, whole patch for removal).
 
     ``steps``: reverse steps d. ``center``: k of the central window (None: whole patch). ``reduction``:
-    pooling of the residual map, 'mean' (the paper), 'max' or 'percentile:Q'. ``clip_denoised``: clip
+    pooling of the residual map, a name of :mod:`btd_jax.configs.reductions` ('mean', the paper). ``clip_denoised``: clip
     the x0 prediction to [-1, 1] (lucidrains). ``clip_inputs``: clip inputs to [0, 1] instead of
     refusing them. ``start_t``: lowest timestep. ``sampler``: 'ddpm' (lucidrains p_sample) or 'ddim'.
     ``batch_size``: patches per device chunk. ``micro_batch``: rows per U-Net pass on each device
@@ -211,7 +195,7 @@ class ScoreConfig:
                                                       and not isinstance(self.micro_batch, bool) and self.micro_batch >= 1),
                f"score.micro_batch must be >= 1, 'auto' or None, got {self.micro_batch!r}")
         _check(_valid_reduction(self.reduction),
-               f"score.reduction must be 'mean', 'max' or 'percentile:Q' (0 <= Q <= 100), got {self.reduction!r}")
+               f"score.reduction must be {reductions.grammar()}, got {self.reduction!r}")
 
     def scoring_dict(self) -> Dict[str, Any]:
         """The fields that decide a score (all but :attr:`SPEED_FIELDS`): what calibrations store."""

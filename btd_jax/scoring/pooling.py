@@ -1,9 +1,8 @@
 """The central window and residual-map poolings on the host (NumPy; no JAX import).
 
-A pooling turns the squared residuals of a window into one score: ``'mean'`` (the paper), ``'max'``,
-or ``'percentile:Q'`` with 0 <= Q <= 100 (the grammar, :func:`parse_reduction`, lives in
-:mod:`btd_jax.configs`, which validates it). :func:`btd_jax.scoring.residual.reduce_residual` is
-the on-device twin over the same :func:`center_window`.
+A pooling turns the squared residuals of a window into one score; the poolings and their grammar
+live in one registry, :mod:`btd_jax.configs.reductions`. :func:`btd_jax.scoring.residual.reduce_residual`
+applies the same registry entry on device over the same :func:`center_window`.
 """
 
 from __future__ import annotations
@@ -12,7 +11,8 @@ from typing import Optional
 
 import numpy as np
 
-from btd_jax.configs import parse_reduction
+from btd_jax.configs import reductions
+from btd_jax.configs.reductions import parse_reduction
 
 __all__ = ["parse_reduction", "center_window", "pool", "pool_window"]
 
@@ -33,10 +33,7 @@ def center_window(maps, k: Optional[int]):
 
 def pool(flat: np.ndarray, reduction: str = "mean") -> np.ndarray:
     """(N, M) values -> (N,) pooled with ``reduction``."""
-    kind, q = parse_reduction(reduction)
-    if kind == "mean":
-        return flat.mean(axis=1)
-    return flat.max(axis=1) if kind == "max" else np.percentile(flat, q, axis=1)
+    return reductions.apply(flat, reduction, np)
 
 
 def pool_window(maps: np.ndarray, center: Optional[int] = None, reduction: str = "mean") -> np.ndarray:

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from btd_jax import diffusion, keys
-from btd_jax.scoring.pooling import center_window, parse_reduction
+from btd_jax.configs import reductions
+from btd_jax.scoring.pooling import center_window
 
 __all__ = ["center_window", "reduce_residual", "is_stochastic", "reverse_step", "reverse", "squared_residual"]
 
@@ -29,15 +30,10 @@ def reduce_residual(maps: jax.Array, center: Optional[int] = None, reduction: st
     Args:
       maps: (N, H, W) float array of per-pixel squared residuals.
       center: k of the central window, or None for the whole patch.
-      reduction: 'mean' (the paper), 'max', or 'percentile:Q'.
+      reduction: a name of :mod:`btd_jax.configs.reductions` ('mean', the paper).
     """
-    kind, q = parse_reduction(reduction)
     flat = center_window(maps, center).reshape(maps.shape[0], -1)
-    if kind == "mean":
-        return flat.mean(axis=-1)
-    if kind == "max":
-        return flat.max(axis=-1)
-    return jnp.percentile(flat, q, axis=-1)
+    return reductions.apply(flat, reduction, jnp)
 
 
 def is_stochastic(steps: int, start_t: int, sampler: str = "ddpm", eta: float = 0.0) -> bool:

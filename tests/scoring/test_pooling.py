@@ -1,4 +1,4 @@
-"""btd_jax.scoring.pooling: the one grammar of pooling names (in configs), the window, and the NumPy pooling
+"""btd_jax.scoring.pooling: the one grammar of pooling names (the registry in configs), the window, and the NumPy pooling
 against the jitted one."""
 
 import numpy as np
@@ -27,8 +27,8 @@ def test_numpy_pool_matches_the_device_reduction(name):
                                np.asarray(score.reduce_residual(maps, None, name)), rtol=1e-6)
 
 
-def test_grammar_lives_in_configs_and_is_re_exported():
-    assert pooling.parse_reduction is configs.parse_reduction is score.parse_reduction
+def test_grammar_lives_in_the_registry_and_is_re_exported():
+    assert pooling.parse_reduction is configs.parse_reduction is score.parse_reduction is configs.reductions.parse_reduction
 
 
 def test_center_window_numpy_view_and_bounds():
