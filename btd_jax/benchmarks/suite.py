@@ -5,7 +5,8 @@
 Parts (``SuiteSettings.parts``), in order:
 
 * ``scoring``: BTD d = 1 patches/s of the preset (``ct``: 96 px, dim 32) for each dtype and batch
-  size, GFLOP/s by XLA's cost analysis and its share of the chip's peak;
+  size, GFLOP/s by XLA's cost analysis and its share of the chip's peak (points not started within
+  ``scoring_budget_s`` are listed as skipped, so that slow compilation cannot blow the run's time);
 * ``training``: one optimiser step at global batch ``train_batch`` in ``train_dtype``: images/s
   and the share of peak FLOP/s (cost analysis of the compiled step / step time / peak);
 * ``input``: a slice store of 512 x 512 slices prepared on the host, training crops/s from it (one
@@ -55,6 +56,7 @@ class SuiteSettings:
     screen_size: int = 512
     screen_batch: Optional[int] = None
     devices: Optional[int] = None  # the first this many local devices (None: all)
+    scoring_budget_s: float = 150.0  # no new scoring point starts after this long (each point compiles)
     seed: int = 0
 
     def __post_init__(self):
@@ -72,15 +74,18 @@ def _scoring(s: SuiteSettings, cfg, peak: Optional[float], n_dev: int) -> Dict[s
     x = np.random.default_rng(s.seed).uniform(
         size=(max(s.batches), cfg.image_size, cfg.image_size, cfg.model.channels)).astype(np.float32)
     jb = JaxBench(cfg, list(s.dtypes), s.seed, s.micro_batch, s.devices)
-    rows = []
+    rows, skipped, t0 = [], [], time.perf_counter()
     for b in s.batches:
         for dtype in s.dtypes:
+            if rows and time.perf_counter() - t0 > s.scoring_budget_s:
+                skipped.append({"batch": b, "dtype": dtype})
+                continue
             row, _ = jb.run(dtype, b, x, s.min_time, verbose=False)
             row["share_of_peak"] = row["gflop_per_s"] * 1e9 / (peak * n_dev) if peak else None
             rows.append(row)
-    best = {d: max(r["patches_per_s"] for r in rows if r["dtype"] == d) for d in s.dtypes}
+    best = {d: max((r["patches_per_s"] for r in rows if r["dtype"] == d), default=None) for d in s.dtypes}
     return {"config": cfg.name, "image_size": cfg.image_size, "dim": cfg.model.dim, "rows": rows,
-            "best_patches_per_s": best}
+            "best_patches_per_s": best, "skipped_for_time": skipped}
 
 
 def _training(s: SuiteSettings, cfg, peak: Optional[float]) -> Dict[str, Any]:

@@ -43,6 +43,7 @@ def test_suite_writes_one_json_with_every_part(tmp_path):
 
     rows = r["scoring"]["rows"]
     assert [(x["dtype"], x["batch"], x["micro_batch"]) for x in rows] == [("float32", 8, None)]
+    assert r["scoring"]["skipped_for_time"] == []
     for x in rows:
         assert all(_positive(x[k]) for k in ("patches_per_s", "gflop_per_patch", "gflop_per_s", "compile_s"))
         assert x["share_of_peak"] is None
