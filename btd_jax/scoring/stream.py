@@ -5,7 +5,8 @@ flight, device memory one chunk), sharded over a 1-D mesh of the local devices w
 ragged chunks are padded with a repeated real patch and the padding dropped. In a multi-host run
 every process scores its own images on its own devices (scoring needs no collectives).
 :class:`ModelStream` binds params and a :class:`~btd_jax.configs.ScoreConfig` to this driver; the
-``Scorer`` builds on it.
+``Scorer`` builds on it. :class:`FixedChunks` serves callers with many small requests (screening)
+through one chunk shape, asynchronously.
 """
 
 from __future__ import annotations
