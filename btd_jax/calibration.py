@@ -20,7 +20,6 @@ anything with ``score(images, **settings)``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -29,6 +28,7 @@ import numpy as np
 from btd_jax.configs import ScoreConfig
 from btd_jax.data.errors import DataError
 from btd_jax.runtime.atomic import write_json
+from btd_jax.runtime.files import read_json
 
 __all__ = ["Calibration", "fit", "threshold_at_fpr", "p_values", "FILENAME", "calibrate_scorer",
            "score_and_decide"]
@@ -161,16 +161,12 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str) -> "Calibration":
-        """Reads a file written by :meth:`save`; ``path`` may be the workdir holding ``calibration.json``."""
+        """Reads a file written by :meth:`save`; ``path`` may be the workdir holding ``calibration.json``.
+
+        A missing file raises :class:`~btd_jax.data.MissingInput` (also a ``FileNotFoundError``)."""
         if os.path.isdir(path):
             path = os.path.join(path, FILENAME)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: no calibration found (fit one with btd_jax.calibration.fit)")
-        try:
-            with open(path) as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON ({e})") from None
+        d = read_json(path, "calibration", hint="fit one with btd_jax.calibration.fit or btd-jax evaluate --calibrate")
         return cls.from_dict(d, source=path)
 
 

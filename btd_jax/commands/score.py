@@ -58,15 +58,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--center", type=positive_int, default=None,
                    help="score the central k x k window (paper: 32 for injection)")
     add_reduction_flag(p)
-    p.add_argument("--variant", default="btd", choices=("btd", "multi_t", "two_sided"),
-                   help="btd (the paper); multi_t: residual averaged over --start_ts; two_sided: |log E - mu| / sd "
-                        "against real patches (--reference / --fit_reference)")
+    p.add_argument("--variant", default="btd", choices=variants.names(),
+                   help="; ".join(f"{v.name}: {v.help}" for v in variants.VARIANTS.values()))
     p.add_argument("--start_ts", type=non_negative_int, nargs="+", default=None,
                    help="multi_t start times (default 0 1 2 3)")
     p.add_argument("--reference", default=None, type=existing_file,
-                   help="two_sided reference JSON (default WORKDIR/score_reference.json)")
+                   help=f"the variant's reference JSON (default WORKDIR/{variants.REFERENCE_FILE})")
     p.add_argument("--fit_reference", default=None, metavar="JSON",
-                   help="treat --input as REAL validation patches: fit the two_sided reference and save it here")
+                   help="treat --input as REAL validation patches: fit the reference of --variant (btd and multi_t: "
+                        "the two_sided reference over their energies) and save it here")
     p.add_argument("--sampler", default=None, choices=("ddpm", "ddim"), help="default: the config's (paper ddpm)")
     p.add_argument("--start_t", type=non_negative_int, default=None,
                    help="lowest timestep (default: the config's, paper 0)")
@@ -179,12 +179,11 @@ def _variant_options(args, scorer, patches, s, kw, want_maps) -> None:
     kw["key"] = kw.get("key") if kw.get("key") is not None else jax.random.key(args.seed)
     kw.update(variant=args.variant, start_ts=args.start_ts, reference=args.reference)
     if args.fit_reference:
-        ref = variants.fit_scorer_reference(
-            scorer, patches, base="multi_t" if args.variant == "multi_t" else "btd", center=s.center,
-            pool=s.reduction, start_ts=args.start_ts, key=kw["key"], steps=s.steps, start_t=s.start_t,
-            batch_size=s.batch_size, clip_inputs=s.clip_inputs, sampler=s.sampler, clip_denoised=s.clip_denoised)
-        print(f"two_sided reference (log energy mean {ref.mean:.4g}, sd {ref.std:.4g}, n {ref.n}) -> "
-              f"{ref.save(args.fit_reference)}")
+        target = args.variant if variants.get(args.variant).needs_reference else "two_sided"
+        options = {"base": args.variant} if target == "two_sided" and args.variant != "two_sided" else {}
+        ref = variants.fit_variant_reference(scorer, patches, target, s, key=kw["key"], start_ts=args.start_ts,
+                                             **options)
+        print(f"{target} reference of {ref.n} real patches -> {ref.save(args.fit_reference)}")
         kw["reference"] = ref
 
 

@@ -11,7 +11,7 @@
 
 import importlib
 
-from btd_jax.data.errors import DataError
+from btd_jax.data.errors import DataError, MissingInput
 from btd_jax.data.preprocess import (
     extract_patch, extract_patches, normalize_mri, random_locations, resample, to_unit_range,
     window_ct,
@@ -26,7 +26,7 @@ _LAZY = {"SliceStore": "store", "prepare": "sources", "open_slices": "sources", 
          "split_slices": "crops"}
 
 __all__ = [
-    "DataError", "window_ct", "normalize_mri", "to_unit_range", "extract_patch", "extract_patches",
+    "DataError", "MissingInput", "window_ct", "normalize_mri", "to_unit_range", "extract_patch", "extract_patches",
     "random_locations", "resample", "PatchSet", "TestSet", "Skipped", "load_patches",
     "load_testset", "write_testset", "split_patients", "patches_from_dicom", "write_manifest",
     "load_data", "Series", "load_series", "load_all_series", "list_series", "read_slice", *_LAZY,

@@ -6,19 +6,20 @@
     res = scorer.run(images, maps=True)           # ScoreResult(scores (N,), maps (N, H, W))
     scores, is_fake, p = scorer.decide(images)    # at the threshold of WORKDIR/calibration.json
 
-Every keyword of ``score``/``run``/``residual_map`` overrides one field of ``cfg.score``
-(:class:`~btd_jax.configs.ScoreConfig`: steps, center, reduction, clip_denoised, clip_inputs, start_t,
-sampler, batch_size, micro_batch), besides ``key`` (noise, needed when a step adds any), ``progress``
-(called with the number of patches done), ``index_offset``, and for ``score``/``run`` ``variant``
-('btd', 'multi_t', 'two_sided'), ``start_ts`` and ``reference`` (:mod:`btd_jax.scoring.variants`).
-Unknown names raise ``TypeError``.
+``score`` and ``run`` take every :class:`~btd_jax.configs.ScoreConfig` field as an explicit keyword
+(steps, center, reduction, start_t, sampler, clip_denoised, clip_inputs, batch_size, micro_batch;
+left out, ``cfg.score``'s value is used), besides ``key`` (noise, needed when a step adds any),
+``progress`` (called with the number of patches done), ``index_offset``, ``variant`` (a name of
+:mod:`btd_jax.scoring.variants`), ``start_ts`` and ``reference``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence, Union
 
+import jax
 import numpy as np
+from jax.typing import ArrayLike
 
 from btd_jax import checkpoints
 from btd_jax.calibration import Calibration, score_and_decide
@@ -29,9 +30,17 @@ from btd_jax.scoring import variants
 from btd_jax.scoring.interfaces import ResidualModel, ScoreResult
 from btd_jax.scoring.stream import ModelStream
 
-__all__ = ["Scorer", "ScoreResult", "ResidualModel", "btd_score", "residual_map"]
+__all__ = ["Scorer", "ScoreResult", "ResidualModel", "FROM_CONFIG", "btd_score", "residual_map"]
 
-_VARIANT_KEYWORDS = ("variant", "start_ts", "reference")
+
+class _FromConfig:
+    """Marks a keyword left to ``cfg.score`` where None is itself a value (``center=None``: whole patch)."""
+
+    def __repr__(self) -> str:
+        return "FROM_CONFIG"
+
+
+FROM_CONFIG: Any = _FromConfig()
 
 
 class Scorer(ModelStream):
@@ -60,22 +69,57 @@ class Scorer(ModelStream):
         scorer.workdir = workdir
         return scorer
 
-    def run(self, images, maps: bool = False, **overrides: Any) -> ScoreResult:
-        """``ScoreResult(scores (N,) float32, maps (N, H, W) or None)`` in one pass over ``images``."""
-        s, kw = self._split(overrides, _VARIANT_KEYWORDS)
-        variant = kw.pop("variant", "btd")
+    def run(self, images: ArrayLike, maps: bool = False, *, steps: Optional[int] = None,
+            center: Union[int, None, _FromConfig] = FROM_CONFIG, reduction: Optional[str] = None,
+            start_t: Optional[int] = None, sampler: Optional[str] = None, clip_denoised: Optional[bool] = None,
+            clip_inputs: Optional[bool] = None, batch_size: Optional[int] = None,
+            micro_batch: Union[int, str, None, _FromConfig] = FROM_CONFIG, key: Optional[jax.Array] = None,
+            progress: Optional[Callable[[float], None]] = None, index_offset: int = 0, variant: str = "btd",
+            start_ts: Optional[Sequence[int]] = None, reference: Any = None,
+            clip: Optional[bool] = None) -> ScoreResult:
+        """Scores ``images`` (N, H, W) or (N, H, W, C) in [0, 1] in one pass over the local devices.
+
+        Args:
+          images: the patches, of the model's size.
+          maps: also return the (N, H, W) squared residual maps (variant 'btd' only).
+          steps, center, reduction, start_t, sampler, clip_denoised, clip_inputs, batch_size,
+            micro_batch: :class:`~btd_jax.configs.ScoreConfig` fields; not given (None, or
+            ``FROM_CONFIG`` for ``center``/``micro_batch``, where None means something) -> ``cfg.score``'s.
+          key: PRNG key, needed when a reverse step adds noise (d > 1 or start_t > 0).
+          progress: called with the number of patches done.
+          index_offset: global index of ``images[0]`` (noise is drawn per global index).
+          variant: a name of :data:`btd_jax.scoring.variants.VARIANTS`; ``start_ts`` and ``reference``
+            (a fitted reference, its JSON path, or None for the workdir's) go to it.
+          clip: deprecated name of ``clip_inputs``.
+        Returns:
+          ``ScoreResult(scores (N,) float32, maps (N, H, W) float32 or None)``; higher = more likely fake.
+        """
+        given = _given(steps=steps, reduction=reduction, start_t=start_t, sampler=sampler,
+                       clip_denoised=clip_denoised, clip_inputs=clip_inputs, batch_size=batch_size, clip=clip)
+        given.update({k: v for k, v in (("center", center), ("micro_batch", micro_batch)) if v is not FROM_CONFIG})
+        s = self.settings(**given)
         if variant != "btd":
             if maps:
                 raise ValueError(f"residual maps are only available with variant 'btd', not {variant!r}")
-            kw.pop("index_offset", None)
-            return ScoreResult(variants.scorer_scores(self, images, variant, s, **kw), None)
-        kw.pop("start_ts", None)
-        kw.pop("reference", None)
-        return self._stream(images, maps, s, **kw)
+            return ScoreResult(variants.scorer_scores(self, images, variant, s, key=key, start_ts=start_ts,
+                                                      reference=reference, progress=progress), None)
+        variants.get(variant)
+        return self._stream(images, maps, s, key=key, progress=progress, index_offset=index_offset)
 
-    def score(self, images, **overrides: Any) -> np.ndarray:
-        """(N,) float32 scores; higher = more likely fake."""
-        return self.run(images, maps=False, **overrides).scores
+    def score(self, images: ArrayLike, *, steps: Optional[int] = None,
+              center: Union[int, None, _FromConfig] = FROM_CONFIG, reduction: Optional[str] = None,
+              start_t: Optional[int] = None, sampler: Optional[str] = None, clip_denoised: Optional[bool] = None,
+              clip_inputs: Optional[bool] = None, batch_size: Optional[int] = None,
+              micro_batch: Union[int, str, None, _FromConfig] = FROM_CONFIG, key: Optional[jax.Array] = None,
+              progress: Optional[Callable[[float], None]] = None, index_offset: int = 0, variant: str = "btd",
+              start_ts: Optional[Sequence[int]] = None, reference: Any = None,
+              clip: Optional[bool] = None) -> np.ndarray:
+        """(N,) float32 scores of ``images``, higher = more likely fake; the keywords are :meth:`run`'s."""
+        return self.run(images, False, steps=steps, center=center, reduction=reduction, start_t=start_t,
+                        sampler=sampler, clip_denoised=clip_denoised, clip_inputs=clip_inputs,
+                        batch_size=batch_size, micro_batch=micro_batch, key=key, progress=progress,
+                        index_offset=index_offset, variant=variant, start_ts=start_ts, reference=reference,
+                        clip=clip).scores
 
     def decide(self, images, calibration: Optional[Calibration] = None, batch_size: Optional[int] = None,
                key=None):
@@ -95,28 +139,37 @@ def _given(**kw: Any) -> dict:
     return {k: v for k, v in kw.items() if v is not None}
 
 
-def btd_score(params, images, cfg: Config, steps: int = 1, center: Optional[int] = None, key=None,
-              start_t: int = 0, clip_denoised: bool = True, sampler: str = "ddpm",
-              batch_size: Optional[int] = None, reduction: Optional[str] = None, mesh=None, micro_batch="auto",
-              variant: str = "btd", start_ts=None, reference=None) -> np.ndarray:
+def btd_score(params: Any, images: ArrayLike, cfg: Config, steps: int = 1, center: Optional[int] = None,
+              key: Optional[jax.Array] = None, start_t: int = 0, clip_denoised: bool = True, sampler: str = "ddpm",
+              batch_size: Optional[int] = None, reduction: Optional[str] = None,
+              mesh: Optional[jax.sharding.Mesh] = None, micro_batch: Union[int, str, None] = "auto",
+              variant: str = "btd", start_ts: Optional[Sequence[int]] = None, reference: Any = None) -> np.ndarray:
     """BTD scores of ``images`` (N,H,W) or (N,H,W,C) in [0, 1] -> np.ndarray (N,) float32.
 
-    ``steps`` = d reverse steps from t = start_t + d - 1 down to start_t; ``center`` = k of the
-    central window (None: whole patch); ``reduction`` pools the window ('mean', 'max', 'percentile:Q';
-    None: ``cfg.score.reduction``); ``sampler`` 'ddpm' (lucidrains p_sample, the paper) or 'ddim'
-    (unit-stride DDIM, eta from ``cfg.diffusion``); ``key`` needed when any step adds noise.
-    ``variant`` 'multi_t' (maps averaged over ``start_ts``) or 'two_sided' (needs ``reference``): see
-    :mod:`btd_jax.scoring.variants`.
+    Args:
+      params: the U-Net's parameters (``cfg.model``'s shapes).
+      images: patches of ``cfg.image_size``.
+      cfg: the model's config.
+      steps: d reverse steps, from t = start_t + d - 1 down to start_t (the paper: 1).
+      center: k of the central window scored (None: the whole patch; the paper: 32 for injection).
+      key: PRNG key, needed when any step adds noise.
+      clip_denoised: clip the x0 prediction to [-1, 1] (lucidrains).
+      sampler: 'ddpm' (lucidrains ``p_sample``, the paper) or 'ddim' (unit-stride, eta from the config).
+      batch_size, micro_batch: speed only (None / 'auto': the config's).
+      reduction: a name of :mod:`btd_jax.configs.reductions` (None: ``cfg.score.reduction``).
+      mesh: devices to use (default: every local device).
+      variant, start_ts, reference: see :mod:`btd_jax.scoring.variants`.
     """
     return Scorer(params, cfg, mesh).score(
         images, steps=steps, center=center, start_t=start_t, clip_denoised=clip_denoised, sampler=sampler,
-        micro_batch=micro_batch, variant=variant, **_given(key=key, batch_size=batch_size, reduction=reduction,
-                                                           start_ts=start_ts, reference=reference))
+        micro_batch=micro_batch, variant=variant, key=key, batch_size=batch_size, reduction=reduction,
+        start_ts=start_ts, reference=reference)
 
 
-def residual_map(params, images, cfg: Config, steps: int = 1, key=None, start_t: int = 0,
-                 clip_denoised: bool = True, sampler: str = "ddpm", batch_size: Optional[int] = None,
-                 mesh=None, micro_batch="auto") -> np.ndarray:
+def residual_map(params: Any, images: ArrayLike, cfg: Config, steps: int = 1, key: Optional[jax.Array] = None,
+                 start_t: int = 0, clip_denoised: bool = True, sampler: str = "ddpm",
+                 batch_size: Optional[int] = None, mesh: Optional[jax.sharding.Mesh] = None,
+                 micro_batch: Union[int, str, None] = "auto") -> np.ndarray:
     """Per-pixel squared residuals (x - x_d)^2 in the model's units, averaged over channels -> (N, H, W)."""
     return ModelStream(params, cfg, mesh).residual_map(
         images, steps=steps, start_t=start_t, clip_denoised=clip_denoised, sampler=sampler, micro_batch=micro_batch,

@@ -1,0 +1,72 @@
+"""The score-reference file: what a variant fitted on real patches, for one model and one setting.
+
+One JSON format for every variant that needs a reference (``score_reference.json`` beside the
+checkpoints by default): ``variant`` (whose statistics these are), ``model`` (the fingerprint of the
+parameters it was fitted with), ``score`` (the ScoreConfig fields the scores were made with), ``n``
+(real patches) and the variant's own fields. Loading dispatches on ``variant`` to that variant's
+reference type; using a reference with another model is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, Mapping, Optional
+
+from btd_jax.data.errors import DataError
+from btd_jax.runtime.atomic import write_json
+from btd_jax.runtime.files import read_json
+from btd_jax.runtime.finite import tree_checksum
+
+__all__ = ["REFERENCE_FILE", "reference_file", "save", "read", "model_fingerprint", "check_model"]
+
+REFERENCE_FILE = "score_reference.json"
+
+
+def reference_file(path: str) -> str:
+    """``path`` itself, or ``path/score_reference.json`` when ``path`` is a folder (e.g. a workdir)."""
+    path = os.fspath(path)
+    return os.path.join(path, REFERENCE_FILE) if os.path.isdir(path) else path
+
+
+def save(record: Mapping[str, Any], path: str) -> str:
+    """Writes ``record`` (a reference's ``to_dict()``) atomically; returns the file written."""
+    return write_json(reference_file(path), dict(record), indent=2, sort_keys=True)
+
+
+def read(path: str, decoders: Mapping[str, Callable[[Dict[str, Any]], Any]], default: str = "two_sided"):
+    """Reads a reference file and decodes it with ``decoders[record['variant']]`` (files written before
+    the field existed are ``default``)."""
+    path = reference_file(path)
+    d = read_json(path, "score reference", hint="fit one on real patches with btd-jax score --fit_reference")
+    variant = d.get("variant", default)
+    if variant not in decoders:
+        raise DataError(f"{path}: a reference of the unknown score variant {variant!r}; known: "
+                        f"{', '.join(decoders)}")
+    try:
+        return decoders[variant](d)
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
+
+
+def model_fingerprint(model: Any) -> Optional[str]:
+    """``'<config name>/<first 16 hex of the params' SHA-256>'`` of a Scorer (None without params)."""
+    cached = getattr(model, "_btd_fingerprint", None)
+    if cached is not None:
+        return cached
+    params, cfg = getattr(model, "params", None), getattr(model, "cfg", None)
+    if params is None or cfg is None:
+        return None
+    fp = f"{cfg.name}/{tree_checksum(params)[:16]}"
+    try:
+        model._btd_fingerprint = fp
+    except AttributeError:
+        pass
+    return fp
+
+
+def check_model(ref: Any, model: Any, where: str = "score reference") -> None:
+    """Refuses (DataError) a reference fitted with another model's parameters."""
+    want, have = getattr(ref, "model", None), model_fingerprint(model)
+    if want and have and want != have:
+        raise DataError(f"{where}: fitted with the model {want}, but this model is {have}; fit a reference for "
+                        "this model (btd-jax score --fit_reference on real patches)")
