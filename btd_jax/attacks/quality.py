@@ -182,7 +182,13 @@ def read_sets(root: str | Path, modality: str, attack: str, sources: Sequence[de
     return out
 
 
+def _spread(k: int, n: int) -> np.ndarray:
+    """At most ``n`` indices spread evenly over ``k`` rows (rows come grouped by source slice)."""
+    return np.unique(np.round(np.linspace(0, k - 1, min(n, k))).astype(int)) if k else np.zeros(0, int)
+
+
 def write_mosaic(q: QualitySet, path: str | Path, title: str = "", n: int = 16) -> str:
-    """PNG of the first ``n`` fakes beside the first ``n`` real rows of a set, on one grey scale."""
-    return plots.mosaic(q.fakes[:n], q.reals[:n], str(path), (f"{min(n, len(q.fakes))} fakes",
-                                                               f"{min(n, len(q.reals))} reals"), title)
+    """PNG of ``n`` fakes beside ``n`` real rows of a set (spread over the set, so every source slice
+    shows), on one grey scale."""
+    fakes, reals = q.fakes[_spread(len(q.fakes), n)], q.reals[_spread(len(q.reals), n)]
+    return plots.mosaic(fakes, reals, str(path), (f"{len(fakes)} fakes", f"{len(reals)} reals"), title)
