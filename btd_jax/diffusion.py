@@ -192,8 +192,10 @@ def p_sample(sched: Schedule, model_fn: ModelFn, x_t, t, key: Optional[jax.Array
     """lucidrains ``p_sample``: x_{t-1} = posterior mean + exp(0.5 log_var) z, z only where t > 0.
 
     Args:
+      sched: the schedule's buffers.
       model_fn: ``model_fn(x (N,H,W,C), t (N,) int32) -> model output``.
-      x_t: (N, H, W, C). t: Python int, traced scalar, or (N,) ints.
+      x_t: (N, H, W, C).
+      t: Python int, traced scalar, or (N,) ints.
       key: PRNG key; may be None when t is a concrete 0 (the step is then deterministic).
       noise: optional standard normal (N,H,W,C) used instead of drawing from ``key`` (common random
         numbers, parity tests).

@@ -74,8 +74,11 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, eps
 
     Args:
       x: (B, H, W, C) array, any float dtype; C divisible by ``groups``.
-      scale, bias: (C,) float32 affine parameters.
-      groups: number of channel groups.  eps: added to the biased variance.
+      scale: (C,) float32 affine scale.
+      bias: (C,) float32 affine bias.
+      groups: number of channel groups.
+      eps: added to the biased variance.
+
     Returns:
       (B, H, W, C) normalised array in ``x.dtype``.
     """

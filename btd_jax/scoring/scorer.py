@@ -82,14 +82,25 @@ class Scorer(ModelStream):
         Args:
           images: the patches, of the model's size.
           maps: also return the (N, H, W) squared residual maps (variant 'btd' only).
-          steps, center, reduction, start_t, sampler, clip_denoised, clip_inputs, batch_size,
-            micro_batch: :class:`~btd_jax.configs.ScoreConfig` fields; not given (None, or
-            ``FROM_CONFIG`` for ``center``/``micro_batch``, where None means something) -> ``cfg.score``'s.
+          steps: reverse steps d. This and the next eight are :class:`~btd_jax.configs.ScoreConfig`
+            fields: not given (None, or ``FROM_CONFIG`` for ``center``/``micro_batch``, where None
+            means something) they are ``cfg.score``'s.
+          center: k of the central k x k window scored; None: the whole patch.
+          reduction: a spelling of :mod:`btd_jax.configs.reductions` ('mean', 'max', 'percentile:Q').
+          start_t: the last timestep of the reverse steps (the paper: 0).
+          sampler: 'ddpm' (lucidrains ``p_sample``) or 'ddim'.
+          clip_denoised: clip the x0 prediction to [-1, 1] (lucidrains).
+          clip_inputs: clip inputs to [0, 1] instead of refusing them.
+          batch_size: patches per device call (speed only).
+          micro_batch: rows per U-Net pass on each device ('auto': 1 on CPU, all elsewhere; None: all);
+            speed only.
           key: PRNG key, needed when a reverse step adds noise (d > 1 or start_t > 0).
           progress: called with the number of patches done.
           index_offset: global index of ``images[0]`` (noise is drawn per global index).
-          variant: a name of :data:`btd_jax.scoring.variants.VARIANTS`; ``start_ts`` and ``reference``
-            (a fitted reference, its JSON path, or None for the workdir's) go to it.
+          variant: a name of :data:`btd_jax.scoring.variants.VARIANTS`.
+          start_ts: the start times of variant 'multi_t'.
+          reference: a fitted reference, its JSON path, or None for the workdir's (variants that
+            need one).
           clip: deprecated name of ``clip_inputs``.
         Returns:
           ``ScoreResult(scores (N,) float32, maps (N, H, W) float32 or None)``; higher = more likely fake.
@@ -155,10 +166,17 @@ def btd_score(params: Any, images: ArrayLike, cfg: Config, steps: int = 1, cente
       key: PRNG key, needed when any step adds noise.
       clip_denoised: clip the x0 prediction to [-1, 1] (lucidrains).
       sampler: 'ddpm' (lucidrains ``p_sample``, the paper) or 'ddim' (unit-stride, eta from the config).
-      batch_size, micro_batch: speed only (None / 'auto': the config's).
+      batch_size: patches per device call, speed only (None: the config's).
       reduction: a name of :mod:`btd_jax.configs.reductions` (None: ``cfg.score.reduction``).
       mesh: devices to use (default: every local device).
-      variant, start_ts, reference: see :mod:`btd_jax.scoring.variants`.
+      micro_batch: rows per U-Net pass on each device ('auto': 1 on CPU, all elsewhere; None: all);
+        speed only.
+      variant: a name of :data:`btd_jax.scoring.variants.VARIANTS` (the paper's: 'btd').
+      start_ts: the start times of variant 'multi_t'.
+      reference: the fitted reference of a variant that needs one (or its JSON path).
+
+    Returns:
+      (N,) float32 scores; higher = more likely fake.
     """
     return Scorer(params, cfg, mesh).score(
         images, steps=steps, center=center, start_t=start_t, clip_denoised=clip_denoised, sampler=sampler,

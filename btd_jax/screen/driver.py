@@ -223,14 +223,21 @@ def screen_volume(scorer: Any, volume01: Any, geometry: Optional[Geometry] = Non
     Args:
       scorer: a :class:`btd_jax.score.Scorer` (anything with ``cfg`` and ``fixed_chunks``, or with
         ``cfg`` and ``residual_map``; ``proposal='fullconv'`` also needs ``params``/``sched``/``mesh``).
+      volume01: (S, H, W) or (H, W) in [0, 1].
       geometry: adds ``x_mm``/``y_mm``/``z_mm`` (LPS) and, for DICOM, ``sop_instance_uid``/``path``.
-      center / steps / reduction: BTD settings; None = the scorer config's ``score`` (``center=0``
-        means the whole window). batch_size: windows per batch (None: the config's, at most
-        :data:`CPU_CHUNK` on CPU); it changes no score.
+      top_k: findings kept, best first.
+      center: k of the central window scored; None = the scorer config's ``score.center``
+        (``center=0`` means the whole window).
+      steps: reverse steps d; None = the config's.
+      reduction: the pooling of :mod:`btd_jax.configs.reductions`; None = the config's.
+      batch_size: windows per batch (None: the config's, at most :data:`CPU_CHUNK` on CPU); it
+        changes no score.
       nms_radius: Chebyshev radius of non-max suppression in pixels (default P // 2).
       calibration: a scan-level :class:`~btd_jax.calibration.Calibration` from :func:`calibrate`.
       key: needed when ``steps > 1`` (window noise is drawn per window, whatever its batch).
-      cascade / cascade_kw: a :class:`Cascade` or its fields.
+      cascade: the cascade's settings (default: :class:`Cascade`'s defaults).
+      name: how errors and the result name the volume.
+      **cascade_kw: :class:`Cascade` fields that replace those of ``cascade``.
     """
     t0 = time.perf_counter()
     cas = dataclasses.replace(cascade or Cascade(), **cascade_kw)

@@ -75,7 +75,9 @@ def accumulated_grads(cfg: Config, params, x0: jax.Array, t: jax.Array, noise: j
       cfg: config (model and diffusion sections).
       params: U-Net parameters.
       x0: (A, B, H, W, C) clean images in the model's range ([-1, 1] with auto_normalize).
-      t: (A, B) int32 timesteps.  noise: (A, B, H, W, C).
+      t: (A, B) int32 timesteps.
+      noise: (A, B, H, W, C).
+
     Returns:
       (loss, grads): the mean over micro-batches of the batch-mean loss, and its gradient.
     """
