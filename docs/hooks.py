@@ -18,6 +18,8 @@ from btd_jax.scoring import variants
 MARKER = re.compile(r"^<!-- generated: ([a-z_]+) -->$", re.MULTILINE)
 # ":mod:`x`" in HTML: the role text before a code span; docstrings keep Sphinx roles for editors.
 ROLE = re.compile(r":(?:mod|func|class|meth|attr|data|obj|exc):(<code)")
+# "text::" before an indented example: reStructuredText's literal-block marker, one colon in HTML.
+LITERAL = re.compile(r"::</p>")
 
 
 def presets_table() -> str:
@@ -54,4 +56,4 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
 
 
 def on_page_content(html: str, page, config, files) -> str:
-    return ROLE.sub(r"\1", html)
+    return LITERAL.sub(":</p>", ROLE.sub(r"\1", html))

@@ -165,12 +165,18 @@ class TrainConfig:
 class ScoreConfig:
     """BTD scoring settings (the paper: d = 1 at t = 0; centre window 32 for injection, whole patch for removal).
 
-    ``steps``: reverse steps d. ``center``: k of the central window (None: whole patch). ``reduction``:
-    pooling of the residual map, a name of :mod:`btd_jax.configs.reductions` ('mean', the paper). ``clip_denoised``: clip
-    the x0 prediction to [-1, 1] (lucidrains). ``clip_inputs``: clip inputs to [0, 1] instead of
-    refusing them. ``start_t``: lowest timestep. ``sampler``: 'ddpm' (lucidrains p_sample) or 'ddim'.
-    ``batch_size``: patches per device chunk. ``micro_batch``: rows per U-Net pass on each device
-    ('auto': 1 on CPU, all elsewhere; None: all). Neither of the last two changes a score.
+    Attributes:
+      steps: reverse steps d.
+      center: k of the central window (None: whole patch).
+      clip_denoised: clip the x0 prediction to [-1, 1] (lucidrains).
+      start_t: lowest timestep.
+      batch_size: patches per device chunk; changes no score.
+      reduction: pooling of the residual map, a spelling of :mod:`btd_jax.configs.reductions` ('mean',
+        the paper).
+      clip_inputs: clip inputs to [0, 1] instead of refusing them.
+      sampler: 'ddpm' (lucidrains p_sample) or 'ddim'.
+      micro_batch: rows per U-Net pass on each device ('auto': 1 on CPU, all elsewhere; None: all);
+        changes no score.
     """
 
     steps: int = 1
