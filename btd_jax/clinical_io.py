@@ -24,7 +24,7 @@ import numpy as np
 
 from btd_jax.data.dicom_io import read_header
 from btd_jax.data.errors import DataError
-from btd_jax.data.volume import Geometry
+from btd_jax.data.readers import Geometry
 from btd_jax.runtime.atomic import atomic_open, atomic_path, write_json
 
 __all__ = ["overlay_rgb", "write_png", "write_nifti", "write_parametric_map", "write_secondary_captures",
@@ -71,7 +71,7 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> str:
 
 def write_nifti(path: str | os.PathLike, volume: np.ndarray, geometry: Optional[Geometry] = None) -> str:
     """(S, H, W) float volume -> NIfTI-1 stored (col, row, slice) with the RAS affine of ``geometry``
-    (identity, i.e. voxel units, without one). Read back by :func:`btd_jax.data.volume.read_nifti`."""
+    (identity, i.e. voxel units, without one). Read back by :func:`btd_jax.data.readers.read_nifti`."""
     try:
         import nibabel as nib
     except ImportError:

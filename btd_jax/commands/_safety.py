@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 from btd_jax.runtime.outputs import OutputPlan, skipped_path, write_skipped
 
 __all__ = ["LENIENT_HELP", "add_overwrite_flag", "add_lenient_flag", "output_plan", "report_skipped",
-           "skipped_file"]
+           "say_skipped", "skipped_file"]
 
 LENIENT_HELP = ("skip unreadable DICOM files, bad CSV rows and unreadable or malformed array files instead of "
                 "stopping; the skipped items and why are listed in the skipped list ({where})")
@@ -47,12 +47,18 @@ def skipped_file(out: str, folder: bool = False) -> str:
     return os.path.join(out, "skipped.csv") if folder else skipped_path(out)
 
 
+def say_skipped(command: str, skipped: Sequence, path: str) -> None:
+    """One stderr line per skipped item (``.item``/``.reason``) and one naming the list ``path`` (which the
+    library function wrote); nothing when nothing was skipped."""
+    for s in skipped:
+        print(f"btd-jax {command}: skipped {s.item}: {s.reason}", file=sys.stderr)
+    if skipped:
+        print(f"btd-jax {command}: skipped {len(skipped)} item(s); list -> {path}", file=sys.stderr)
+
+
 def report_skipped(command: str, out: str, skipped: Sequence, folder: bool = False) -> Optional[str]:
     """Writes ``skipped`` (items with ``.item``/``.reason``) to :func:`skipped_file` and says so on
     stderr; nothing when nothing was skipped."""
-    for s in skipped:
-        print(f"btd-jax {command}: skipped {s.item}: {s.reason}", file=sys.stderr)
     path = write_skipped(skipped_file(out, folder), skipped)
-    if path:
-        print(f"btd-jax {command}: skipped {len(skipped)} item(s); list -> {path}", file=sys.stderr)
+    say_skipped(command, skipped, path)
     return path

@@ -5,10 +5,8 @@
     btd-jax prepare --input mri_pngs/ --out stores/mri                    # grey PNG/JPEG/TIFF images
     btd-jax prepare --input volumes/ --format nifti --modality CT --out gs://bucket/stores/ct
 
-``--input`` formats: a DICOM folder, the authors' CT training folder (``train_csv.csv`` with
-``unix_path, x, y``; slices as ``.npy`` in HU), a folder of MRI images, NIfTI volumes (needs
-``pip install 'btd_jax[nifti]'``) or fastMRI ``.h5`` files (``reconstruction_rss``; needs
-``btd_jax[h5]``). ``--out`` may be local or remote (``gs://...``). An interrupted run resumes:
+``--input``: any format of ``--format`` (a DICOM folder, the authors' CT training folder, a folder
+of MRI images, NIfTI volumes, fastMRI ``.h5`` files, ...; see ``--format`` for each). ``--out`` may be local or remote (``gs://...``). An interrupted run resumes:
 finished shards are kept. A local ``--out`` may not be (inside) the input or an existing file, and
 an existing folder that is not a store needs ``--overwrite``; a store begun from other input or
 options is started again when it finished nothing, or with ``--overwrite``. ``--lenient`` skips bad
@@ -23,19 +21,18 @@ import sys
 
 from btd_jax.commands._flags import existing_path, positive_int
 from btd_jax.commands._safety import LENIENT_HELP, add_overwrite_flag, output_plan
-from btd_jax.data import sources, store
-
-
-FORMATS = ("auto", "authors_ct", "images", "dicom", "nifti", "fastmri")  # btd_jax.data.sources.FORMATS
+from btd_jax.data import readers, sources, store
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("prepare", help="build a slice store from DICOM / the authors' layouts / images "
-                              "/ NIfTI / fastMRI", description=__doc__,
+    p = subparsers.add_parser("prepare", help="build a slice store from any scan format (DICOM, NIfTI, fastMRI, "
+                              "the authors' layouts, images, ...)", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, type=existing_path, help="input file or folder")
+    p.add_argument("--input", required=True, type=existing_path,
+                   help=f"input file or folder of a format --format names ({', '.join(readers.names('prepare'))})")
     p.add_argument("--out", required=True, help="store folder (local or gs://...); a rerun resumes it")
-    p.add_argument("--format", default="auto", choices=FORMATS, help="input format (default: detected)")
+    p.add_argument("--format", default="auto", choices=("auto", *readers.names("prepare")),
+                   help=f"input format (default auto: detected): {readers.help_text('prepare')}")
     p.add_argument("--modality", default=None, help="CT or MRI (default: from the input; NIfTI needs it)")
     p.add_argument("--size", type=positive_int, default=None,
                    help="crop side the candidate centres are made for (default: 96 CT, 128 MRI)")

@@ -1,17 +1,14 @@
-"""The authors' training inputs, read the way their trainers read them.
+"""The authors' CT training folder, read the way their trainer reads it.
 
-* CT: a folder with ``train_csv.csv`` (columns ``unix_path``, ``x``, ``y``, ...; paths relative to
-  the folder, a ``new_dataset/`` prefix removed as their loader does) naming slices stored as
-  ``.npy`` in Hounsfield units. Their loader drops the file's last row. The crop centres are ONE list
-  shared by all slices: every distinct integer ``(y, x)`` of the CSV (rows whose x or y is not a
-  number give none, as in their ``try``/``except``). Slices are windowed with the paper's CT window.
-* MRI: a folder (searched recursively) of grey ``.png``/``.jpg``/``.jpeg``/``.tif``/``.tiff``
-  images. Their trainer resizes the shorter side to the crop size (bilinear), centre-crops and
-  scales to [0, 1] (8-bit / 255); ``resize='authors'`` does the same, ``resize='none'`` keeps the
-  whole image for random crops.
+A folder with ``train_csv.csv`` (columns ``unix_path``, ``x``, ``y``, ...; paths relative to the
+folder, a ``new_dataset/`` prefix removed as their loader does) naming slices stored as ``.npy`` in
+Hounsfield units. Their loader drops the file's last row. The crop centres are ONE list shared by
+all slices: every distinct integer ``(y, x)`` of the CSV (rows whose x or y is not a number give
+none, as in their ``try``/``except``). Slices are windowed with the paper's CT window. (Their MRI
+trainer's image folders: :mod:`btd_jax.data.readers.images`.)
 
-:func:`ct_units` / :func:`image_units` give store units (:mod:`btd_jax.data.store_writer`);
-:class:`CTFolder` reads the CT layout directly as a crop source, without a store.
+:func:`ct_units` gives store units (:mod:`btd_jax.data.store_writer`); :class:`CTFolder` reads the
+layout directly as a crop source, without a store.
 """
 
 from __future__ import annotations
@@ -29,11 +26,9 @@ from btd_jax.data.records import Skipped
 from btd_jax.data.store_writer import SliceBatch, Unit
 from btd_jax.data.validate import load_npy, read_csv
 
-__all__ = ["CT_CSV", "IMAGE_SUFFIXES", "CTLayout", "read_ct_layout", "ct_units", "CTFolder",
-           "image_files", "read_image", "image_units"]
+__all__ = ["CT_CSV", "CTLayout", "read_ct_layout", "ct_units", "CTFolder"]
 
 CT_CSV = "train_csv.csv"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 _PREFIX = "new_dataset/"
 _PATIENT_COLUMNS = ("patient", "patient_id", "PatientID")
 _SCANNER_COLUMNS = ("scanner", "Scanner", "ManufacturerModelName", "model")
@@ -207,92 +202,3 @@ class CTFolder:
     def column(self, name: str, default=None) -> np.ndarray:
         return np.asarray([r.get(name, default) if r.get(name) is not None else default
                            for r in self.layout.records])
-
-
-# ----------------------------------------------------------------------------------------------
-# MRI image folders
-
-def image_files(folder: str | os.PathLike) -> list[Path]:
-    """Grey image files under ``folder`` (recursive, sorted, hidden entries skipped)."""
-    folder = Path(folder)
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [Path(dirpath) / n for n in sorted(filenames)
-                if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES]
-    return out
-
-
-def read_image(path: Path, size: int | None = None) -> np.ndarray:
-    """A grey image -> (H, W) float32 in [0, 1]; with ``size``, the authors' MRI transform
-    (shorter side resized to ``size``, bilinear, then a centre crop to ``size x size``)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("1", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr", "La", "PA"):
-                im = im.convert("L")  # grey expected; colour is averaged to grey (ITU-R 601)
-            scale = 255.0
-            if im.mode != "L":  # 16-bit or float: resample in float
-                arr = np.asarray(im)
-                scale = 1.0
-                if np.issubdtype(arr.dtype, np.integer):
-                    scale = 65535.0 if arr.max() <= 65535 else float(np.iinfo(arr.dtype).max)
-                im = Image.fromarray(arr.astype(np.float32))
-            if size is not None:
-                w, h = im.size
-                short, long = (w, h) if w <= h else (h, w)
-                new = (size, int(size * long / short))
-                im = im.resize((new[0], new[1]) if w <= h else (new[1], new[0]),
-                               Image.Resampling.BILINEAR)
-            arr = np.asarray(im, np.float32) / np.float32(scale)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from None
-    if size is not None:
-        h, w = arr.shape
-        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-        arr = arr[top:top + size, left:left + size]
-    if not np.isfinite(arr).all():
-        raise DataError(f"{path}: NaN or inf pixel values")
-    if arr.min() < 0 or arr.max() > 1:
-        raise DataError(f"{path}: float image values outside [0, 1] "
-                        f"([{arr.min():.4g}, {arr.max():.4g}])")
-    return arr
-
-
-def image_units(folder: str | os.PathLike, size: int, resize: str = "authors",
-                shard_rows: int = 256, strict: bool = True) -> list[Unit]:
-    """Store units over an image folder; the patient is the first folder below ``folder``."""
-    if resize not in ("authors", "none"):
-        raise DataError(f"resize must be 'authors' or 'none', got {resize!r}")
-    folder = Path(folder)
-    files = image_files(folder)
-    if not files:
-        raise DataError(f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} images found")
-    units = []
-    for lo in range(0, len(files), shard_rows):
-        chunk = files[lo:lo + shard_rows]
-        crc = zlib.crc32("\n".join(map(str, chunk)).encode())
-        units.append(Unit(f"images:{lo}-{lo + len(chunk) - 1}:{crc:08x}", len(chunk),
-                          lambda chunk=chunk: _load_images(folder, chunk, size, resize, strict)))
-    return units
-
-
-def _load_images(folder: Path, files: Sequence[Path], size: int, resize: str,
-                 strict: bool) -> SliceBatch:
-    out = SliceBatch([], [])
-    for p in files:
-        try:
-            img = read_image(p, size if resize == "authors" else None)
-        except DataError as e:
-            if strict:
-                raise
-            out.skipped.append(Skipped(str(p), str(e).removeprefix(f"{p}: ")))
-            continue
-        rel = p.relative_to(folder)
-        out.slices.append(img)
-        out.records.append(dict(patient=rel.parts[0] if len(rel.parts) > 1 else rel.stem,
-                                series=str(rel.parent), scanner="", modality="MR", slice=None,
-                                frame=0, path=str(rel), pixel_spacing=None, affine=None, weight=1))
-    return out

@@ -17,7 +17,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from btd_jax.data.datasets import holdout_parts
+from btd_jax.data.splits import holdout_parts
 from btd_jax.data.errors import DataError
 
 __all__ = ["CropSpec", "SliceSource", "tissue_centres", "clamp_centre", "epoch_permutation",

@@ -9,7 +9,8 @@
 * Grouping: by ``SeriesInstanceUID``; a folder holding several series needs ``series_uid=`` (see
   :func:`list_series`).
 * Bad input raises one :class:`DataError` naming the file and the problem; ``strict=False`` skips
-  such files and lists them in ``Series.skipped``.
+  such files and lists them in ``Series.skipped``. Non-image objects of a study (SR, SEG, RTSTRUCT,
+  a DICOMDIR index) are not bad input: they are always skipped and listed.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ import numpy as np
 
 from btd_jax.data.dicom_io import (
     NON_IMAGE_MODALITIES, attr, decode, decoder_hint, floats, functional_attr, image_problem,
-    nframes, read_header, scanner,
+    nframes, not_an_image, read_header, scanner,
 )
 from btd_jax.data.errors import DataError
 from btd_jax.data.preprocess import canonical_modality
 from btd_jax.data.records import Skipped
 
 __all__ = ["Slice", "Series", "SeriesInfo", "read_slice", "load_series", "load_files",
-           "load_all_series", "list_series", "decoder_hint", "NON_IMAGE_MODALITIES"]
+           "load_all_series", "list_series", "find_series", "decoder_hint", "NON_IMAGE_MODALITIES"]
 
 # Sidecar files commonly found next to DICOM files; skipped silently when scanning a folder.
 _SIDECAR_SUFFIXES = frozenset({".txt", ".csv", ".json", ".md", ".xml", ".npy", ".npz", ".png",
@@ -276,7 +277,7 @@ def _usable(path: Path, series_uid: str | None, modality: str | None,
         if modality is not None and attr(ds, "Modality").upper() != canonical_modality(modality):
             skipped.append(Skipped(str(p), f"modality {attr(ds, 'Modality') or '?'}, "
                                            f"not {canonical_modality(modality)}"))
-        elif problem and strict and "DICOMDIR" not in problem:
+        elif problem and strict and not not_an_image(ds):
             raise DataError(f"{p}: {problem}" + ("" if path.is_file() else
                             " (strict mode; pass strict=False or --lenient to skip it, or series_uid=/modality="
                             " to choose the images)"))
@@ -324,6 +325,25 @@ def load_series(path: str | os.PathLike, series_uid: str | None = None,
     path = Path(path)
     images, skipped = _usable(path, series_uid, modality, strict)
     return _load_members(_select(path, images, series_uid, modality), skipped, strict, path)
+
+
+def find_series(path: str | os.PathLike, modality: str | None = None, series_uid: str | None = None,
+                strict: bool = True) -> tuple[list[SeriesInfo], list[Skipped]]:
+    """The image series under ``path`` from the headers alone (no pixel data decoded), sorted by
+    (patient, series UID), and the files left out: non-image objects, files of another ``modality``
+    or series than ``series_uid``, and (``strict=False``) unreadable files. Read one with
+    :func:`load_files` of its ``paths``."""
+    images, skipped = _usable(Path(path), series_uid, modality, strict)
+    groups: dict[tuple[str, str], list] = {}
+    for p, ds in images:
+        groups.setdefault((attr(ds, "PatientID"), attr(ds, "SeriesInstanceUID")), []).append((p, ds))
+    out = []
+    for (pid, uid), members in sorted(groups.items()):
+        ds0 = members[0][1]
+        mods = sorted({attr(ds, "Modality", "?").upper() for _, ds in members})
+        out.append(SeriesInfo(uid, "/".join(mods), pid, scanner(ds0), attr(ds0, "SeriesDescription"), len(members),
+                              tuple(str(p) for p, _ in members)))
+    return out, skipped
 
 
 def load_files(paths, strict: bool = True) -> Series:

@@ -97,6 +97,12 @@ def _set_transfer_syntax(ds: Any) -> None:
         ds.file_meta = meta
 
 
+def not_an_image(ds: Any) -> bool:
+    """A DICOMDIR index or a non-image object (SR, SEG, RTSTRUCT, ...): part of a study, never a bad image."""
+    return attr(ds, "SOPClassUID") == _MEDIA_STORAGE_DIRECTORY or \
+        attr(ds, "Modality", "?").upper() in NON_IMAGE_MODALITIES
+
+
 def image_problem(ds: Any) -> str | None:
     """Why ``ds`` is not a usable grey-level image, or None."""
     modality = attr(ds, "Modality", "?")

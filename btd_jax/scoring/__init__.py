@@ -14,7 +14,7 @@ poolings stay importable without JAX.
 import importlib
 
 _LAZY = {"Scorer": "scorer", "ScoreResult": "interfaces", "ResidualModel": "interfaces", "btd_score": "scorer",
-         "residual_map": "scorer"}
+         "residual_map": "scorer", "as_scorer": "scorer"}
 __all__ = list(_LAZY)
 
 

@@ -15,13 +15,14 @@ left out, ``cfg.score``'s value is used), besides ``key`` (noise, needed when a 
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
 import numpy as np
 from jax.typing import ArrayLike
 
-from btd_jax import checkpoints
+from btd_jax import checkpoints, configs
 from btd_jax.calibration import Calibration, score_and_decide
 from btd_jax.configs import Config
 from btd_jax.data.errors import DataError
@@ -30,7 +31,7 @@ from btd_jax.scoring import variants
 from btd_jax.scoring.interfaces import ResidualModel, ScoreResult
 from btd_jax.scoring.stream import ModelStream
 
-__all__ = ["Scorer", "ScoreResult", "ResidualModel", "FROM_CONFIG", "btd_score", "residual_map"]
+__all__ = ["Scorer", "ScoreResult", "ResidualModel", "FROM_CONFIG", "as_scorer", "btd_score", "residual_map"]
 
 
 class _FromConfig:
@@ -144,6 +145,17 @@ class Scorer(ModelStream):
                 raise ValueError("decide() needs a Calibration, or a Scorer loaded from a calibrated workdir")
             calibration = Calibration.load(self.workdir)
         return score_and_decide(self, images, calibration, batch_size=batch_size, key=key)
+
+
+def as_scorer(model: Union[Scorer, str, "os.PathLike[str]"], dtype: Optional[str] = None) -> Scorer:
+    """``model`` itself, or :meth:`Scorer.load` of the workdir ``model``; ``dtype``: compute in this
+    dtype instead of the config's ``model.dtype`` (the weights are the same)."""
+    scorer = model if isinstance(model, Scorer) else Scorer.load(os.fspath(model))
+    if dtype and dtype != scorer.cfg.model.dtype:
+        workdir = scorer.workdir
+        scorer = Scorer.from_params(scorer.params, configs.override(scorer.cfg, {"model.dtype": dtype}))
+        scorer.workdir = workdir
+    return scorer
 
 
 def _given(**kw: Any) -> dict:

@@ -18,12 +18,15 @@ cascade that scores only where it matters:
    shortlist, then of the grid neighbours within ``refine`` steps of the best ``per_slice`` of each
    slice; with ``climb`` the search moves to the best neighbour until each is a local maximum.
 4. **findings**: exact-scored windows, non-max suppressed per slice, best first, with millimetre
-   coordinates and SOPInstanceUID from the :class:`~btd_jax.data.volume.Geometry`; the **scan
+   coordinates and SOPInstanceUID from the :class:`~btd_jax.data.readers.Geometry`; the **scan
    decision** compares the best score with a scan-level calibration (:func:`calibrate`: the best
    score of real scans, so its false-positive rate is per scan, not per window).
 
 Both stages of every slice share full, fixed-size batches on every device, overlapped with the host
-(:mod:`~btd_jax.screen.driver`)::
+(:mod:`~btd_jax.screen.driver`). :func:`screen` (``btd-jax screen``) does it for scans on disk, with
+their clinical outputs (:mod:`~btd_jax.screen.files`)::
+
+    run = screen.screen("runs/ct", ["patient1/"], "out/")     # findings.json, suspicion.nii.gz, DICOM ...
 
     res = screen.screen_volume(scorer, vol.pixels, vol.geometry, top_k=5, calibration=cal)
     res.findings[0]    # {"slice", "row", "col", "score", "x_mm", "y_mm", "z_mm", "sop_instance_uid", ...}
@@ -33,8 +36,9 @@ Both stages of every slice share full, fixed-size batches on every device, overl
 
 from btd_jax.screen.cascade import PROPOSALS, Cascade
 from btd_jax.screen.driver import calibrate, screen_volume
+from btd_jax.screen.files import CALIBRATION_FILE, ScreenRun, screen
 from btd_jax.screen.proposals import fullconv_residual, tissue_fraction, window_proxy
 from btd_jax.screen.report import ScreenResult
 
 __all__ = ["Cascade", "ScreenResult", "PROPOSALS", "screen_volume", "calibrate", "window_proxy",
-           "fullconv_residual", "tissue_fraction"]
+           "fullconv_residual", "tissue_fraction", "screen", "ScreenRun", "CALIBRATION_FILE"]

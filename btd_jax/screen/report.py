@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from btd_jax import calibration as calib
-from btd_jax.data.volume import Geometry
+from btd_jax.data.readers import Geometry
 from btd_jax.localize import nms
 
 __all__ = ["ScreenResult", "findings", "decision", "check_calibration"]

@@ -11,7 +11,7 @@ import pytest
 
 from btd_jax import cli, evaluate
 from btd_jax.attacks import inputs
-from btd_jax.data import datasets, dicom, testset, volume
+from btd_jax.data import datasets, dicom, readers, testset
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "data"))
 from _dicom_files import write_ct_series  # noqa: E402
@@ -99,7 +99,7 @@ def test_an_unreadable_dicom_file_is_skipped_alike_by_every_command(dicom_with_j
     assert _listed(tmp_path / "s.skipped.csv") == by_prepare
     # localize and screen read through load_series / read_volume, attack through load_sources:
     assert {s.item: s.reason for s in dicom.load_series(str(dicom_with_junk), strict=False).skipped} == by_prepare
-    assert {s.item: s.reason for s in volume.read_volume(str(dicom_with_junk), strict=False).skipped} == by_prepare
+    assert {s.item: s.reason for s in readers.read_volume(str(dicom_with_junk), strict=False).skipped} == by_prepare
     skipped = []
     inputs.load_sources(str(dicom_with_junk), "CT", skipped=skipped)
     assert {s.item: s.reason for s in skipped} == by_prepare

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from btd_jax import checkpoints, cli, clinical_io, configs
-from btd_jax.data import volume as volume_io
+from btd_jax.data import readers
 from _volumes import quick_params, write_series
 
 CFG = configs.get("tiny")
@@ -15,7 +15,7 @@ CFG = configs.get("tiny")
 @pytest.fixture()
 def series(tmp_path):
     paths, uids = write_series(tmp_path / "series", [4.0, 6.5, 9.0])
-    return volume_io.read_volume(tmp_path / "series", "CT"), paths, uids
+    return readers.read_volume(tmp_path / "series", "CT"), paths, uids
 
 
 def test_nifti_affine_round_trip(tmp_path, series):
@@ -23,7 +23,7 @@ def test_nifti_affine_round_trip(tmp_path, series):
     vol, _, _ = series
     sus = np.random.default_rng(0).uniform(size=vol.pixels.shape).astype(np.float32)
     path = clinical_io.write_nifti(tmp_path / "s.nii.gz", sus, vol.geometry)
-    back, affine_lps = volume_io.read_nifti(path)
+    back, affine_lps = readers.read_nifti(path)
     np.testing.assert_array_equal(back, sus)
     np.testing.assert_allclose(affine_lps, vol.geometry.affine, atol=1e-6)
     img = nib.load(path)  # what a viewer sees: voxel (col, row, slice) -> RAS mm
@@ -106,6 +106,6 @@ def test_slice_store_series_keeps_geometry(tmp_path, series):
     hu = np.random.default_rng(2).uniform(-1000, 1500, vol.pixels.shape).astype(np.float32)
     clinical_io.write_nifti(tmp_path / "scan.nii.gz", hu, vol.geometry)
     sources.prepare(tmp_path / "scan.nii.gz", tmp_path / "store", modality="CT", size=16, progress=False)
-    back = volume_io.read_volume(tmp_path / "store")
+    back = readers.read_volume(tmp_path / "store")
     np.testing.assert_allclose(back.pixels, preprocess.window_ct(hu), atol=1e-3)  # float16 shards
     np.testing.assert_allclose(back.geometry.affine, vol.geometry.affine, atol=1e-5)

@@ -7,7 +7,7 @@ import pytest
 
 from btd_jax import calibration, configs, localize, screen
 from btd_jax.screen import exact
-from btd_jax.data import volume as volume_io
+from btd_jax.data import readers
 from btd_jax.data.errors import DataError
 
 from _volumes import StubScorer, planted_volume, write_series
@@ -91,7 +91,7 @@ def test_scan_level_calibration_decides():
 
 def test_findings_carry_mm_and_sop_uid(tmp_path):
     paths, uids = write_series(tmp_path / "series", [10.0, 12.5, 15.0, 17.5])
-    vol = volume_io.read_volume(tmp_path / "series", "CT")
+    vol = readers.read_volume(tmp_path / "series", "CT")
     g = vol.geometry
     assert vol.pixels.shape == (4, 128, 128) and g.sop_instance_uids == tuple(uids)
     assert g.to_mm(2, 0, 0) == pytest.approx((-100.0, -80.0, 15.0))
@@ -108,12 +108,12 @@ def test_findings_carry_mm_and_sop_uid(tmp_path):
 def test_bad_series_geometry(tmp_path, z, match):
     write_series(tmp_path / "s", z)
     with pytest.raises(DataError, match=match):
-        volume_io.read_volume(tmp_path / "s", "CT")
+        readers.read_volume(tmp_path / "s", "CT")
 
 
 def test_volume_smaller_than_patch(tmp_path):
     np.save(tmp_path / "small.npy", np.full((2, 12, 40), 0.5, np.float32))
-    vol = volume_io.read_volume(tmp_path / "small.npy", units="unit")
+    vol = readers.read_volume(tmp_path / "small.npy", units="unit")
     with pytest.raises(DataError, match="smaller than the model's 16x16 patch"):
         screen.screen_volume(StubScorer(CFG), vol.pixels, name=str(tmp_path / "small.npy"))
     with pytest.raises(DataError, match="outside \\[0, 1\\]"):
