@@ -1,4 +1,5 @@
-"""Evaluation files: Table-1 markdown, CSV/JSON writers, per-sample score CSVs (written and read back).
+"""Evaluation files: Table-1 markdown, CSV/JSON writers, per-sample score CSVs (written and read back;
+``btd-jax score`` writes the same format).
 
 :mod:`btd_jax.evaluate` re-exports every name here, so the evaluation maths and the file formats
 stay apart; figures are in :mod:`btd_jax.plots`.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -89,16 +90,25 @@ def write_all(rows: Sequence[Mapping[str, Any]], out_dir: str, **extra: Any) -> 
             "json": write_json(rows, os.path.join(out_dir, "results.json"), **extra)}
 
 
-def write_scores_csv(path: str, labels: np.ndarray, scores: Mapping[str, np.ndarray],
+def write_scores_csv(path: str, labels: Optional[Any], scores: Union[Any, Mapping[str, Any]],
                      metadata: Optional[Mapping[str, Any]] = None) -> str:
-    """Per-sample scores: ``index,label[,scanner][,method],score_<reduction>...`` (re-readable)."""
-    meta = {k: np.asarray(v) for k, v in (metadata or {}).items() if k in ("scanner", "method") and v is not None}
-    cols = ["index", "label", *meta, *[f"score_{r}" for r in scores]]
+    """Per-sample scores, re-readable by :func:`read_scores_csv`: ``id``, then ``score`` (one (N,) array)
+    or ``score_<name>`` per entry of a mapping {name: (N,)}, ``label`` (unless ``labels`` is None), then
+    every ``metadata`` column (N values each). Scores are written exactly (``repr``)."""
+    named = dict(scores) if isinstance(scores, Mapping) else {None: scores}
+    cols = {("score" if k is None else f"score_{k}"): np.asarray(v, np.float64) for k, v in named.items()}
+    n = len(next(iter(cols.values())))
+    meta = {k: np.asarray(v) for k, v in (metadata or {}).items()
+            if v is not None and k not in ("id", "index", "label") and k not in cols}
+    for k, v in meta.items():
+        if len(v) != n:
+            raise DataError(f"{path}: metadata column {k!r} has {len(v)} values for {n} scores")
     with atomic_open(path, newline="") as f:
         w = csv.writer(f)
-        w.writerow(cols)
-        for i in range(len(labels)):
-            w.writerow([i, int(labels[i]), *[meta[k][i] for k in meta], *[repr(float(s[i])) for s in scores.values()]])
+        w.writerow(["id", *cols, *(["label"] if labels is not None else []), *meta])
+        for i in range(n):
+            w.writerow([i, *[repr(float(c[i])) for c in cols.values()],
+                        *([int(labels[i])] if labels is not None else []), *[meta[k][i] for k in meta]])
     return path
 
 
@@ -126,6 +136,6 @@ def read_scores_csv(path: str) -> Tuple[np.ndarray, Dict[str, np.ndarray], Dict[
             scores[c if c == "score" else c[len("score_"):]] = np.asarray([float(r[c]) for r in data])
         except (TypeError, ValueError) as e:
             raise DataError(f"{path}: column {c!r} has a non-numeric value ({e})") from None
-    meta = {k: np.asarray([r[k] for r in data]) for k in cols if k not in score_cols and k not in ("label", "index")}
+    meta = {k: np.asarray([r[k] for r in data]) for k in cols if k not in score_cols and k not in ("label", "index", "id")}
     return labels, scores, meta
 

@@ -11,6 +11,7 @@ the suspicious locations, reported by their centres::
     res.suspicion          # (H, W) float32
     res.top                # [{"row": r, "col": c, "score": s}, ...], best first
     localize.save_overlay(img01, res, "overlay.png")
+    run = localize.localize("runs/ct", "scan.nii.gz", "out/", stride=16)   # a scan on disk (btd-jax localize)
 
 The grid always includes the last window flush with the bottom/right edge so every pixel is covered;
 slices smaller than ``P`` are zero-padded (bottom/right) and the map cropped back.
@@ -19,19 +20,29 @@ slices smaller than ``P`` are zero-padded (bottom/right) and the map cropped bac
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Tuple
+import os
+import time
+from typing import Any, Dict, List, Optional, Tuple, Union
 
+import jax
 import numpy as np
 
+from btd_jax import calibration as calib
 from btd_jax import keys
 from btd_jax.data import validate
 from btd_jax.data.errors import DataError
+from btd_jax.data.readers import Format, Volume, read_volume
 from btd_jax.plots import save_overlay  # re-exported: localize.save_overlay(img01, res, path)
+from btd_jax.runtime.atomic import save_npy, write_json
+from btd_jax.runtime.outputs import write_skipped
 from btd_jax.scoring.interfaces import ResidualModel
 from btd_jax.scoring.pooling import center_window, pool_window
+from btd_jax.scoring.scorer import Scorer, as_scorer
 
 __all__ = ["window_positions", "extract_windows", "aggregate_maps", "window_scores", "nms", "LocalizeResult",
-           "localize_slice", "localize_volume", "save_overlay"]
+           "localize_slice", "localize_volume", "save_overlay", "FILES", "Localized", "localize"]
+
+FILES = ("suspicion.npy", "overlay.png", "localize.json", "skipped.csv")  # what localize writes in its folder
 
 
 def window_positions(length: int, patch: int, stride: int) -> np.ndarray:
@@ -182,3 +193,80 @@ def localize_volume(scorer: ResidualModel, vol01: Any, top_k: int = 5, key: Any 
     flat.sort(key=lambda t: -t["score"])
     return results, flat[:top_k]
 
+
+
+@dataclasses.dataclass
+class Localized:
+    """What :func:`localize` did: the volume read, the slice indices scored, per-slice results, the
+    global top-k (``slice`` = index in the volume) and the report written to ``localize.json``."""
+
+    volume: Volume
+    slices: List[int]
+    results: List[LocalizeResult]
+    top: List[Dict[str, Any]]
+    report: Dict[str, Any]
+
+
+def _matching_calibration(workdir: Optional[str], center: Optional[int], steps: int) -> Optional[calib.Calibration]:
+    """The workdir's calibration.json when it was fitted with this ``center`` and ``steps``."""
+    if not workdir or not os.path.exists(os.path.join(workdir, calib.FILENAME)):
+        return None
+    c = calib.Calibration.load(workdir)
+    return c if c.center == center and (c.steps or 1) == steps else None
+
+
+def localize(model: Union[Scorer, str, "os.PathLike[str]"], path: str, out: str, *, stride: int = 16,
+             center: Optional[int] = 32, steps: Optional[int] = None, top_k: int = 5,
+             nms_radius: Optional[float] = None, units: str = "raw", slices: Optional[Tuple[int, Optional[int]]] = None,
+             batch_size: Optional[int] = None, clip_inputs: bool = False, seed: int = 0, strict: bool = True,
+             fmt: Union[str, Format] = "auto", series_uid: Optional[str] = None) -> Localized:
+    """Sliding-window BTD over a scan on disk (any format with volumes: ``.npy`` slice or volume, DICOM,
+    NIfTI, a slice store's series, ...) with the model ``model`` (a :class:`Scorer` or a workdir).
+
+    Writes to the folder ``out``: ``suspicion.npy`` ((H, W) for a 2-D input, else (S, H, W)),
+    ``localize.json`` (top-k locations as slice/row/col/score, with p-values when the workdir's
+    ``calibration.json`` matches ``center`` and ``steps``), ``overlay.png`` (the slice holding the best
+    location) and ``skipped.csv`` (files left out with ``strict=False``).
+
+    ``center``: k of the central window (None: whole window); ``steps``: reverse steps d (None: the
+    config's); ``units``: 'raw' (HU, scanner values; the paper's preprocessing) or 'unit' (already
+    [0, 1]); ``slices``: (start, stop) of the volume (stop None: to the end); ``clip_inputs``: clip
+    values to [0, 1] instead of refusing them; ``seed``: the noise key when ``steps > 1``; ``series_uid``:
+    which series of an input holding several.
+    """
+    scorer = as_scorer(model)
+    cfg = scorer.cfg
+    if center is not None and center > cfg.image_size:
+        raise ValueError(f"center {center} is larger than the model's patch size {cfg.image_size}")
+    vol = read_volume(path, cfg.modality, units, series_uid, strict=strict, fmt=fmt)
+    write_skipped(os.path.join(out, "skipped.csv"), vol.skipped)
+    pixels = np.clip(vol.pixels, 0.0, 1.0) if clip_inputs else vol.pixels  # NaN stays NaN and is still refused
+    n = len(pixels)
+    start, stop = (0, n) if slices is None else (slices[0], n if slices[1] is None else slices[1])
+    if not 0 <= start < stop <= n:
+        raise ValueError(f"slices {start}:{stop} is not a valid range in a volume of {n} slices")
+    idx = list(range(start, stop))
+    steps = cfg.score.steps if steps is None else steps
+    cal = _matching_calibration(scorer.workdir, center, steps)
+    t0 = time.perf_counter()
+    results, top = localize_volume(
+        scorer, pixels[idx], top_k=top_k, key=jax.random.key(seed) if steps > 1 else None, stride=stride,
+        center=center, steps=steps, nms_radius=nms_radius, batch_size=batch_size or cfg.score.batch_size,
+        calibration=cal, patch=cfg.image_size)
+    seconds = time.perf_counter() - t0
+    for t in top:
+        t["slice"] = idx[t["slice"]]
+    maps = np.stack([r.suspicion for r in results])
+    save_npy(os.path.join(out, "suspicion.npy"), maps[0] if vol.single else maps)
+    best = idx.index(top[0]["slice"]) if top else 0
+    save_overlay(pixels[idx[best]], results[best], os.path.join(out, "overlay.png"),
+                 title=f"{os.path.basename(str(path))} slice {idx[best]}: BTD suspicion")
+    report = {
+        "input": os.path.abspath(path), "workdir": os.path.abspath(scorer.workdir) if scorer.workdir else None,
+        "shape": list(pixels.shape), "slices": [idx[0], idx[-1] + 1], "patch": cfg.image_size, "stride": stride,
+        "center": center, "steps": steps, "windows_per_slice": int(results[0].scores.size), "seconds": seconds,
+        "seconds_per_slice": seconds / len(idx), "calibrated": cal is not None, "top": top,
+        "per_slice_top": {str(i): r.top for i, r in zip(idx, results)},
+    }
+    write_json(os.path.join(out, "localize.json"), report, indent=1)
+    return Localized(vol, idx, results, top, report)

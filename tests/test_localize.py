@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from btd_jax import calibration, localize
+from btd_jax.data import readers
 from btd_jax.data.errors import DataError
 
 
@@ -165,26 +166,22 @@ def test_localize_command_on_tiny_workdir(tmp_path):
         cmd.run(bad)
 
 
-def test_load_input_windows_hu(tmp_path):
-    from btd_jax.commands import localize as cmd
-
+def test_read_volume_windows_hu(tmp_path):
     hu = np.array([[-1000.0, -700.0], [650.0, 3000.0]], np.float32)
     np.save(tmp_path / "s.npy", hu)
-    x, single = cmd._load_input(str(tmp_path / "s.npy"), "CT", "raw")
-    assert single and x.shape == (1, 2, 2)
-    np.testing.assert_allclose(x[0], [[0.0, 0.0], [0.5, 1.0]], atol=1e-6)  # (hu + 700) / 2700, clipped
+    vol = readers.read_volume(tmp_path / "s.npy", "CT", "raw")
+    assert vol.single and vol.pixels.shape == (1, 2, 2)
+    np.testing.assert_allclose(vol.pixels[0], [[0.0, 0.0], [0.5, 1.0]], atol=1e-6)  # (hu + 700) / 2700, clipped
     with pytest.raises(FileNotFoundError):
-        cmd._load_input(str(tmp_path / "none.npy"), "CT", "raw")
+        readers.read_volume(tmp_path / "none.npy", "CT", "raw")
     np.save(tmp_path / "v4.npy", np.zeros((1, 2, 3, 4), np.float32))
     with pytest.raises(DataError, match="expected a slice"):
-        cmd._load_input(str(tmp_path / "v4.npy"), "CT", "unit")
+        readers.read_volume(tmp_path / "v4.npy", "CT", "unit")
 
 
-def test_load_input_dicom_from_pydicom_data():
+def test_read_volume_dicom_from_pydicom_data():
     pydicom_data = pytest.importorskip("pydicom.data")
-    from btd_jax.commands import localize as cmd
-
     path = pydicom_data.get_testdata_file("CT_small.dcm")
-    x, single = cmd._load_input(path, "CT", "raw")
-    assert not single and x.shape == (1, 128, 128) and x.dtype == np.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.01
+    vol = readers.read_volume(path, "CT", "raw")
+    assert not vol.single and vol.pixels.shape == (1, 128, 128) and vol.pixels.dtype == np.float32
+    assert 0.0 <= vol.pixels.min() and vol.pixels.max() <= 1.0 and vol.pixels.std() > 0.01

@@ -5,7 +5,8 @@
 * :mod:`~btd_jax.scoring.residual` -- pure maths: reverse steps from the image, residual, pooling;
 * :mod:`~btd_jax.scoring.stream` -- validation, fixed-shape chunks, ``shard_map``, compile cache;
 * :mod:`~btd_jax.scoring.variants` -- multi-start-time and two-sided scores;
-* :mod:`~btd_jax.scoring.scorer` -- ``Scorer`` (defaults from ``cfg.score``), ``ScoreResult``.
+* :mod:`~btd_jax.scoring.scorer` -- ``Scorer`` (defaults from ``cfg.score``), ``ScoreResult``;
+* :mod:`~btd_jax.scoring.inputs` -- ``score_input``: any input on disk -> scores CSV (``btd-jax score``).
 
 ``btd_jax.score`` re-exports the public names. Submodules load on first use, so that the NumPy
 poolings stay importable without JAX.
@@ -14,7 +15,7 @@ poolings stay importable without JAX.
 import importlib
 
 _LAZY = {"Scorer": "scorer", "ScoreResult": "interfaces", "ResidualModel": "interfaces", "btd_score": "scorer",
-         "residual_map": "scorer", "as_scorer": "scorer"}
+         "residual_map": "scorer", "as_scorer": "scorer", "score_input": "inputs", "Scored": "inputs"}
 __all__ = list(_LAZY)
 
 

@@ -9,17 +9,15 @@ import signal
 import subprocess
 import sys
 import time
-from argparse import Namespace
 
 import jax
 import numpy as np
 import pytest
 
-from btd_jax import checkpoints, cli, configs
-from btd_jax.commands import localize as localize_cmd
-from btd_jax.commands import score as score_cmd
-from btd_jax.commands._safety import report_skipped
+from btd_jax import checkpoints, cli, configs, localize
 from btd_jax.data.errors import DataError
+from btd_jax.score import Scorer
+from btd_jax.scoring import score_input
 
 CLI = [sys.executable, "-c", "from btd_jax.cli import main; main()"]
 TINY = configs.get("tiny")
@@ -179,7 +177,7 @@ def test_non_finite_scores_are_never_written(tmp_path, capsys, monkeypatch):
         def run(self, patches, maps=False, progress=None, **kw):
             return np.where(np.arange(len(patches)) == 1, np.nan, 0.5), None
 
-    monkeypatch.setattr(score_cmd.Scorer, "load", staticmethod(lambda workdir: NaNScorer()))
+    monkeypatch.setattr(Scorer, "load", staticmethod(lambda workdir: NaNScorer()))
     out = tmp_path / "s.csv"
     code, err = _cli(["score", "--workdir", tmp_path, "--input", _patches(tmp_path / "x.npy", 3), "--out", out], capsys)
     assert code == 1 and "1 of 3 scores are NaN/inf (first: patch 1); nothing written" in err
@@ -202,22 +200,16 @@ def dicom_folder(tmp_path):
     return folder
 
 
-def test_lenient_skips_bad_dicom_files_and_lists_them_next_to_the_output(dicom_folder, tmp_path):
-    args = Namespace(locations=None, input=str(dicom_folder), modality=None, attack=None, tamper=None,
-                     n_per_slice=2, seed=0, lenient=False)
-    with pytest.raises(DataError, match=r"junk\.dcm.*--lenient"):
-        score_cmd._load_input(args, 16)
-    args.lenient = True
-    patches, labels, _, skipped = score_cmd._load_input(args, 16)
-    assert patches.shape == (6, 16, 16) and labels is None
-    assert [os.path.basename(s.item) for s in skipped] == ["junk.dcm"]
+def test_lenient_skips_bad_dicom_files_and_lists_them_next_to_the_output(dicom_folder, tmp_path, tiny_scorer):
     out = str(tmp_path / "scores.csv")
-    path = report_skipped("score", out, skipped)
-    assert path == str(tmp_path / "scores.skipped.csv")
-    rows = open(path).read().splitlines()
+    with pytest.raises(DataError, match=r"junk\.dcm.*--lenient"):
+        score_input(tiny_scorer, str(dicom_folder), out, n_per_slice=2, progress=False)
+    assert not os.path.exists(out)
+    done = score_input(tiny_scorer, str(dicom_folder), out, n_per_slice=2, strict=False, progress=False)
+    assert len(done.scores) == 6 and done.labels is None
+    assert [os.path.basename(s.item) for s in done.skipped] == ["junk.dcm"]
+    rows = open(tmp_path / "scores.skipped.csv").read().splitlines()
     assert rows[0] == "item,reason" and "junk.dcm" in rows[1] and len(rows) == 2
-    skipped = []
-    vol, single = localize_cmd._load_input(str(dicom_folder), "CT", "raw", skipped)
-    assert vol.shape[0] == 3 and not single and [os.path.basename(s.item) for s in skipped] == ["junk.dcm"]
-    report_skipped("localize", str(tmp_path / "loc"), skipped, folder=True)
+    loc = localize.localize(tiny_scorer, str(dicom_folder), str(tmp_path / "loc"), stride=32, center=8, strict=False)
+    assert loc.volume.pixels.shape[0] == 3 and not loc.volume.single
     assert "junk.dcm" in open(tmp_path / "loc" / "skipped.csv").read()
