@@ -79,7 +79,7 @@ def test_cli_config_from_a_json_file(tmp_path, capsys):
     wd = tmp_path / "w"
     rc, out = _cli(["--config", str(tmp_path / "mine.json"), "--data", str(tmp_path / "p.npy"), "--workdir", str(wd),
                     "--num_steps", "1", "--no_progress", "--val_fraction", "0"], capsys)
-    assert rc == 0 and "btd-jax train: mine " in out.err
+    assert rc == 0 and "training mine " in out.err
     assert configs.from_json((wd / "config.json").read_text()) == configs.override(custom, {"train.num_steps": 1})
     (tmp_path / "bad.json").write_text('{"model": {"dimm": 3}}')
     rc, out = _cli(["--config", str(tmp_path / "bad.json"), "--data", str(tmp_path / "p.npy"),
