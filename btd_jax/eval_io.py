@@ -1,5 +1,5 @@
-"""Evaluation files: Table-1 markdown, CSV/JSON writers, per-sample score CSVs (written and read back;
-``btd-jax score`` writes the same format).
+"""Evaluation files: the labelled sets read (:func:`load_eval_set`), Table-1 markdown, CSV/JSON writers,
+per-sample score CSVs (written and read back; ``btd-jax score`` writes the same format).
 
 :mod:`btd_jax.evaluate` re-exports every name here, so the evaluation maths and the file formats
 stay apart; figures are in :mod:`btd_jax.plots`.
@@ -14,13 +14,14 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from btd_jax.data import datasets, validate
 from btd_jax.data.errors import DataError
 from btd_jax.data.validate import read_csv
 from btd_jax.metrics import parse_labels
 from btd_jax.runtime.atomic import atomic_open
 
 __all__ = ["table1_markdown", "write_markdown", "write_csv", "write_json", "write_all", "write_scores_csv",
-           "read_scores_csv"]
+           "read_scores_csv", "load_eval_set"]
 
 
 # ----------------------------------------------------------------------------- writers
@@ -139,3 +140,35 @@ def read_scores_csv(path: str) -> Tuple[np.ndarray, Dict[str, np.ndarray], Dict[
     meta = {k: np.asarray([r[k] for r in data]) for k in cols if k not in score_cols and k not in ("label", "index", "id")}
     return labels, scores, meta
 
+
+def load_eval_set(path: str, modality: str, attack: str, size: Optional[int] = None, skipped: Optional[list] = None):
+    """-> (patches (N,H,W) float32, labels (N,) int8, metadata {column: (N,)}).
+
+    ``path`` is a test-set root in the authors' layout (``btd_jax.data.datasets.load_testset``) or a
+    ``.npz`` holding ``patches`` and ``labels`` plus optional per-sample columns (``scanner``,
+    ``method``, ``size``, ...). ``size``: patch side cut from the test images (the model's
+    ``image_size``; default the paper's 96 CT / 128 MRI). With a list ``skipped``, bad rows of a test
+    set are left out and recorded there instead of raising.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such test set")
+    if path.endswith(".npz"):
+        z = validate.load_npz(path)
+        if "patches" not in z or "labels" not in z:
+            raise DataError(f"{path}: a .npz test set needs 'patches' and 'labels' arrays (has {sorted(z)})")
+        validate.check_shape(z["patches"], f"{path} (patches)")
+        patches = z["patches"].astype(np.float32)
+        labels = parse_labels(z["labels"], source=path)
+        meta = {k: v for k, v in z.items() if k not in ("patches", "labels")}
+    else:
+        ts = datasets.load_testset(path, modality, attack, size=size, strict=skipped is None)
+        if skipped is not None:
+            skipped.extend(ts.skipped)
+        patches, labels = np.asarray(ts.patches, np.float32), parse_labels(ts.labels, source=path)
+        meta = {k: np.asarray(v) for k, v in dict(getattr(ts, "columns", None) or ts.metadata).items()}
+    for k, v in meta.items():
+        if len(v) != len(labels):
+            raise DataError(f"{path}: metadata column {k!r} has {len(v)} entries for {len(labels)} samples")
+    if len(patches) != len(labels):
+        raise DataError(f"{path}: {len(patches)} patches but {len(labels)} labels")
+    return patches, labels, meta

@@ -10,32 +10,41 @@ reports the bootstrap mean). Typical use::
             for ...]
     evaluate.write_all(rows, out_dir)                                     # results.md / .csv / .json
 
-``evaluate_testset`` does all of that for a loaded test set. Writers (:mod:`btd_jax.eval_io`), figures
+``evaluate_testset`` does all of that for a loaded test set, :func:`evaluate` for a test set (or scored
+CSV) on disk, writing every file (``btd-jax evaluate``). Writers (:mod:`btd_jax.eval_io`), figures
 (:mod:`btd_jax.plots`) and :func:`btd_jax.metrics.parse_labels` are re-exported here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+import sys
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import jax
+from tqdm import tqdm
 
 import numpy as np
 
-from btd_jax import metrics
+from btd_jax import calibration, metrics
 from btd_jax.configs import reductions
-from btd_jax.data import datasets, validate
 from btd_jax.data.errors import DataError
-from btd_jax.eval_io import (read_scores_csv, table1_markdown, write_all, write_csv, write_json, write_markdown,
-                             write_scores_csv)
+from btd_jax.data.testset import ATTACKS
+from btd_jax.eval_io import (load_eval_set, read_scores_csv, table1_markdown, write_all, write_csv, write_json,
+                             write_markdown, write_scores_csv)
+from btd_jax.data.readers import load_patches
 from btd_jax.metrics import parse_labels
 from btd_jax.plots import plot_histogram, plot_roc
+from btd_jax.runtime.outputs import write_skipped
 from btd_jax.scoring.pooling import pool_window
+from btd_jax.scoring.scorer import Scorer, as_scorer
 
 __all__ = ["ATTACKS", "dataset_name", "reduction_name", "parse_labels", "split_by_tamper", "dataset_indices", "evaluate_scores",
            "reduce_maps", "score_reductions", "evaluate_testset", "write_markdown", "write_csv", "write_json",
-           "write_all", "load_eval_set", "plot_roc", "plot_histogram", "read_scores_csv", "write_scores_csv", "table1_markdown"]
+           "write_all", "load_eval_set", "plot_roc", "plot_histogram", "read_scores_csv", "write_scores_csv", "table1_markdown",
+           "Evaluation", "evaluate"]
 
-ATTACKS = {"injection": "Inject", "inject": "Inject", "removal": "Remove", "remove": "Remove"}
 _NO_METHOD = {"", "real", "none", "nan", "na", "-"}
 
 
@@ -153,39 +162,6 @@ def evaluate_scores(scores: Any, labels: Any, groups: Optional[Any] = None, *, d
     }
 
 
-def load_eval_set(path: str, modality: str, attack: str, size: Optional[int] = None, skipped: Optional[list] = None):
-    """-> (patches (N,H,W) float32, labels (N,) int8, metadata {column: (N,)}).
-
-    ``path`` is a test-set root in the authors' layout (``btd_jax.data.datasets.load_testset``) or a
-    ``.npz`` holding ``patches`` and ``labels`` plus optional per-sample columns (``scanner``,
-    ``method``, ``size``, ...). ``size``: patch side cut from the test images (the model's
-    ``image_size``; default the paper's 96 CT / 128 MRI). With a list ``skipped``, bad rows of a test
-    set are left out and recorded there instead of raising.
-    """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such test set")
-    if path.endswith(".npz"):
-        z = validate.load_npz(path)
-        if "patches" not in z or "labels" not in z:
-            raise DataError(f"{path}: a .npz test set needs 'patches' and 'labels' arrays (has {sorted(z)})")
-        validate.check_shape(z["patches"], f"{path} (patches)")
-        patches = z["patches"].astype(np.float32)
-        labels = parse_labels(z["labels"], source=path)
-        meta = {k: v for k, v in z.items() if k not in ("patches", "labels")}
-    else:
-        ts = datasets.load_testset(path, modality, attack, size=size, strict=skipped is None)
-        if skipped is not None:
-            skipped.extend(ts.skipped)
-        patches, labels = np.asarray(ts.patches, np.float32), parse_labels(ts.labels, source=path)
-        meta = {k: np.asarray(v) for k, v in dict(getattr(ts, "columns", None) or ts.metadata).items()}
-    for k, v in meta.items():
-        if len(v) != len(labels):
-            raise DataError(f"{path}: metadata column {k!r} has {len(v)} entries for {len(labels)} samples")
-    if len(patches) != len(labels):
-        raise DataError(f"{path}: {len(patches)} patches but {len(labels)} labels")
-    return patches, labels, meta
-
-
 # ----------------------------------------------------------------------------- scoring
 
 def reduce_maps(maps: np.ndarray, centers: Sequence[Optional[int]], reduction: str = "mean") -> Dict[str, np.ndarray]:
@@ -256,3 +232,108 @@ def evaluate_scored(scores: Mapping[str, np.ndarray], labels: np.ndarray, metada
             rows.append(evaluate_scores(np.asarray(s)[idx], y[idx], None if scanner is None else scanner[idx],
                                         dataset=name, method=method, reduction=red, n_boot=n_boot, seed=seed))
     return rows
+
+
+# ----------------------------------------------------------------------------- a test set on disk
+
+@dataclasses.dataclass
+class Evaluation:
+    """What :func:`evaluate` did: Table-1 ``rows``, ``scores`` {reduction: (N,)}, ``labels``,
+    ``metadata``, the paths written, the calibration fitted (if asked) and the items left out."""
+
+    rows: List[Dict[str, Any]]
+    scores: Dict[str, np.ndarray]
+    labels: np.ndarray
+    metadata: Dict[str, Any]
+    paths: Dict[str, Any]
+    calibration: Optional[calibration.Calibration] = None
+    skipped: List[Any] = dataclasses.field(default_factory=list)
+
+
+def _threshold_for(workdir: Optional[str], reduction: str, steps: int) -> Optional[float]:
+    """The saved calibration threshold if it was fitted for this reduction and d; else None."""
+    if not workdir or not os.path.exists(os.path.join(workdir, calibration.FILENAME)):
+        return None
+    cal = calibration.Calibration.load(workdir)
+    same = reduction_name(cal.center, cal.reduction) == reduction and (cal.steps or 1) == steps
+    return cal.threshold if same else None
+
+
+def _fit_calibration(scorer: Scorer, real_path: str, centers: Sequence[Optional[int]], attack: str, modality: str,
+                     target_fpr: float, key: Any, **settings: Any) -> calibration.Calibration:
+    """calibration.json in the scorer's workdir from real-only patches; the paper scores injections on the
+    central window and removals on the whole patch."""
+    if not scorer.workdir:
+        raise ValueError("calibrating needs the model's workdir (load the model from one)")
+    center = next((c for c in centers if c is not None), None) if ATTACKS[attack.lower()] == "Inject" else None
+    meta = dict(source=os.path.abspath(real_path), modality=modality, attack=attack)
+    cal = calibration.calibrate_scorer(scorer, load_patches(real_path), target_fpr=target_fpr, key=key, meta=meta,
+                                       center=center, **settings)
+    cal.save(scorer.workdir)
+    return cal
+
+
+def evaluate(model: Union[None, Scorer, str, "os.PathLike[str]"] = None, dataset: Optional[str] = None,
+             out: Optional[str] = None, *, scores: Optional[str] = None, modality: str = "CT",
+             attack: str = "injection", tamper: Optional[str] = None, centers: Sequence[int] = (32,),
+             reduction: Optional[str] = None, steps: Optional[int] = None, n_boot: int = 100, seed: int = 0,
+             group_column: str = "scanner", batch_size: Optional[int] = None, clip_inputs: bool = False,
+             calibrate: Optional[str] = None, target_fpr: float = 0.1, strict: bool = True,
+             progress: bool = True) -> Evaluation:
+    """The paper's Table 1 for one test set: scores ``dataset`` (authors' layout, or a ``.npz`` with
+    patches/labels[/scanner/method]) with ``model`` (a :class:`Scorer` or a workdir), or reads an
+    already ``scores`` CSV, and writes to ``out``: ``results.md``/``.csv``/``.json`` (AUC and EER per
+    tamper dataset and reduction: the full patch and each of ``centers``, scanner-balanced bootstrap over
+    ``group_column``), ``scores.csv`` (per sample; not for ``scores``), ``roc_<dataset>.png``,
+    ``hist_<dataset>_<reduction>.png`` (with the workdir's calibration threshold when it matches) and
+    ``skipped.csv`` (rows left out with ``strict=False``).
+
+    ``calibrate``: real-only validation patches (.npy/.npz) to fit ``calibration.json`` in the workdir
+    at ``target_fpr``. ``steps``/``reduction``/``batch_size``/``clip_inputs``: None = the config's;
+    ``seed``: the bootstrap and, for d > 1, the noise key.
+    """
+    if scores and calibrate:
+        raise ValueError("calibrating needs a model, not an already scored CSV")
+    if not scores and (model is None or dataset is None):
+        raise ValueError("need a model and a dataset (or an already scored CSV)")
+    if out is None:
+        raise ValueError("evaluate needs an output folder (out)")
+    windows = [None] + [int(c) for c in centers]
+    skipped: List[Any] = []
+    cal, workdir = None, None
+    if scores:  # a workdir given beside them still lends its calibration threshold to the histograms
+        workdir = model.workdir if isinstance(model, Scorer) else (None if model is None else os.fspath(model))
+        labels, by_reduction, meta = read_scores_csv(scores)
+        steps = steps or 1
+    else:
+        scorer = as_scorer(model)
+        workdir = scorer.workdir
+        patches, labels, meta = load_eval_set(dataset, modality, attack, size=scorer.cfg.image_size,
+                                              skipped=None if strict else skipped)
+        write_skipped(os.path.join(out, "skipped.csv"), skipped)
+        given = dict(steps=steps, reduction=reduction, batch_size=batch_size, clip_inputs=clip_inputs or None)
+        s = scorer.settings(**{k: v for k, v in given.items() if v is not None})
+        steps, reduction = s.steps, s.reduction
+        key = jax.random.key(seed) if s.steps > 1 else None
+        extra = {"clip_inputs": True} if s.clip_inputs else {}
+        with tqdm(total=len(patches), desc="scoring", unit="patch", file=sys.stderr, disable=not progress) as bar:
+            by_reduction = score_reductions(scorer, patches, centers=windows, steps=s.steps, batch_size=s.batch_size,
+                                            key=key, progress=bar.update, reduction=s.reduction, **extra)
+        if calibrate:
+            cal = _fit_calibration(scorer, calibrate, windows, attack, modality, target_fpr, key, steps=s.steps,
+                                   batch_size=s.batch_size, reduction=s.reduction, **extra)
+    rows = evaluate_scored(by_reduction, labels, meta, modality, attack, tamper, n_boot=n_boot, seed=seed,
+                           group_column=group_column)
+    paths: Dict[str, Any] = write_all(rows, out, modality=modality, attack=attack, steps=steps,
+                                      source=os.path.abspath(scores or dataset or ""),
+                                      workdir=os.path.abspath(workdir) if workdir else None)
+    if not scores:
+        paths["scores"] = write_scores_csv(os.path.join(out, "scores.csv"), labels, by_reduction, meta)
+    paths["figures"] = []
+    for name, idx in dataset_indices(labels, meta, modality, attack, tamper).items():
+        paths["figures"].append(plot_roc({r: (labels[idx], v[idx]) for r, v in by_reduction.items()},
+                                         os.path.join(out, f"roc_{name}.png"), title=name))
+        for r, v in by_reduction.items():
+            paths["figures"].append(plot_histogram(v[idx], labels[idx], os.path.join(out, f"hist_{name}_{r}.png"),
+                                                   title=f"{name} ({r})", threshold=_threshold_for(workdir, r, steps)))
+    return Evaluation(rows, by_reduction, labels, dict(meta), paths, cal, skipped)

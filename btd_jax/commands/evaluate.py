@@ -11,6 +11,7 @@ also fits a threshold at ``--target-fpr`` and saves ``calibration.json`` in the 
 output (the figures included) is checked before any work: existing ones are replaced only with
 ``--overwrite``, a non-empty ``--out`` that evaluate did not write needs it too, and nothing is
 written into the test set; ``--lenient`` skips bad test-set rows and lists them in ``OUT/skipped.csv``.
+The work is :func:`btd_jax.evaluate.evaluate`.
 """
 
 from __future__ import annotations
@@ -19,17 +20,12 @@ import argparse
 import os
 import sys
 
-import jax
-from tqdm import tqdm
-
 from btd_jax import calibration, evaluate
 from btd_jax.commands._flags import (
     add_deprecated_alias, add_reduction_flag, existing_file, existing_folder, existing_path, non_negative_int,
     open_fraction, positive_int,
 )
-from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, report_skipped, skipped_file
-from btd_jax.data import datasets
-from btd_jax.score import Scorer
+from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, say_skipped, skipped_file
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -66,52 +62,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _score_testset(args, centers):
-    if not args.workdir or not args.dataset:
-        raise ValueError("need --workdir and --dataset (or --scores scored.csv)")
-    scorer = Scorer.load(args.workdir)
-    skipped = [] if args.lenient else None
-    patches, labels, meta = evaluate.load_eval_set(args.dataset, args.modality, args.attack,
-                                                   size=scorer.cfg.image_size, skipped=skipped)
-    report_skipped("evaluate", args.out, skipped or [], folder=True)
-    given = dict(steps=args.reverse_steps, reduction=args.reduction, batch_size=args.batch_size,
-                 clip_inputs=args.clip_inputs or None)
-    s = scorer.settings(**{k: v for k, v in given.items() if v is not None})
-    args.reverse_steps, args.reduction = s.steps, s.reduction
-    key = jax.random.key(args.seed) if s.steps > 1 else None
-    extra = {"clip_inputs": True} if s.clip_inputs else {}
-    with tqdm(total=len(patches), desc="scoring", unit="patch", file=sys.stderr) as bar:
-        scores = evaluate.score_reductions(scorer, patches, centers=centers, steps=s.steps,
-                                           batch_size=s.batch_size, key=key, progress=bar.update,
-                                           reduction=s.reduction, **extra)
-    if args.calibrate:
-        _fit_calibration(args, scorer, centers, key, s.batch_size, extra)
-    return labels, scores, meta
-
-
-def _fit_calibration(args, scorer, centers, key, batch_size, extra) -> None:
-    real = datasets.load_patches(args.calibrate)
-    # The paper scores injections on the central window and removals on the whole patch.
-    center = next((c for c in centers if c is not None), None) if args.attack == "injection" else None
-    meta = dict(source=os.path.abspath(args.calibrate), modality=args.modality, attack=args.attack)
-    cal = calibration.calibrate_scorer(scorer, real, target_fpr=args.target_fpr, key=key, meta=meta,
-                                       steps=args.reverse_steps, center=center, batch_size=batch_size,
-                                       reduction=args.reduction, **extra)
-    path = cal.save(args.workdir)
-    print(f"calibration: threshold {cal.threshold:.6g} at FPR {cal.empirical_fpr:.3f} "
-          f"(target {cal.target_fpr}, {cal.n} real patches) -> {path}")
-
-
-def _threshold_for(workdir, reduction, steps):
-    """The saved calibration threshold if it was fitted for this reduction and d; else None."""
-    if not workdir or not os.path.exists(os.path.join(workdir, calibration.FILENAME)):
-        return None
-    cal = calibration.Calibration.load(workdir)
-    name = evaluate.reduction_name(cal.center, cal.reduction)
-    same = name == reduction and (cal.steps or 1) == steps
-    return cal.threshold if same else None
-
-
 def plan_outputs(args):
     """Every path this run writes (results, scores, figures, skipped list, calibration), checked before any work."""
     plan = output_plan(args, inputs=[args.dataset, args.scores, args.calibrate], workdirs=[args.workdir])
@@ -131,30 +81,19 @@ def run(args) -> int:
         raise ValueError("--calibrate needs a model (--workdir), not --scores")
     if not args.scores and not (args.workdir and args.dataset):
         raise ValueError("need --workdir and --dataset (or --scores scored.csv)")
-    centers = [None] + [int(c) for c in args.centers]
     plan_outputs(args)
-    if args.scores:
-        labels, scores, meta = evaluate.read_scores_csv(args.scores)
-        args.reverse_steps = args.reverse_steps or 1
-    else:
-        labels, scores, meta = _score_testset(args, centers)
-
-    rows = evaluate.evaluate_scored(scores, labels, meta, args.modality, args.attack, args.tamper,
-                                    n_boot=args.n_boot, seed=args.seed, group_column=args.group_column)
-    if args.group_column not in meta:
+    done = evaluate.evaluate(
+        args.workdir, args.dataset, args.out, scores=args.scores, modality=args.modality, attack=args.attack,
+        tamper=args.tamper, centers=args.centers, reduction=args.reduction, steps=args.reverse_steps,
+        n_boot=args.n_boot, seed=args.seed, group_column=args.group_column, batch_size=args.batch_size,
+        clip_inputs=args.clip_inputs, calibrate=args.calibrate, target_fpr=args.target_fpr, strict=not args.lenient)
+    say_skipped("evaluate", done.skipped, skipped_file(args.out, folder=True))
+    if args.group_column not in done.metadata:
         print(f"note: no {args.group_column!r} column; the bootstrap balances classes only", file=sys.stderr)
-    paths = evaluate.write_all(rows, args.out, modality=args.modality, attack=args.attack, steps=args.reverse_steps,
-                               source=os.path.abspath(args.scores or args.dataset or ""),
-                               workdir=os.path.abspath(args.workdir) if args.workdir else None)
-    if not args.scores:
-        evaluate.write_scores_csv(os.path.join(args.out, "scores.csv"), labels, scores, meta)
-
-    for name, idx in evaluate.dataset_indices(labels, meta, args.modality, args.attack, args.tamper).items():
-        evaluate.plot_roc({r: (labels[idx], s[idx]) for r, s in scores.items()},
-                          os.path.join(args.out, f"roc_{name}.png"), title=name)
-        for r, s in scores.items():
-            evaluate.plot_histogram(s[idx], labels[idx], os.path.join(args.out, f"hist_{name}_{r}.png"),
-                                    title=f"{name} ({r})", threshold=_threshold_for(args.workdir, r, args.reverse_steps))
-    print(evaluate.table1_markdown(rows))
-    print(f"wrote {paths['markdown']}, {paths['csv']}, {paths['json']} and figures to {args.out}")
+    cal = done.calibration
+    if cal is not None:
+        print(f"calibration: threshold {cal.threshold:.6g} at FPR {cal.empirical_fpr:.3f} "
+              f"(target {cal.target_fpr}, {cal.n} real patches) -> {os.path.join(args.workdir, calibration.FILENAME)}")
+    print(evaluate.table1_markdown(done.rows))
+    print(f"wrote {done.paths['markdown']}, {done.paths['csv']}, {done.paths['json']} and figures to {args.out}")
     return 0
