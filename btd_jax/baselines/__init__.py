@@ -2,12 +2,13 @@
 
     from btd_jax import baselines
     baselines.NAMES                       # registry keys, in the order of the paper's Table 1
-    b = baselines.get("ae")               # a base.Baseline record
+    b = baselines.get("ae")               # a base.Baseline record: b.display_name ("AE"), b.needs, ...
     state = b.fit(train, b.tiny, key)     # train: (N,H,W) real patches in [0,1]
     scores = b.score(state, patches)      # (M,) higher = more anomalous
     b.save(state, "ae.npz"); state = b.load("ae.npz")
 
-Every module's docstring cites the original method and says what differs from it here.
+Every module's docstring cites the original method and says what differs from it here; its record
+says how the paper's Table 1 names it and what a comparison must give it (``needs``, ``configure``).
 Modules load on first ``get`` so importing the package stays cheap.
 """
 
@@ -31,13 +32,6 @@ _MODULES = {
     "ood_ddpm": "ood_ddpm",
 }
 NAMES = tuple(_MODULES)
-
-# Names as printed in the paper's Table 1.
-DISPLAY_NAMES = {
-    "ae": "AE", "inpaint_ae": "In-Paint AE", "ocvae": "OC-VAE", "unet_ae": "Unet-AE",
-    "splicebuster": "Splice Buster", "spliceradar": "Splice Radar", "satellite_vit": "Satellite ViT",
-    "ood_ddpm": "OOD DDPM",
-}
 
 
 def get(name: str) -> Baseline:

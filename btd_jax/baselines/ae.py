@@ -73,4 +73,6 @@ def fit(train_patches: np.ndarray, cfg: Optional[Config] = None, key=None) -> ba
 score = reconstruction_scorer(_model)
 
 
-BASELINE = base.Baseline("ae", Config, TINY, fit, score, "convolutional autoencoder, reconstruction MSE")
+BASELINE = base.Baseline("ae", Config, TINY, fit, score,
+                         "convolutional autoencoder, reconstruction MSE",
+                         display_name="AE")

@@ -19,7 +19,7 @@ import dataclasses
 import json
 import os
 import typing
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -28,8 +28,8 @@ from btd_jax.data.errors import DataError
 from btd_jax.runtime.atomic import save_npz
 from btd_jax.scoring.pooling import center_window
 
-__all__ = ["State", "Baseline", "check_patches", "window_mean", "config_to_dict", "config_from_dict",
-           "save_state", "load_state"]
+__all__ = ["State", "Baseline", "Setting", "NEEDS", "check_patches", "window_mean", "config_to_dict",
+           "config_from_dict", "save_state", "load_state"]
 
 _SEP = "/"
 _META = "__baseline__"
@@ -44,9 +44,29 @@ class State:
     arrays: Mapping[str, Any]
 
 
+# What a baseline can need from a comparison besides its training patches (:attr:`Baseline.needs`):
+# "window": it is fitted for the scoring window (its config takes it, see ``configure``);
+# "ddpm": it reuses BTD's own DDPM when there is one (config via ``configure``, ``fit(..., params=)``).
+NEEDS = ("window", "ddpm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What a comparison offers a baseline: the patch ``side``, the scoring window ``center`` (None: the
+    whole patch) and BTD's model ``ddpm`` (a :class:`~btd_jax.score.Scorer`; None without one)."""
+
+    side: int
+    center: Optional[int] = None
+    ddpm: Any = None
+
+
 @dataclasses.dataclass(frozen=True)
 class Baseline:
-    """Registry entry. ``fit(train, cfg=None, key=None) -> State``; ``score(state, x, **kw) -> (N,)``."""
+    """Registry entry. ``fit(train, cfg=None, key=None) -> State``; ``score(state, x, **kw) -> (N,)``.
+
+    ``display_name``: as printed in the paper's Table 1; ``needs``: of :data:`NEEDS`; ``configure(cfg,
+    setting) -> cfg``: the config a comparison fits it with, given a :class:`Setting` (None: as it is).
+    """
 
     name: str
     config: type
@@ -54,6 +74,14 @@ class Baseline:
     fit: Callable[..., State]
     score: Callable[..., np.ndarray]
     description: str = ""
+    display_name: str = ""
+    needs: Tuple[str, ...] = ()
+    configure: Optional[Callable[[Any, Setting], Any]] = None
+
+    def __post_init__(self):
+        unknown = set(self.needs) - set(NEEDS)
+        if unknown:
+            raise ValueError(f"baseline {self.name!r}: unknown needs {sorted(unknown)}; valid ones are {NEEDS}")
 
     def save(self, state: State, path: str) -> str:
         if state.name != self.name:

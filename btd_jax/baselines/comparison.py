@@ -1,10 +1,10 @@
 """BTD against every baseline on one test set: the paper's Table 1 for a user's data.
 
-Used by ``btd-jax compare`` and ``experiments/compare_methods.py``::
-
     result = comparison.compare(train, patches, labels, meta, modality="CT", attack="injection",
                                 scorer=Scorer.load(workdir))
     comparison.write_outputs(result, out_dir)  # results.md/.csv/.json, scores.csv, comparison.png
+    result = comparison.compare_files("TESTSET_ROOT", "train.npz", "out/", model="runs/ct",
+                                      modality="CT", attack="injection")          # btd-jax compare
 
 Protocol (paper section 4): every baseline is fitted on the same real training patches (same [0,1]
 preprocessing as BTD) and scored on the same test patches; AUC/EER with the scanner-balanced
@@ -20,16 +20,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import jax
 import numpy as np
 
 from btd_jax import baselines, evaluate
 from btd_jax.baselines import base
+from btd_jax.data.readers import load_patches
 from btd_jax.plots import plot_bars  # re-exported: comparison.plot_bars(rows, path)
+from btd_jax.runtime.outputs import write_skipped
+from btd_jax.scoring.scorer import Scorer, as_scorer
 
-__all__ = ["Result", "paper_center", "baseline_config", "compare", "write_outputs", "plot_bars"]
+__all__ = ["Result", "paper_center", "baseline_config", "compare", "write_outputs", "compare_files", "plot_bars"]
 
 
 @dataclasses.dataclass
@@ -40,6 +43,8 @@ class Result:
     metadata: Dict[str, np.ndarray]
     seconds: Dict[str, Dict[str, float]]  # method -> {"fit": s, "score": s}
     info: Dict[str, Any]
+    paths: Dict[str, str] = dataclasses.field(default_factory=dict)  # what compare_files wrote
+    skipped: List[Any] = dataclasses.field(default_factory=list)  # test-set rows left out (strict=False)
 
 
 def paper_center(attack: str, side: int, center: Optional[int] = 32) -> Optional[int]:
@@ -51,24 +56,15 @@ def paper_center(attack: str, side: int, center: Optional[int] = 32) -> Optional
 
 def baseline_config(name: str, side: int, center: Optional[int], preset: str = "default",
                     steps: Optional[int] = None, scorer: Any = None) -> Any:
-    """The config a comparison fits ``name`` with: preset ('default' or 'tiny'), the window, optional step count."""
+    """The config a comparison fits ``name`` with: preset ('default' or 'tiny'), optional step count, then
+    the baseline's own ``configure`` for the window and BTD's DDPM (:class:`~btd_jax.baselines.base.Setting`)."""
     b = baselines.get(name)
     if preset not in ("default", "tiny"):
         raise ValueError(f"preset must be 'default' or 'tiny', got {preset!r}")
     cfg = b.tiny if preset == "tiny" else b.config()
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    upd: Dict[str, Any] = {}
-    if steps is not None and "steps" in fields:
-        upd["steps"] = int(steps)
-    if name == "inpaint_ae" and center is not None:
-        upd["mask_fraction"] = center / side
-    if name == "ood_ddpm":
-        upd["center"] = center
-        if scorer is not None:  # the same DDPM as BTD
-            upd["model"], upd["diffusion"] = scorer.cfg.model, scorer.cfg.diffusion
-        else:
-            upd["diffusion"] = dataclasses.replace(cfg.diffusion, image_size=side)
-    return dataclasses.replace(cfg, **upd)
+    if steps is not None and "steps" in {f.name for f in dataclasses.fields(cfg)}:
+        cfg = dataclasses.replace(cfg, steps=int(steps))
+    return cfg if b.configure is None else b.configure(cfg, base.Setting(side, center, scorer))
 
 
 def _say(progress: Optional[Callable[[str], None]], msg: str) -> None:
@@ -115,7 +111,7 @@ def compare(train: np.ndarray, patches: np.ndarray, labels: np.ndarray, metadata
 
     for i, name in enumerate(methods):
         b = baselines.get(name)
-        display = baselines.DISPLAY_NAMES[name]
+        display = b.display_name or name
         ckpt = os.path.join(checkpoint_dir, f"{name}.npz") if checkpoint_dir else None
         t0 = time.perf_counter()
         if ckpt and reuse and os.path.exists(ckpt):
@@ -123,7 +119,7 @@ def compare(train: np.ndarray, patches: np.ndarray, labels: np.ndarray, metadata
             _say(progress, f"{display}: loaded {ckpt}")
         else:
             cfg = baseline_config(name, side, window, preset, baseline_steps, scorer)
-            kw = {"params": jax.device_get(scorer.params)} if name == "ood_ddpm" and scorer is not None else {}
+            kw = {"params": jax.device_get(scorer.params)} if "ddpm" in b.needs and scorer is not None else {}
             state = b.fit(train, cfg, jax.random.fold_in(key, i), **kw)
             if ckpt:
                 b.save(state, ckpt)
@@ -154,3 +150,40 @@ def write_outputs(result: Result, out_dir: str, **extra: Any) -> Dict[str, str]:
     title = f"{info['modality']} {info['attack']} ({info['reduction']})"
     paths["figure"] = plot_bars(result.rows, os.path.join(out_dir, "comparison.png"), title=title)
     return paths
+
+
+def compare_files(dataset: str, train: str, out: str, *, model: Union[None, Scorer, str, "os.PathLike[str]"] = None,
+                  modality: str = "CT", attack: str = "injection", methods: Sequence[str] = baselines.NAMES,
+                  tamper: Optional[str] = None, preset: str = "default", baseline_steps: Optional[int] = None,
+                  max_train: Optional[int] = None, size: Optional[int] = None, center: Optional[int] = 32,
+                  btd_steps: int = 1, n_boot: int = 100, seed: int = 0, batch_size: int = 256, reuse: bool = False,
+                  strict: bool = True, progress: Optional[Callable[[str], None]] = print) -> Result:
+    """:func:`compare` on files, with every output written (``btd-jax compare``).
+
+    ``train``: real training patches (.npy/.npz) in [0, 1], at most ``max_train`` of them (a seeded
+    random choice); ``dataset``: a test set (authors' layout, or a .npz with patches/labels), cut at
+    ``size`` (default the model's patch size, else the training patches'); ``model``: BTD (a Scorer or
+    a workdir; adds its row and lends OOD-DDPM its DDPM). Writes :func:`write_outputs` to ``out``, the
+    fitted baselines to ``out/baselines/<name>.npz`` (``reuse``: load those already there) and
+    ``out/skipped.csv`` (test-set rows left out with ``strict=False``).
+    """
+    for m in methods:
+        baselines.get(m)  # unknown names fail before any work
+    scorer = None if model is None else as_scorer(model)
+    real = load_patches(train)
+    if max_train and len(real) > max_train:
+        real = real[np.random.default_rng(seed).choice(len(real), max_train, replace=False)]
+    size = size or (scorer.cfg.image_size if scorer is not None else real.shape[1])
+    skipped: List[Any] = []
+    patches, labels, meta = evaluate.load_eval_set(dataset, modality, attack, size=size,
+                                                   skipped=None if strict else skipped)
+    write_skipped(os.path.join(out, "skipped.csv"), skipped)
+    result = compare(real, patches, labels, meta, modality=modality, attack=attack, scorer=scorer, methods=methods,
+                     tamper=tamper, preset=preset, baseline_steps=baseline_steps, center=center, btd_steps=btd_steps,
+                     n_boot=n_boot, seed=seed, batch_size=batch_size, checkpoint_dir=os.path.join(out, "baselines"),
+                     reuse=reuse, progress=progress)
+    result.paths = write_outputs(result, out, dataset=os.path.abspath(dataset), train=os.path.abspath(train),
+                                 workdir=os.path.abspath(scorer.workdir) if scorer is not None and scorer.workdir
+                                 else None)
+    result.skipped = skipped
+    return result

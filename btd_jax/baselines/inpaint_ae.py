@@ -109,4 +109,13 @@ def score(state: base.State, patches: np.ndarray, center: Optional[int] = None, 
     return batched_apply(lambda b, _i: _hole_error(model, params, b, hole), x, batch_size).astype(np.float64)
 
 
-BASELINE = base.Baseline("inpaint_ae", Config, TINY, fit, score, "centre in-painting AE, completion error")
+def _configure(cfg: Config, setting: base.Setting) -> Config:
+    """The hole covers the scoring window."""
+    if setting.center is None:
+        return cfg
+    return dataclasses.replace(cfg, mask_fraction=setting.center / setting.side)
+
+
+BASELINE = base.Baseline("inpaint_ae", Config, TINY, fit, score,
+                         "centre in-painting AE, completion error",
+                         display_name="In-Paint AE", needs=("window",), configure=_configure)

@@ -103,4 +103,6 @@ def score(state: base.State, patches: np.ndarray, center: Optional[int] = None, 
     return batched_apply(fn, x, batch_size).astype(np.float64)
 
 
-BASELINE = base.Baseline("ocvae", Config, TINY, fit, score, "one-class VAE (OC-FakeDect-1), reconstruction error")
+BASELINE = base.Baseline("ocvae", Config, TINY, fit, score,
+                         "one-class VAE (OC-FakeDect-1), reconstruction error",
+                         display_name="OC-VAE")

@@ -190,5 +190,16 @@ def score(state: base.State, patches: np.ndarray, center: Optional[int] = None, 
     return z.mean(axis=1).astype(np.float64)
 
 
+def _configure(cfg: Config, setting: base.Setting) -> Config:
+    """Errors over the scoring window; BTD's own DDPM (its model and diffusion) when there is one
+    ("the same DDPM"), else one of the patch size."""
+    if setting.ddpm is not None:
+        return dataclasses.replace(cfg, center=setting.center, model=setting.ddpm.cfg.model,
+                                   diffusion=setting.ddpm.cfg.diffusion)
+    return dataclasses.replace(cfg, center=setting.center,
+                               diffusion=dataclasses.replace(cfg.diffusion, image_size=setting.side))
+
+
 BASELINE = base.Baseline("ood_ddpm", Config, TINY, fit, score,
-                         "multi-level DDPM reconstruction errors, z-scored on validation data (Graham et al. 2023)")
+                         "multi-level DDPM reconstruction errors, z-scored on validation data (Graham et al. 2023)",
+                         display_name="OOD DDPM", needs=("window", "ddpm"), configure=_configure)

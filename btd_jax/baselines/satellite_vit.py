@@ -120,4 +120,6 @@ def fit(train_patches: np.ndarray, cfg: Optional[Config] = None, key=None) -> ba
 score = reconstruction_scorer(_model)
 
 
-BASELINE = base.Baseline("satellite_vit", Config, TINY, fit, score, "ViT autoencoder, reconstruction MSE")
+BASELINE = base.Baseline("satellite_vit", Config, TINY, fit, score,
+                         "ViT autoencoder, reconstruction MSE",
+                         display_name="Satellite ViT")

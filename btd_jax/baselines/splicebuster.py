@@ -169,4 +169,5 @@ def score(state: base.State, patches: np.ndarray, center: Optional[int] = None, 
 
 
 BASELINE = base.Baseline("splicebuster", Config, TINY, fit, score,
-                         "noise-residual co-occurrence features + per-image 2-component GMM")
+                         "noise-residual co-occurrence features + per-image 2-component GMM",
+                         display_name="Splice Buster")

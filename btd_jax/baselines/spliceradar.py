@@ -158,4 +158,5 @@ def score(state: base.State, patches: np.ndarray, center: Optional[int] = None, 
 
 
 BASELINE = base.Baseline("spliceradar", Config, TINY, fit, score,
-                         "learned constrained-conv noise residual + per-image GMM clustering")
+                         "learned constrained-conv noise residual + per-image GMM clustering",
+                         display_name="Splice Radar")

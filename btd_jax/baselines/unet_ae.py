@@ -98,4 +98,6 @@ def fit(train_patches: np.ndarray, cfg: Optional[Config] = None, key=None) -> ba
 score = reconstruction_scorer(_model)
 
 
-BASELINE = base.Baseline("unet_ae", Config, TINY, fit, score, "denoising U-Net autoencoder, reconstruction MSE")
+BASELINE = base.Baseline("unet_ae", Config, TINY, fit, score,
+                         "denoising U-Net autoencoder, reconstruction MSE",
+                         display_name="Unet-AE")

@@ -12,7 +12,8 @@ CI), ``scores.csv``, ``comparison.png`` (bar chart) and the fitted baselines und
 baselines included) is checked before any work: existing ones are replaced only with ``--overwrite``
 (with ``--reuse`` existing baselines are read, never replaced), a non-empty ``--out`` that compare
 did not write needs it too, and nothing is written into the inputs; ``--lenient`` skips bad
-test-set rows and lists them in ``DIR/skipped.csv``.
+test-set rows and lists them in ``DIR/skipped.csv``. The work is
+:func:`btd_jax.baselines.comparison.compare_files`.
 """
 
 from __future__ import annotations
@@ -21,16 +22,12 @@ import argparse
 import os
 import sys
 
-import numpy as np
-
 from btd_jax import baselines, evaluate
 from btd_jax.baselines import comparison
 from btd_jax.commands._flags import (
     add_deprecated_alias, existing_file, existing_folder, existing_path, non_negative_int, positive_int,
 )
-from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, report_skipped, skipped_file
-from btd_jax.data import datasets
-from btd_jax.score import Scorer
+from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, say_skipped, skipped_file
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -90,26 +87,14 @@ def run(args: argparse.Namespace) -> int:
     for m in methods:
         baselines.get(m)  # unknown names fail before any work
     plan_outputs(args, methods)
-    scorer = None
-    if args.workdir:
-        scorer = Scorer.load(args.workdir)
-    train = datasets.load_patches(args.train)
-    if args.max_train and len(train) > args.max_train:
-        train = train[np.random.default_rng(args.seed).choice(len(train), args.max_train, replace=False)]
-    size = args.size or (scorer.cfg.image_size if scorer is not None else train.shape[1])
-    skipped = [] if args.lenient else None
-    patches, labels, meta = evaluate.load_eval_set(args.dataset, args.modality, args.attack, size=size,
-                                                   skipped=skipped)
-    report_skipped("compare", args.out, skipped or [], folder=True)
-    result = comparison.compare(
-        train, patches, labels, meta, modality=args.modality, attack=args.attack, scorer=scorer, methods=methods,
-        tamper=args.tamper, preset=args.preset, baseline_steps=args.baseline_steps, center=args.center,
-        btd_steps=args.reverse_steps, n_boot=args.n_boot, seed=args.seed, batch_size=args.batch_size,
-        checkpoint_dir=os.path.join(args.out, "baselines"), reuse=args.reuse,
+    result = comparison.compare_files(
+        args.dataset, args.train, args.out, model=args.workdir, modality=args.modality, attack=args.attack,
+        methods=methods, tamper=args.tamper, preset=args.preset, baseline_steps=args.baseline_steps,
+        max_train=args.max_train, size=args.size, center=args.center, btd_steps=args.reverse_steps,
+        n_boot=args.n_boot, seed=args.seed, batch_size=args.batch_size, reuse=args.reuse, strict=not args.lenient,
         progress=lambda msg: print(msg, file=sys.stderr))
-    paths = comparison.write_outputs(result, args.out, dataset=os.path.abspath(args.dataset),
-                                     train=os.path.abspath(args.train),
-                                     workdir=os.path.abspath(args.workdir) if args.workdir else None)
+    say_skipped("compare", result.skipped, skipped_file(args.out, folder=True))
+    paths = result.paths
     print(evaluate.table1_markdown(result.rows))
     print(f"wrote {paths['markdown']}, {paths['csv']}, {paths['json']}, {paths['scores']} and {paths['figure']}")
     return 0

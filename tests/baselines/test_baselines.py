@@ -24,7 +24,10 @@ def fitted(name, task):
 def test_registry_lists_the_papers_eight_baselines():
     assert baselines.NAMES == ("ae", "inpaint_ae", "ocvae", "unet_ae", "splicebuster", "spliceradar",
                                "satellite_vit", "ood_ddpm")
-    assert set(baselines.DISPLAY_NAMES) == set(baselines.NAMES)
+    assert [baselines.get(n).display_name for n in baselines.NAMES] == [
+        "AE", "In-Paint AE", "OC-VAE", "Unet-AE", "Splice Buster", "Splice Radar", "Satellite ViT", "OOD DDPM"]
+    assert {n: baselines.get(n).needs for n in baselines.NAMES if baselines.get(n).needs} == {
+        "inpaint_ae": ("window",), "ood_ddpm": ("window", "ddpm")}
     with pytest.raises(KeyError, match="unknown baseline 'nope'.*ae"):
         baselines.get("nope")
 
