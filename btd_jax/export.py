@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,7 @@ from btd_jax.models.unet import Unet
 from btd_jax.runtime.atomic import write_bytes, write_json
 from btd_jax.runtime.errors import require
 from btd_jax.score import parse_reduction, reduce_residual
+from btd_jax.scoring.scorer import Scorer, as_scorer
 
 __all__ = ["ExportedScorer", "export_scorer", "load", "scorer_function", "calibration_files", "ARTIFACT",
            "MANIFEST", "DEFAULT_PLATFORMS", "PLATFORMS"]
@@ -59,10 +60,11 @@ def scorer_function(params: Any, cfg: configs.Config, center: Optional[int], red
     return fn
 
 
-def export_scorer(scorer: Any, out_dir: str, center: Optional[int] = None, reduction: Optional[str] = None,
-                  platforms: Optional[Sequence[str]] = DEFAULT_PLATFORMS,
+def export_scorer(scorer: Union[Scorer, str, "os.PathLike[str]"], out_dir: str, center: Optional[int] = None,
+                  reduction: Optional[str] = None, platforms: Optional[Sequence[str]] = DEFAULT_PLATFORMS,
                   workdir: Optional[str] = None) -> Dict[str, Any]:
-    """Exports ``scorer`` (a :class:`btd_jax.score.Scorer`: ``cfg``, ``params``) to ``out_dir``.
+    """Exports ``scorer`` (a :class:`btd_jax.score.Scorer`, or a workdir to load one from) to ``out_dir``
+    (``btd-jax export``).
 
     ``center``/``reduction`` default to the config's ``score`` settings (``center=0``: whole patch).
     ``platforms`` None = the current backend (else names from :data:`PLATFORMS`). Calibration files
@@ -70,6 +72,7 @@ def export_scorer(scorer: Any, out_dir: str, center: Optional[int] = None, reduc
     written atomically, after the artifact is serialized. Returns the manifest.
     """
     require("flatbuffers", "exporting a scorer")  # jax.export serializes with it: fail before lowering
+    scorer = as_scorer(scorer)
     unknown = [p for p in (platforms or ()) if p not in PLATFORMS]
     if unknown:
         raise DataError(f"unknown platform(s) {', '.join(map(repr, unknown))}; expected some of {', '.join(PLATFORMS)}")

@@ -8,7 +8,7 @@ Writes ``scorer/scorer.jaxexport`` (symbolic batch dimension, parameters inside)
 ``jax.export.deserialize(open(path, 'rb').read()).call(images)`` -> (scores, maps). Needs the
 ``export`` extra (``pip install 'btd_jax[export]'``: flatbuffers). The outputs are checked before
 any work: an existing export is replaced only with ``--overwrite``, and a failed export leaves no
-file behind.
+file behind. The work is :func:`btd_jax.export.export_scorer`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from btd_jax import export
 from btd_jax.commands._flags import add_reduction_flag, choice_list, existing_folder, non_negative_int
 from btd_jax.commands._safety import add_overwrite_flag, output_plan
 from btd_jax.runtime.errors import require
-from btd_jax.score import Scorer
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -51,9 +50,8 @@ def plan_outputs(args):
 def run(args) -> int:
     require("flatbuffers", "btd-jax export")
     plan_outputs(args)
-    scorer = Scorer.load(args.workdir)
-    m = export.export_scorer(scorer, args.out, center=args.center, reduction=args.reduction,
-                             platforms=args.platforms, workdir=args.workdir)
+    m = export.export_scorer(args.workdir, args.out, center=args.center, reduction=args.reduction,
+                             platforms=args.platforms)
     print(f"exported {m['config']['name']} scorer (center {m['center']}, {m['reduction']}, platforms "
           f"{','.join(m['platforms'])}, calibrations: {', '.join(m['calibrations']) or 'none'}) -> {args.out}")
     return 0

@@ -148,9 +148,9 @@ class Scorer(ModelStream):
 
 
 def as_scorer(model: Union[Scorer, str, "os.PathLike[str]"], dtype: Optional[str] = None) -> Scorer:
-    """``model`` itself, or :meth:`Scorer.load` of the workdir ``model``; ``dtype``: compute in this
-    dtype instead of the config's ``model.dtype`` (the weights are the same)."""
-    scorer = model if isinstance(model, Scorer) else Scorer.load(os.fspath(model))
+    """:meth:`Scorer.load` of the workdir ``model``, or ``model`` itself (a Scorer, or a stand-in with its
+    interface); ``dtype``: compute in this dtype instead of the config's ``model.dtype`` (same weights)."""
+    scorer = Scorer.load(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
     if dtype and dtype != scorer.cfg.model.dtype:
         workdir = scorer.workdir
         scorer = Scorer.from_params(scorer.params, configs.override(scorer.cfg, {"model.dtype": dtype}))
