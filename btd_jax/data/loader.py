@@ -4,19 +4,19 @@
 order of the output never depends on how many workers built it, and a resumed run starts the same
 stream at its step. With ``workers > 0`` the batches are made by ``grain``'s worker processes
 (``MapDataset.range(...).map(make)...mp_prefetch``); ``make`` must then pickle. With
-``workers = 0`` one background thread keeps ``depth`` batches ready (numpy releases the GIL while
-copying, so this overlaps with a device step on small hosts).
+``workers = 0`` one background thread keeps ``depth`` batches ready
+(:func:`btd_jax.runtime.prefetch.thread_prefetch`).
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 from typing import Callable, Iterator
 
 import numpy as np
 
-__all__ = ["host_batches", "thread_prefetch", "grain_available"]
+from btd_jax.runtime.prefetch import thread_prefetch
+
+__all__ = ["host_batches", "grain_available"]
 
 
 def grain_available() -> bool:
@@ -25,38 +25,6 @@ def grain_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def thread_prefetch(make: Callable[[int], object], steps: range, depth: int = 2) -> Iterator:
-    """``make(s)`` for ``s`` in ``steps``, built ``depth`` ahead on a background thread; errors in
-    ``make`` are re-raised in the caller."""
-    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-
-    def work():
-        try:
-            for s in steps:
-                if stop.is_set():
-                    return
-                q.put((True, make(s)))
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            q.put((False, e))
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    try:
-        for _ in steps:
-            ok, item = q.get()
-            if not ok:
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)
 
 
 def _grain_batches(make: Callable[[int], np.ndarray], steps: range, workers: int,

@@ -21,9 +21,9 @@ import numpy as np
 
 from btd_jax import calibration as calib
 from btd_jax.data.errors import DataError
-from btd_jax.data.loader import thread_prefetch
 from btd_jax.data.readers import Geometry, check_volume
 from btd_jax.localize import window_positions
+from btd_jax.runtime.prefetch import thread_prefetch
 from btd_jax.scoring.interfaces import ScoreResult
 from btd_jax.scoring.pooling import parse_reduction, pool_window
 from btd_jax.screen import proposals

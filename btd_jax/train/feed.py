@@ -13,8 +13,6 @@ or the authors' CT folder), in worker processes (grain) or a background thread.
 
 from __future__ import annotations
 
-import queue
-import threading
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import jax
@@ -27,9 +25,10 @@ from btd_jax.configs import Config
 from btd_jax.data import crops as crops_lib
 from btd_jax.data import loader, validate
 from btd_jax.parallel import data_sharding
+from btd_jax.runtime.prefetch import thread_prefetch
 from btd_jax.train.step import batch_sharding
 
-__all__ = ["check_patches", "global_indices", "TrainFeed", "CropFeed", "ValFeed", "prefetch"]
+__all__ = ["check_patches", "global_indices", "TrainFeed", "CropFeed", "ValFeed"]
 
 _CHECK_CHUNK = 4096  # patches per value check: memory-mapped inputs are never read whole
 
@@ -128,7 +127,7 @@ class TrainFeed:
 
     def batches(self, steps: range, depth: int = 2) -> Iterator[jax.Array]:
         """The global batches of ``steps``, gathered ``depth`` steps ahead on a thread."""
-        return prefetch(self, steps, depth)
+        return thread_prefetch(self, steps, depth)
 
 
 class CropFeed:
@@ -168,12 +167,12 @@ class CropFeed:
         """The global batches of ``steps``; host batches from the workers (or this thread) are
         moved to the devices one step ahead on a background thread."""
         if self.workers <= 0:
-            return prefetch(self, steps, self.depth)
+            return thread_prefetch(self, steps, self.depth)
         host = loader.host_batches(self.make, steps, self.workers, self.depth)
 
         def run():
             try:
-                yield from prefetch(lambda _step: self.to_device(next(host)), steps, self.depth)
+                yield from thread_prefetch(lambda _step: self.to_device(next(host)), steps, self.depth)
             finally:
                 host.close()  # stops the worker processes (the prefetch thread has ended)
         return run()
@@ -214,38 +213,3 @@ class ValFeed:
         """Mean validation loss of ``params`` under ``eval_fn`` (:func:`step.make_eval_step`)."""
         total = sum(eval_fn(params, *arrays) for arrays in self.chunks())
         return float(total) / self.n
-
-
-def prefetch(make: Callable[[int], jax.Array], steps: Sequence[int], depth: int = 2) -> Iterator[jax.Array]:
-    """Yields ``make(s)`` for ``s`` in ``steps``, built ``depth`` steps ahead on a background thread.
-
-    Host gathering and the host-to-device copy overlap with the device computing earlier steps.
-    Errors in ``make`` are re-raised in the caller.
-    """
-    q: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-
-    def work():
-        try:
-            for s in steps:
-                if stop.is_set():
-                    return
-                q.put((True, make(s)))
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            q.put((False, e))
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    try:
-        for _ in steps:
-            ok, item = q.get()
-            if not ok:
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from btd_jax.data import crops as C, loader, sources, store as S
+from btd_jax.runtime.prefetch import thread_prefetch
 from _layouts import write_authors_ct
 
 
@@ -26,7 +27,7 @@ def test_thread_prefetch_in_order_and_errors_surface(make):
             raise ValueError("broken batch 2")
         return s
     with pytest.raises(ValueError, match="broken batch 2"):
-        list(loader.thread_prefetch(bad, range(5)))
+        list(thread_prefetch(bad, range(5)))
 
 
 def test_grain_workers_give_the_same_stream(make):
