@@ -4,7 +4,8 @@
         --torch_python TORCH_ENV/bin/python --ddpm_path DDPM_1.8.3_DIR \
         --out experiments/results/bench_throughput_cpu.json
 
-The JAX side is ``btd-jax bench`` (:mod:`btd_jax.commands.bench`: what is timed and how). After each
+The JAX side is ``btd-jax bench`` (:func:`btd_jax.benchmarks.scoring.measure_throughput`: what is timed
+and how). After each
 batch size the reference (:mod:`experiments.torch_reference`: lucidrains ``p_sample(x, 0)`` + MSE in
 ``--torch_python``, denoising-diffusion-pytorch from ``--ddpm_path``) is timed on the same weights,
 inputs and batch, its scores are checked against the JAX float32 ones, and the ratio is reported.
@@ -20,12 +21,12 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from btd_jax.commands import bench
+from btd_jax.benchmarks import scoring
 from experiments import torch_reference
 
 
 def _reference_hook(args: argparse.Namespace, ref_batches: Optional[set]):
-    """bench.measure's after_batch: time the reference at batch ``b`` right after the JAX side."""
+    """measure_throughput's after_batch: time the reference at batch ``b`` right after the JAX side."""
 
     def after_batch(report: Dict[str, Any], jb: Any, inputs: np.ndarray, b: int, rows: List[Dict[str, Any]],
                     scores: Dict[str, np.ndarray]) -> None:
@@ -52,18 +53,32 @@ def _reference_hook(args: argparse.Namespace, ref_batches: Optional[set]):
     return after_batch
 
 
+def _add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--config", default="ct", help="preset name (default: ct, 96 px, dim 32)")
+    p.add_argument("--batches", default="1,64,256", help="comma-separated batch sizes (default 1,64,256)")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes (default float32,bfloat16)")
+    p.add_argument("--min_time", type=float, default=3.0, help="seconds of timed runs per point (>= 2 runs)")
+    p.add_argument("--out", default=None, help="JSON output path (default: print only)")
+    p.add_argument("--micro_batch", default="auto", help="rows per U-Net pass per device: auto (1 on CPU), none, or K")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    args = torch_reference.add_arguments(bench.add_arguments(parser)).parse_args(argv)
+    args = torch_reference.add_arguments(_add_arguments(parser)).parse_args(argv)
     use_ref = bool(args.torch_python) and os.path.exists(args.torch_python)
     ref_batches = {int(v) for v in args.ref_batches.split(",") if v.strip()} if args.ref_batches else None
     hook = _reference_hook(args, ref_batches) if use_ref else None
-    report = bench.measure(args, after_batch=hook)
+    report = scoring.measure_throughput(
+        args.config, [int(v) for v in args.batches.split(",") if v.strip()],
+        [d.strip() for d in args.dtypes.split(",") if d.strip()], args.min_time,
+        scoring.parse_micro_batch(args.micro_batch), args.seed, after_batch=hook)
     report.setdefault("reference", [])
     report.setdefault("ratio_vs_reference", {})
     if not use_ref:
         report["reference"] = [dict(error=f"no torch interpreter at {args.torch_python!r}")]
-    bench.write_report(report, args.out)
+    scoring.write_report(report, args.out)
     return 0
 
 

@@ -1,10 +1,16 @@
 """BTD d = 1 throughput of the jitted, sharded scoring function (the one ``Scorer.score`` streams
-chunks through), timed on inputs already on the devices; GFLOP per patch from XLA's cost analysis."""
+chunks through), timed on inputs already on the devices; GFLOP per patch from XLA's cost analysis.
+
+    report = scoring.measure_throughput("ct", batches=(1, 64, 256), dtypes=("float32", "bfloat16"))
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -12,10 +18,14 @@ import numpy as np
 from btd_jax import configs, parallel
 from btd_jax.models.unet import init_params
 from btd_jax.scoring import stream
+from btd_jax.runtime.atomic import write_text
 from btd_jax.scoring.scorer import Scorer
 from btd_jax.timing import load_average, throughput, time_runs
 
-__all__ = ["JaxBench", "flops_of"]
+__all__ = ["JaxBench", "flops_of", "parse_micro_batch", "measure_throughput", "write_report"]
+
+# Called after each batch size with (report, bench, inputs, batch, rows, {dtype: scores (batch,)}).
+AfterBatch = Callable[[Dict[str, Any], "JaxBench", Any, int, List[Dict[str, Any]], Dict[str, Any]], None]
 
 
 def flops_of(compiled: Any) -> Optional[float]:
@@ -90,3 +100,53 @@ class JaxBench:
                   f"{row['cpu_s_per_patch']:.3f} CPU-s/patch, {row['runs']} runs, load {row['load_before']})",
                   flush=True)
         return row, out
+
+
+def parse_micro_batch(text: Any) -> Any:
+    """``'auto'``, ``'none'`` (or ``0``: one pass per chunk) or an integer K of rows per U-Net pass."""
+    text = str(text).strip().lower()
+    return "auto" if text == "auto" else None if text in ("none", "0", "") else int(text)
+
+
+def measure_throughput(config: str, batches: Sequence[int], dtypes: Sequence[str], min_time: float = 3.0,
+                       micro_batch: Any = "auto", seed: int = 0,
+                       after_batch: Optional[AfterBatch] = None) -> Dict[str, Any]:
+    """Times every (batch size, dtype) of the preset or config file ``config``; returns the report
+    (``btd-jax bench``).
+
+    ``after_batch`` runs right after each batch size (e.g. a reference implementation timed on the
+    same inputs, so both see about the same machine load) and may add to the report.
+    """
+    cfg = configs.load(config)
+    batches = [int(b) for b in batches]
+    if not batches or min(batches) < 1:
+        raise ValueError(f"bench: batch sizes must be positive, got {batches}")
+    inputs = np.random.default_rng(seed).uniform(
+        size=(max(batches), cfg.image_size, cfg.image_size, cfg.model.channels)).astype(np.float32)
+    dev = jax.local_devices()[0]
+    report = dict(config=config, image_size=cfg.image_size, dim=cfg.model.dim, steps=1,
+                  backend=jax.default_backend(), device=getattr(dev, "device_kind", str(dev)),
+                  n_devices=jax.local_device_count(), cpu_count=os.cpu_count(), jax_version=jax.__version__,
+                  xla_flags=os.environ.get("XLA_FLAGS", ""), load_start=load_average(),
+                  command=" ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), jax=[])
+    jb = JaxBench(cfg, list(dtypes), seed, micro_batch)
+    for b in batches:
+        rows, scores = [], {}
+        for dtype in dtypes:
+            row, scores[dtype] = jb.run(dtype, b, inputs, min_time)
+            rows.append(row)
+        report["jax"] += rows
+        if after_batch is not None:
+            after_batch(report, jb, inputs, b, rows, scores)
+    report["load_end"] = load_average()
+    return report
+
+
+def write_report(report: Dict[str, Any], out: Optional[str]) -> None:
+    """The report as indented JSON to ``out`` (directories created) or, without a path, to stdout."""
+    text = json.dumps(report, indent=2, default=float)
+    if out:
+        write_text(out, text + "\n")
+        print(f"wrote {out}")
+    else:
+        print(text)

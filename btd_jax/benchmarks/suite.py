@@ -32,7 +32,7 @@ from btd_jax.benchmarks import devices, inputs, screening, training
 from btd_jax.benchmarks.scoring import JaxBench
 from btd_jax.timing import load_average
 
-__all__ = ["PARTS", "SuiteSettings", "run_suite"]
+__all__ = ["PARTS", "SuiteSettings", "run_suite", "rerun_command"]
 
 PARTS = ("scoring", "training", "input", "screening")
 
@@ -124,6 +124,17 @@ def _screening(s: SuiteSettings, cfg) -> Dict[str, Any]:
             "seconds_per_slice": per_slice, "exhaustive_stride16": ex,
             "speedup_vs_exhaustive": ex["seconds_per_slice"] / per_slice,
             "volume_300_s": 300 * per_slice, "exhaustive_volume_300_s": 300 * ex["seconds_per_slice"]}
+
+
+def rerun_command(s: SuiteSettings, out: Optional[str] = None) -> str:
+    """The command line that reruns the suite ``s``, every setting spelled out."""
+    micro = "none" if s.micro_batch is None else s.micro_batch
+    flags = {"config": s.config, "dtypes": ",".join(s.dtypes), "min_time": s.min_time, "micro_batch": micro,
+             "seed": s.seed, "suite_batches": ",".join(map(str, s.batches)), "parts": ",".join(s.parts),
+             "train_batch": s.train_batch, "train_dtype": s.train_dtype, "train_steps": s.train_steps,
+             "store_slices": s.store_slices, "crop_steps": s.crop_steps, "screen_slices": s.screen_slices,
+             "screen_size": s.screen_size, "devices": s.devices, "out": out}
+    return " ".join(["btd-jax bench --suite"] + [f"--{k} {v}" for k, v in flags.items() if v is not None])
 
 
 def run_suite(s: SuiteSettings, command: str = "", progress: bool = True) -> Dict[str, Any]:

@@ -3,36 +3,26 @@
 For each dtype and batch size it times the jitted, sharded scoring function on inputs already on the
 device (the same function :class:`btd_jax.score.Scorer` streams chunks through), reads GFLOP per patch
 from XLA's cost analysis and reports the achieved GFLOP/s, the CPU time per patch and the machine
-load. ``experiments/bench_throughput.py`` runs the same measurement side by side with the PyTorch
-reference (lucidrains ``p_sample`` on the same weights and inputs).
+load (:func:`btd_jax.benchmarks.scoring.measure_throughput`). ``experiments/bench_throughput.py`` runs
+the same measurement side by side with the PyTorch reference (lucidrains ``p_sample`` on the same
+weights and inputs).
 
 ``--suite`` measures everything this host offers btd_jax in one JSON (:mod:`btd_jax.benchmarks.suite`):
 scoring throughput (float32 and bfloat16, batches 64-1024), the training step at global batch 128
 (images/s and share of the chip's peak FLOP/s), the input pipeline's crops/s and screening's seconds
 per slice, with the device kind, versions and the command; ~6 minutes on one GPU/TPU host.
+The work is :func:`btd_jax.benchmarks.suite.run_suite`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
-from typing import Any, Callable, Dict, List, Optional
-
-import jax
-import numpy as np
+from typing import Any, List
 
 from btd_jax import configs
-from btd_jax.benchmarks import suite
-from btd_jax.benchmarks.scoring import JaxBench
+from btd_jax.benchmarks import scoring, suite
 from btd_jax.commands._flags import non_negative_float, non_negative_int, positive_int, positive_int_list
 from btd_jax.commands._safety import add_overwrite_flag, output_plan
-from btd_jax.runtime.atomic import write_text
-from btd_jax.timing import load_average
-
-# Called after each batch size with (report, bench, inputs, batch, rows, {dtype: scores (batch,)}).
-AfterBatch = Callable[[Dict[str, Any], "JaxBench", Any, int, List[Dict[str, Any]], Dict[str, Any]], None]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -83,78 +73,10 @@ def suite_settings(args: argparse.Namespace) -> suite.SuiteSettings:
     return suite.SuiteSettings(
         config=args.config, parts=tuple(v.strip() for v in args.parts.split(",") if v.strip()),
         batches=tuple(_ints(args.suite_batches)), dtypes=tuple(d.strip() for d in args.dtypes.split(",") if d.strip()),
-        min_time=args.min_time, micro_batch=_micro(args.micro_batch), train_batch=args.train_batch,
+        min_time=args.min_time, micro_batch=scoring.parse_micro_batch(args.micro_batch), train_batch=args.train_batch,
         train_dtype=args.train_dtype, train_steps=args.train_steps, store_slices=args.store_slices,
         crop_steps=args.crop_steps, screen_slices=args.screen_slices, screen_size=args.screen_size,
         devices=args.devices, seed=args.seed)
-
-
-def suite_command(args: argparse.Namespace) -> str:
-    """The command line that reruns this suite, every setting spelled out."""
-    s = suite_settings(args)
-    flags = {"config": s.config, "dtypes": ",".join(s.dtypes), "min_time": s.min_time, "micro_batch": args.micro_batch,
-             "seed": s.seed, "suite_batches": ",".join(map(str, s.batches)), "parts": ",".join(s.parts),
-             "train_batch": s.train_batch, "train_dtype": s.train_dtype, "train_steps": s.train_steps,
-             "store_slices": s.store_slices, "crop_steps": s.crop_steps, "screen_slices": s.screen_slices,
-             "screen_size": s.screen_size, "devices": s.devices, "out": args.out}
-    return " ".join(["btd-jax bench --suite"] + [f"--{k} {v}" for k, v in flags.items() if v is not None])
-
-
-def _ints(text: Any) -> List[int]:
-    """Batch sizes from ``1,64,256`` or the list that ``--batches`` parses to."""
-    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
-    return [int(v) for v in items if str(v).strip()]
-
-
-# ----------------------------------------------------------------------------- JAX side
-
-def _micro(text: str) -> Any:
-    text = str(text).strip().lower()
-    return "auto" if text == "auto" else None if text in ("none", "0", "") else int(text)
-
-
-# ----------------------------------------------------------------------------- driver
-
-def measure(args: argparse.Namespace, after_batch: Optional[AfterBatch] = None) -> Dict[str, Any]:
-    """Times every (batch size, dtype) of ``args`` (see :func:`add_arguments`); returns the report.
-
-    ``after_batch`` runs right after each batch size (e.g. a reference implementation timed on the
-    same inputs, so both see about the same machine load) and may add to the report.
-    """
-    cfg = configs.load(args.config)
-    batches = [args.batch_size] if args.batch_size else _ints(args.batches)
-    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    if not batches or min(batches) < 1:
-        raise ValueError(f"bench: batch sizes must be positive, got {batches}")
-    inputs = np.random.default_rng(args.seed).uniform(
-        size=(max(batches), cfg.image_size, cfg.image_size, cfg.model.channels)).astype(np.float32)
-    dev = jax.local_devices()[0]
-    report = dict(config=args.config, image_size=cfg.image_size, dim=cfg.model.dim, steps=1,
-                  backend=jax.default_backend(), device=getattr(dev, "device_kind", str(dev)),
-                  n_devices=jax.local_device_count(), cpu_count=os.cpu_count(), jax_version=jax.__version__,
-                  xla_flags=os.environ.get("XLA_FLAGS", ""), load_start=load_average(),
-                  command=" ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), jax=[])
-    jb = JaxBench(cfg, dtypes, args.seed, _micro(args.micro_batch))
-    for b in batches:
-        rows, scores = [], {}
-        for dtype in dtypes:
-            row, scores[dtype] = jb.run(dtype, b, inputs, args.min_time)
-            rows.append(row)
-        report["jax"] += rows
-        if after_batch is not None:
-            after_batch(report, jb, inputs, b, rows, scores)
-    report["load_end"] = load_average()
-    return report
-
-
-def write_report(report: Dict[str, Any], out: Optional[str]) -> None:
-    """The report as indented JSON to ``out`` (directories created) or, without a path, to stdout."""
-    text = json.dumps(report, indent=2, default=float)
-    if out:
-        write_text(out, text + "\n")
-        print(f"wrote {out}")
-    else:
-        print(text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,7 +84,17 @@ def run(args: argparse.Namespace) -> int:
     plan.file(args.out)
     plan.check()
     if getattr(args, "suite", False):
-        write_report(suite.run_suite(suite_settings(args), command=suite_command(args)), args.out)
+        settings = suite_settings(args)
+        scoring.write_report(suite.run_suite(settings, command=suite.rerun_command(settings, args.out)), args.out)
         return 0
-    write_report(measure(args), args.out)
+    batches = [args.batch_size] if args.batch_size else _ints(args.batches)
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    scoring.write_report(scoring.measure_throughput(args.config, batches, dtypes, args.min_time,
+                                                    scoring.parse_micro_batch(args.micro_batch), args.seed), args.out)
     return 0
+
+
+def _ints(text: Any) -> List[int]:
+    """Batch sizes from ``1,64,256`` or the list that ``--batches`` parses to."""
+    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    return [int(v) for v in items if str(v).strip()]
