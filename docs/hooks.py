@@ -13,6 +13,7 @@ from mkdocs.exceptions import PluginError
 
 from btd_jax import configs
 from btd_jax.configs import reductions
+from btd_jax.data import readers
 from btd_jax.scoring import variants
 
 MARKER = re.compile(r"^<!-- generated: ([a-z_]+) -->$", re.MULTILINE)
@@ -42,6 +43,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "reductions": reductions.markdown_table,
     "variants": variants.markdown_table,
     "presets": presets_table,
+    "formats": readers.markdown_table,
 }
 
 

@@ -109,6 +109,6 @@ def _detect(probe: Probe) -> bool:
 
 
 FORMAT = register(Format(
-    "dicom", "DICOM files (a file or a folder, searched recursively): one scan per image series, CT in HU "
-             "(compressed transfer syntaxes: pip install 'btd_jax[dicom]')",
+    "dicom", "DICOM files (a file or a folder, searched recursively): one scan per image series, CT in HU, MR "
+             "standardised per series (compressed transfer syntaxes: pip install 'btd_jax[dicom]')",
     _detect, scans=dicom_scans, fallback=True))
