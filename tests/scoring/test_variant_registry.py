@@ -49,8 +49,8 @@ def shift_variant():
 
 
 def test_builtin_entries():
-    assert sv.names() == ("btd", "multi_t", "two_sided")
-    assert [v.needs_reference for v in sv.VARIANTS.values()] == [False, False, True]
+    assert sv.names() == ("btd", "multi_t", "oneclass", "two_sided")
+    assert [v.needs_reference for v in sv.VARIANTS.values()] == [False, False, True, True]
     assert "`two_sided`" in sv.markdown_table()
     with pytest.raises(ValueError, match="already registered"):
         sv.register(sv.Variant("btd", "again", sv.btd.score))

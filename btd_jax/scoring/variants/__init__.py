@@ -25,8 +25,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from btd_jax.configs import ScoreConfig
+from btd_jax.data.errors import DataError
 from btd_jax.scoring.stream import SCORE_FIELDS
-from btd_jax.scoring.variants import btd, multi_t, twosided  # noqa: F401  (each registers its entry)
+from btd_jax.scoring.variants import btd, multi_t, oneclass, twosided  # noqa: F401  (each registers its entry)
 from btd_jax.scoring.variants import reference as reference_file
 from btd_jax.scoring.variants.maps import (DEFAULT_START_TS, as_model, average_maps, energy_maps, multi_t_maps,
                                            pool_maps)
@@ -61,8 +62,8 @@ def _reference_for(variant: Variant, reference: Any, model: Any) -> Any:
         workdir = getattr(model, "workdir", None)
         if workdir is None:
             raise ValueError(f"variant {variant.name!r} needs reference= (a fitted reference or its JSON path), or "
-                             f"a Scorer loaded from a workdir holding {REFERENCE_FILE}")
-        reference = workdir
+                             f"a Scorer loaded from a workdir holding {variant.reference_file}")
+        reference = os.path.join(workdir, variant.reference_file)
     if isinstance(reference, (str, os.PathLike)):
         reference = load_reference(os.fspath(reference))
     if getattr(reference, "variant", variant.name) != variant.name:
@@ -108,10 +109,18 @@ def scorer_scores(scorer, images, variant: str, settings: ScoreConfig, key=None,
 
 
 def fit_variant_reference(scorer, real_images, variant: str, settings: ScoreConfig, key=None,
-                          start_ts: Optional[Sequence[int]] = None, progress=None, **options: Any) -> Any:
+                          start_ts: Optional[Sequence[int]] = None, progress=None, labels: Any = None,
+                          **options: Any) -> Any:
     """Fits ``variant``'s reference on REAL patches (N, H, W[, C]) under ``settings``; ``options`` are the
-    variant's fitting options (two_sided: ``base='btd' | 'multi_t'``). Refuses a variant without one."""
+    variant's fitting options (two_sided: ``base='btd' | 'multi_t'``; oneclass: ``features``).
+
+    A reference is fitted on real patches only: with ``labels`` (1 = fake), any fake is refused, as is
+    a variant that needs no reference."""
     v = get(variant)
+    if labels is not None and np.any(np.asarray(labels) != 0):
+        n = int(np.sum(np.asarray(labels) != 0))
+        raise DataError(f"a {variant} reference is fitted on REAL patches only; the input holds {n} patch(es) "
+                        "labelled fake")
     if not v.needs_reference:
         raise ValueError(f"variant {variant!r} needs no reference; the ones that do: "
                          f"{', '.join(n for n, x in VARIANTS.items() if x.needs_reference)}")

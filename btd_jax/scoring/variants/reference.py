@@ -22,21 +22,23 @@ __all__ = ["REFERENCE_FILE", "reference_file", "save", "read", "model_fingerprin
 REFERENCE_FILE = "score_reference.json"
 
 
-def reference_file(path: str) -> str:
-    """``path`` itself, or ``path/score_reference.json`` when ``path`` is a folder (e.g. a workdir)."""
+def reference_file(path: str, name: str = REFERENCE_FILE) -> str:
+    """``path`` itself, or ``path/<name>`` when ``path`` is a folder (e.g. a workdir)."""
     path = os.fspath(path)
-    return os.path.join(path, REFERENCE_FILE) if os.path.isdir(path) else path
+    return os.path.join(path, name) if os.path.isdir(path) else path
 
 
-def save(record: Mapping[str, Any], path: str) -> str:
-    """Writes ``record`` (a reference's ``to_dict()``) atomically; returns the file written."""
-    return write_json(reference_file(path), dict(record), indent=2, sort_keys=True)
+def save(record: Mapping[str, Any], path: str, name: str = REFERENCE_FILE) -> str:
+    """Writes ``record`` (a reference's ``to_dict()``) atomically to ``path`` (or ``path/<name>`` for a
+    folder); returns the file written."""
+    return write_json(reference_file(path, name), dict(record), indent=2, sort_keys=True)
 
 
-def read(path: str, decoders: Mapping[str, Callable[[Dict[str, Any]], Any]], default: str = "two_sided"):
-    """Reads a reference file and decodes it with ``decoders[record['variant']]`` (files written before
-    the field existed are ``default``)."""
-    path = reference_file(path)
+def read(path: str, decoders: Mapping[str, Callable[[Dict[str, Any]], Any]], default: str = "two_sided",
+         name: str = REFERENCE_FILE):
+    """Reads a reference file (``path``, or ``path/<name>`` for a folder) and decodes it with
+    ``decoders[record['variant']]`` (files written before the field existed are ``default``)."""
+    path = reference_file(path, name)
     d = read_json(path, "score reference", hint="fit one on real patches with btd-jax score --fit_reference")
     variant = d.get("variant", default)
     if variant not in decoders:

@@ -42,13 +42,15 @@ FitFn = Callable[[Any, Any, ScoreConfig, Call], Any]
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """One score variant: ``score(model, images, settings, call) -> (N,)``; with a reference,
-    ``fit(model, real_images, settings, call) -> reference`` and ``decode(record) -> reference``."""
+    ``fit(model, real_images, settings, call) -> reference``, ``decode(record) -> reference`` and the
+    ``reference_file`` name it has in a workdir."""
 
     name: str
     help: str
     score: ScoreFn
     fit: Optional[FitFn] = None
     decode: Optional[Callable[[Dict[str, Any]], Any]] = None
+    reference_file: str = "score_reference.json"  # its file in a workdir, found there by default
 
     @property
     def needs_reference(self) -> bool:

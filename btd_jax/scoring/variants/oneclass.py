@@ -1,0 +1,262 @@
+"""``oneclass``: is this region's behaviour under the model unusual *for this patch*? Fitted on real patches.
+
+The paper's score assumes a fake leaves a *larger* residual than real tissue; content made by a
+diffusion model is often reconstructed *better* than real tissue (DIRE, AEROBLADE, ZED: "surprise"
+in both directions). This variant describes each patch by a few context-referenced features of its
+d = 1 residual map ``r`` and of its image's high-pass energy ``h = (x - gauss(x, 1))^2`` (the patch is
+its own reference: ratios of the central window to the same patch's surround remove patient and
+scanner level), fits a Gaussian with a shrunk covariance (Ledoit-Wolf, as PaDiM) to real patches,
+and scores
+
+    -log P_chi2(d^2 >= D^2(f))  -  log P_normal(Z >= z(log paper score))
+
+Fisher's combination of a two-sided p-value (the Mahalanobis distance D of the features) and the
+paper's one-sided tail (its log energy standardised over the real patches), so that what BTD already
+catches stays caught. Windows: ``center`` (the config's, else half the patch) and its inner half;
+the surround is the patch outside ``center``.
+
+Features (default :data:`DEFAULT_FEATURES`; a reference records the ones it uses and is refused by any other):
+
+* ``log_energy``: log mean of r over the centre (the paper's score, in logs);
+* ``log_ratio`` / ``log_max_ratio`` / ``log_inner_ratio``: log of r's centre mean / centre max /
+  inner-window mean over r's surround mean;
+* ``hp_log_ratio`` / ``hp_log_inner_ratio``: the same two means of h;
+* ``t<k>_log_ratio`` / ``t<k>_log_inner_ratio`` / ``t<k>_log_max_ratio``: of the residual of one reverse step from start time
+  k (needs a model trained at that t and a key), for k in the reference's ``start_ts``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy import stats
+from sklearn.covariance import LedoitWolf
+
+from btd_jax import keys
+from btd_jax.configs import ScoreConfig
+from btd_jax.data.errors import DataError
+from btd_jax.scoring.stream import SCORE_FIELDS
+from btd_jax.scoring.variants import reference as ref_file
+from btd_jax.scoring.variants.maps import map_options
+from btd_jax.scoring.variants.registry import Call, Variant, register
+
+__all__ = ["REFERENCE_FILE", "DEFAULT_FEATURES", "EPS", "windows", "highpass_energy", "features", "OneClassReference",
+           "fit_features", "score_features", "feature_maps", "score", "fit"]
+
+REFERENCE_FILE = "oneclass_reference.json"  # its default name in a workdir
+EPS = 1e-10  # added before every log: a clipped residual can be exactly 0
+HP_SIGMA = 1.0
+DEFAULT_FEATURES: Tuple[str, ...] = ("log_energy", "log_ratio", "log_max_ratio", "log_inner_ratio", "hp_log_ratio",
+                                     "hp_log_inner_ratio")
+
+
+def windows(size: int, center: Optional[int]) -> Tuple[int, int]:
+    """(centre k, inner k) for ``size``-pixel patches: ``center`` (default size // 2) and its half."""
+    k = size // 2 if center is None else int(center)
+    if not 2 <= k < size:
+        raise DataError(f"oneclass needs a central window of 2 .. {size - 1} pixels inside the {size}-pixel patch "
+                        f"(a surround to compare with), got {k}")
+    return k, max(k // 2, 1)
+
+
+def highpass_energy(images: np.ndarray, sigma: float = HP_SIGMA) -> np.ndarray:
+    """(N, H, W[, C]) -> (N, H, W) float64 ``(x - gaussian(x, sigma))^2`` averaged over channels."""
+    x = np.asarray(images, np.float64)
+    x = x[..., None] if x.ndim == 3 else x
+    smooth = ndi.gaussian_filter(x, (0, sigma, sigma, 0), mode="reflect")
+    return np.mean((x - smooth) ** 2, axis=-1)
+
+
+def _window(maps, k: int):
+    h, w = maps.shape[-2:]
+    r, c = (h - k) // 2, (w - k) // 2
+    return maps[..., r:r + k, c:c + k]
+
+
+def _stats(m, center: int, inner: int, xp) -> Dict[str, Any]:
+    """log centre mean, log centre max, log inner mean and log surround mean of (N, H, W) maps."""
+    n, h, w = m.shape
+    cen = _window(m, center).reshape(n, -1)
+    total = m.reshape(n, -1).sum(axis=1)
+    sur_mean = (total - cen.sum(axis=1)) / (h * w - center * center)
+    return {"c": xp.log(cen.mean(axis=1) + EPS), "max": xp.log(cen.max(axis=1) + EPS),
+            "in": xp.log(_window(m, inner).reshape(n, -1).mean(axis=1) + EPS), "s": xp.log(sur_mean + EPS)}
+
+
+_KINDS = ("energy", "ratio", "max_ratio", "inner_ratio")
+
+
+def _parse(name: str) -> Tuple[str, str]:
+    """'hp_log_inner_ratio' -> ('hp', 'inner_ratio'); 'log_ratio' -> ('r', 'ratio'); 'log_energy' -> ('r', 'energy')."""
+    prefix, sep, kind = name.rpartition("log_")
+    if not sep or kind not in _KINDS or (prefix and not (prefix == "hp_" or (prefix[0] == "t" and prefix[1:-1].isdigit()
+                                                                             and prefix.endswith("_")))):
+        raise DataError(f"unknown oneclass feature {name!r}; known: {', '.join(DEFAULT_FEATURES)}, "
+                        "t<k>_log_ratio, t<k>_log_inner_ratio, t<k>_log_max_ratio")
+    if kind == "energy" and prefix:
+        raise DataError(f"unknown oneclass feature {name!r}: only the residual has 'log_energy'")
+    return (prefix[:-1] if prefix else "r"), kind
+
+
+def features(maps: Mapping[str, Any], names: Sequence[str], center: int, inner: int, xp: Any = np) -> Any:
+    """(N, F) features ``names`` from ``maps``: 'r' (the d = 1 residual), 'hp' (high-pass energy) and
+    't<k>' (residuals from start time k), each (N, H, W); ``xp`` is numpy or jax.numpy."""
+    cache: Dict[str, Dict[str, Any]] = {}
+    out = []
+    for name in names:
+        key, kind = _parse(name)
+        if key not in cache:
+            if key not in maps:
+                raise ValueError(f"feature {name!r} needs the {key!r} map, which was not computed")
+            cache[key] = _stats(maps[key], center, inner, xp)
+        s = cache[key]
+        out.append(s["c"] if kind == "energy" else {"ratio": s["c"], "max_ratio": s["max"],
+                                                     "inner_ratio": s["in"]}[kind] - s["s"])
+    return xp.stack(out, axis=1)
+
+
+def _check_names(names: Sequence[str]) -> Tuple[str, ...]:
+    names = tuple(str(n) for n in names)
+    if "log_energy" not in names:
+        raise DataError("oneclass features must include 'log_energy' (the paper's score keeps its one-sided tail)")
+    if len(set(names)) != len(names):
+        raise DataError(f"oneclass features repeat a name: {names}")
+    for n in names:
+        _parse(n)
+    return names
+
+
+@dataclasses.dataclass(frozen=True)
+class OneClassReference:
+    """A Gaussian of real patches' features (mean, shrunk precision) and the paper tail's mean/std.
+
+    ``features``: names in order; ``center``/``inner``: the windows; ``start_ts``: start times of
+    ``t<k>`` features; ``score``: the ScoreConfig fields the maps were made with; ``model``: the
+    fingerprint of the parameters; ``n``: real patches; ``shrinkage``: Ledoit-Wolf's.
+    """
+
+    features: Tuple[str, ...]
+    mean: Tuple[float, ...]
+    precision: Tuple[Tuple[float, ...], ...]
+    energy_mean: float
+    energy_std: float
+    center: int
+    inner: int
+    n: int
+    shrinkage: float = 0.0
+    start_ts: Tuple[int, ...] = ()
+    score: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    model: Optional[str] = None
+    variant = "oneclass"
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(features=list(self.features), mean=list(self.mean), precision=[list(r) for r in self.precision],
+                 start_ts=list(self.start_ts), variant=self.variant)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "OneClassReference":
+        try:
+            ref = cls(features=_check_names(d["features"]), mean=tuple(float(v) for v in d["mean"]),
+                      precision=tuple(tuple(float(v) for v in r) for r in d["precision"]),
+                      energy_mean=float(d["energy_mean"]), energy_std=float(d["energy_std"]),
+                      center=int(d["center"]), inner=int(d["inner"]), n=int(d["n"]),
+                      shrinkage=float(d.get("shrinkage", 0.0)), start_ts=tuple(int(t) for t in d.get("start_ts", ())),
+                      score=dict(d.get("score", {})), model=d.get("model"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"oneclass reference: malformed ({e!r})") from None
+        k = len(ref.features)
+        p = np.asarray(ref.precision)
+        if len(ref.mean) != k or p.shape != (k, k) or not np.isfinite(p).all() or not np.isfinite(ref.mean).all():
+            raise DataError(f"oneclass reference: mean/precision do not match its {k} features")
+        if not (np.isfinite(ref.energy_mean) and ref.energy_std > 0):
+            raise DataError("oneclass reference: needs a finite energy mean and a positive energy std")
+        return ref
+
+    def save(self, path: str) -> str:
+        """Writes JSON to ``path`` (a file, or a folder: ``path/oneclass_reference.json``); returns the file."""
+        return ref_file.save(self.to_dict(), path, REFERENCE_FILE)
+
+    @classmethod
+    def load(cls, path: str) -> "OneClassReference":
+        return ref_file.read(path, {cls.variant: cls.from_dict}, name=REFERENCE_FILE)
+
+
+def fit_features(f: np.ndarray, names: Sequence[str], center: int, inner: int, **meta: Any) -> OneClassReference:
+    """Fits the reference to (N, F) features of REAL patches (Ledoit-Wolf covariance)."""
+    names = _check_names(names)
+    f = np.asarray(f, np.float64)
+    if f.ndim != 2 or f.shape[1] != len(names):
+        raise DataError(f"features: expected (N, {len(names)}), got {f.shape}")
+    if len(f) < len(names) + 2:
+        raise DataError(f"oneclass: need at least {len(names) + 2} real patches to fit {len(names)} features, "
+                        f"got {len(f)}")
+    bad = ~np.isfinite(f).all(axis=1)
+    if bad.any():
+        raise DataError(f"real patches: features of item {int(np.argmax(bad))} are NaN or inf")
+    lw = LedoitWolf().fit(f)
+    e = f[:, names.index("log_energy")]
+    return OneClassReference(features=names, mean=tuple(lw.location_.tolist()),
+                             precision=tuple(tuple(r) for r in lw.precision_.tolist()),
+                             energy_mean=float(e.mean()), energy_std=float(max(e.std(ddof=1), 1e-6)), center=center,
+                             inner=inner, n=len(f), shrinkage=float(lw.shrinkage_), **meta)
+
+
+def score_features(f: np.ndarray, ref: OneClassReference) -> np.ndarray:
+    """(N, F) features -> (N,) float64 ``-log p_chi2(Mahalanobis^2) - log p_normal(paper tail)``."""
+    f = np.asarray(f, np.float64)
+    d = f - np.asarray(ref.mean)
+    d2 = np.einsum("nf,fg,ng->n", d, np.asarray(ref.precision), d)
+    z = (f[:, ref.features.index("log_energy")] - ref.energy_mean) / ref.energy_std
+    return -stats.chi2.logsf(np.maximum(d2, 0.0), len(ref.features)) - stats.norm.logsf(z)
+
+
+def _start_ts(names: Sequence[str]) -> Tuple[int, ...]:
+    return tuple(sorted({int(_parse(n)[0][1:]) for n in names if _parse(n)[0].startswith("t")}))
+
+
+def feature_maps(model, images, s: ScoreConfig, call: Call, names: Sequence[str]) -> Dict[str, np.ndarray]:
+    """The maps ``names`` need: 'r' at ``s.start_t``, 'hp' from the images, 't<k>' from start time k."""
+    opts = map_options(s)
+    maps = {"r": np.asarray(model.residual_map(images, steps=s.steps, start_t=s.start_t, key=call.key,
+                                               batch_size=s.batch_size, progress=call.progress, **opts))}
+    if any(n.startswith("hp_") for n in names):
+        maps["hp"] = highpass_energy(images)
+    for t in _start_ts(names):
+        if call.key is None:
+            raise ValueError(f"oneclass feature t{t}_* adds noise: pass key=jax.random.key(seed)")
+        maps[f"t{t}"] = np.asarray(model.residual_map(images, steps=1, start_t=t, key=keys.item_key(call.key, t),
+                                                      batch_size=s.batch_size, **opts))
+    return maps
+
+
+def score(model, images, s: ScoreConfig, call: Call) -> np.ndarray:
+    """Scores with the reference's own features, windows and scoring settings."""
+    ref = call.reference
+    if ref is None:
+        raise ValueError("variant 'oneclass' needs a reference fitted on real patches (btd-jax score --variant "
+                         "oneclass --fit_reference REF.json --input REAL)")
+    used = dataclasses.replace(s, **{k: v for k, v in ref.score.items()
+                                     if k in SCORE_FIELDS and k not in ScoreConfig.SPEED_FIELDS})
+    maps = feature_maps(model, images, used, call, ref.features)
+    return score_features(features(maps, ref.features, ref.center, ref.inner), ref)
+
+
+def fit(model, real_images, s: ScoreConfig, call: Call) -> OneClassReference:
+    """The reference of REAL patches; ``call.options['features']`` picks the features (default
+    :data:`DEFAULT_FEATURES`)."""
+    names = _check_names(call.options.get("features") or DEFAULT_FEATURES)
+    size = int(np.shape(real_images)[1])
+    center, inner = windows(size, s.center)
+    maps = feature_maps(model, real_images, s, call, names)
+    return fit_features(features(maps, names, center, inner), names, center, inner, start_ts=_start_ts(names),
+                        score=s.scoring_dict(), model=ref_file.model_fingerprint(model))
+
+
+register(Variant("oneclass", "Fisher's combination of a Gaussian of context-referenced residual features of real "
+                 "patches (two-sided) and the paper's one-sided tail", score, fit=fit,
+                 decode=OneClassReference.from_dict, reference_file=REFERENCE_FILE))

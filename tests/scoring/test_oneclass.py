@@ -1,0 +1,135 @@
+"""The one-class score variant: features against NumPy, real-only fitting, two-sidedness, the saved
+reference and device-count independence."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from scipy import stats
+
+from btd_jax import configs, parallel
+from btd_jax.data.errors import DataError
+from btd_jax.score import Scorer
+from btd_jax.scoring import variants as sv
+from btd_jax.scoring.variants import oneclass as oc
+
+CFG = configs.get("tiny")
+SIZE = CFG.image_size
+
+
+def _reference_features(maps, names, center, inner):
+    """Loop-by-loop NumPy reference of oneclass.features."""
+    out = np.zeros((len(maps["r"]), len(names)))
+    for i in range(len(maps["r"])):
+        for j, name in enumerate(names):
+            src = "hp" if name.startswith("hp_") else (name.split("_")[0] if name.startswith("t") else "r")
+            m = maps[src][i]
+            r0, r1 = (SIZE - center) // 2, (SIZE - inner) // 2
+            cen = m[r0:r0 + center, r0:r0 + center]
+            mask = np.ones(m.shape, bool)
+            mask[r0:r0 + center, r0:r0 + center] = False
+            sur = np.log(m[mask].mean() + oc.EPS)
+            kind = name.split("log_")[-1]
+            value = {"energy": np.log(cen.mean() + oc.EPS), "ratio": np.log(cen.mean() + oc.EPS) - sur,
+                     "max_ratio": np.log(cen.max() + oc.EPS) - sur,
+                     "inner_ratio": np.log(m[r1:r1 + inner, r1:r1 + inner].mean() + oc.EPS) - sur}[kind]
+            out[i, j] = value
+    return out
+
+
+def _textures(n, seed, noise=0.05):
+    """Real-like patches: smooth anatomy plus scanner-like noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    base = 0.5 + 0.15 * np.sin(xx / 3.0 + rng.uniform(0, 6, (n, 1, 1))) * np.cos(yy / 4.0)
+    return np.clip(base + rng.normal(0, noise, (n, SIZE, SIZE)), 0, 1).astype(np.float32)
+
+
+def test_features_match_a_numpy_reference_in_numpy_and_jax():
+    rng = np.random.default_rng(0)
+    maps = {k: rng.gamma(1.0, 1e-3, (3, SIZE, SIZE)) for k in ("r", "hp", "t5")}
+    names = oc.DEFAULT_FEATURES + ("t5_log_ratio", "t5_log_max_ratio")
+    want = _reference_features(maps, names, 8, 4)
+    np.testing.assert_allclose(oc.features(maps, names, 8, 4), want, rtol=1e-12)
+    got = jax.jit(lambda m: oc.features(m, names, 8, 4, jnp))({k: jnp.asarray(v, jnp.float32) for k, v in maps.items()})
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-5, atol=2e-5)
+
+
+def test_highpass_energy_and_windows():
+    x = np.random.default_rng(1).uniform(size=(2, SIZE, SIZE))
+    np.testing.assert_allclose(oc.highpass_energy(x)[1], (x[1] - ndi.gaussian_filter(x[1], 1.0)) ** 2)
+    assert oc.windows(32, None) == (16, 8) and oc.windows(96, 32) == (32, 16)
+    with pytest.raises(DataError, match="central window"):
+        oc.windows(16, 16)
+
+
+def test_score_is_fishers_combination_of_the_two_tails():
+    rng = np.random.default_rng(2)
+    names = ("log_energy", "log_ratio")
+    real = rng.normal([0.0, 1.0], [1.0, 0.5], (200, 2))
+    ref = oc.fit_features(real, names, 8, 4)
+    f = np.array([[0.0, 1.0], [3.0, 1.0], [-3.0, 1.0]])
+    d = f - np.asarray(ref.mean)
+    d2 = np.einsum("nf,fg,ng->n", d, np.asarray(ref.precision), d)
+    z = (f[:, 0] - ref.energy_mean) / ref.energy_std
+    want = -np.log(stats.chi2.sf(d2, 2)) - np.log(stats.norm.sf(z))
+    np.testing.assert_allclose(oc.score_features(f, ref), want, rtol=1e-9)
+    s = oc.score_features(f, ref)
+    assert s[1] > s[0] and s[2] > s[0]  # too large and too small energies both score high
+    assert s[1] > s[2]  # and the paper's one-sided tail keeps large residuals first
+
+
+def test_a_patch_with_its_centre_smoothed_scores_higher_than_its_original(tiny_scorer):
+    real = _textures(64, 3)
+    ref = sv.fit_variant_reference(tiny_scorer, real, "oneclass", tiny_scorer.settings(center=8))
+    test = _textures(8, 4)
+    smoothed = test.copy()
+    smoothed[:, 4:12, 4:12] = ndi.gaussian_filter(test, (0, 2, 2))[:, 4:12, 4:12]
+    s_orig = tiny_scorer.score(test, variant="oneclass", reference=ref)
+    s_smooth = tiny_scorer.score(smoothed, variant="oneclass", reference=ref)
+    assert np.all(s_smooth > s_orig)
+
+
+def test_fitting_refuses_fakes_and_too_few_patches(tiny_scorer):
+    real = _textures(12, 5)
+    with pytest.raises(DataError, match="REAL patches only; the input holds 2 patch"):
+        sv.fit_variant_reference(tiny_scorer, real, "oneclass", tiny_scorer.settings(center=8),
+                                 labels=np.r_[np.zeros(10), np.ones(2)])
+    with pytest.raises(DataError, match="at least 8 real patches"):
+        sv.fit_variant_reference(tiny_scorer, real[:5], "oneclass", tiny_scorer.settings(center=8))
+    with pytest.raises(DataError, match="must include 'log_energy'"):
+        sv.fit_variant_reference(tiny_scorer, real, "oneclass", tiny_scorer.settings(center=8),
+                                 features=("log_ratio",))
+    with pytest.raises(DataError, match="unknown oneclass feature 'hp_log_energy'"):
+        sv.fit_variant_reference(tiny_scorer, real, "oneclass", tiny_scorer.settings(center=8),
+                                 features=("log_energy", "hp_log_energy"))
+
+
+def test_saved_reference_round_trips_and_refuses_another_model(tiny_scorer, tiny_params, tmp_path):
+    real, test = _textures(32, 6), _textures(4, 7)
+    ref = sv.fit_variant_reference(tiny_scorer, real, "oneclass", tiny_scorer.settings(center=8))
+    path = ref.save(str(tmp_path))
+    assert path.endswith(oc.REFERENCE_FILE)
+    back = sv.load_reference(path)
+    assert back == ref and back.model == sv.model_fingerprint(tiny_scorer) and back.score["center"] == 8
+    want = tiny_scorer.score(test, variant="oneclass", reference=ref)
+    np.testing.assert_allclose(tiny_scorer.score(test, variant="oneclass", reference=path), want, rtol=1e-6)
+    # The reference's settings are used: a call with another centre scores as the reference was fitted.
+    np.testing.assert_allclose(tiny_scorer.score(test, variant="oneclass", reference=ref, center=4), want, rtol=1e-6)
+    other = Scorer.from_params(jax.tree_util.tree_map(lambda x: x * 1.01, tiny_params), CFG)
+    with pytest.raises(DataError, match="fitted with the model"):
+        other.score(test, variant="oneclass", reference=ref)
+    two = sv.fit_scorer_reference(tiny_scorer, real, center=8)
+    with pytest.raises(ValueError, match="cannot use a 'two_sided' reference"):
+        tiny_scorer.score(test, variant="oneclass", reference=two)
+
+
+def test_scores_do_not_depend_on_the_device_count(tiny_params):
+    real, test = _textures(24, 8), _textures(6, 9)
+    one = Scorer.from_params(tiny_params, CFG, mesh=parallel.make_mesh(jax.local_devices()[:1]))
+    eight = Scorer.from_params(tiny_params, CFG)
+    assert eight.mesh.devices.size == 8
+    ref = sv.fit_variant_reference(one, real, "oneclass", one.settings(center=8))
+    np.testing.assert_allclose(eight.score(test, variant="oneclass", reference=ref, batch_size=3),
+                               one.score(test, variant="oneclass", reference=ref), rtol=1e-5)
