@@ -210,7 +210,9 @@ def attack_sources(atk: Attacker, attack: str, sources: Sequence[demo_data.Sourc
             sl = (slice(y - size // 2, y - size // 2 + size), slice(x - size // 2, x - size // 2 + size))
             img[sl], full_mask[sl] = tampered[k], masks[k]
         crop, cy, cx = _crop(img, y, x, 2 * size)
-        tag = f"{name}_{'fake' if fake else 'real'}_{src.name}_f{src.frame}_{k:05d}"
+        # the attack is in the name: MRI keeps both attacks' images in one folder
+        kind = f"{'inject' if a == 'injection' else 'remove'}_{'fake' if fake else 'real'}"
+        tag = f"{name}_{kind}_{src.name}_f{src.frame}_{k:05d}"
         items.append({"image": crop, "x": cx, "y": cy, "type": fake_type if fake else real_type,
                       "methods": [name], "name": tag, "scanner": src.scanner, "patient": src.patient,
                       "source": src.name, "frame": src.frame, "src_y": y, "src_x": x,

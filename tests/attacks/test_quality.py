@@ -96,6 +96,11 @@ def test_read_sets_recovers_fakes_originals_and_masks_of_a_written_layout(mod, t
     atk = pipeline.Attacker("cgan", cgan.init(gcfg, jax.random.key(0)), gcfg)
     items, masks = pipeline.attack_sources(atk, "injection", sources, 3, seed=0, modality=mod, min_body=0.5)
     pipeline.write_layout(tmp_path, mod, "injection", items, masks, "cGAN")
+    # the same method's removal, same seed (same sites) and root: MRI keeps both attacks in one folder
+    removal = pipeline.attack_sources(atk, "removal", sources, 3, seed=0, modality=mod, min_body=0.5)
+    pipeline.write_layout(tmp_path, mod, "removal", *removal, "cGAN")
+    removed = quality.read_sets(tmp_path, mod, "removal", sources, size=16)[f"cGAN-{mod}-Remove"]
+    assert removed.masks.any((1, 2)).all()
     sets = quality.read_sets(tmp_path, mod, "injection", sources, size=16)
     q = sets[f"cGAN-{mod}-Inject"]
     assert q.fakes.shape == q.originals.shape == q.masks.shape == (3, 16, 16) and q.reals.shape == (3, 16, 16)
