@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from btd_jax import cli, configs, demo
+from btd_jax import cli, configs, demo, eval_io
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +41,11 @@ def test_report_files_and_numbers(quick_report):
     js = json.loads((report / "results.json").read_text())
     assert len(js["rows"]) == 2 * len(datasets) and js["demo"]["train"]["steps"] == 3
     # per-sample scores: one row per test patch, finite, non-negative
-    lines = (report / "scores_Inject.csv").read_text().splitlines()
-    assert len(lines) == 1 + 6 * (1 + len(demo_data_methods("Inject")))
-    assert all(float(line.split(",")[-1]) >= 0 for line in lines[1:])
+    labels, scores, _ = eval_io.read_scores_csv(str(report / "scores_Inject.csv"))
+    assert len(labels) == 6 * (1 + len(demo_data_methods("Inject")))
+    assert (labels == 0).sum() == 6
+    for col in scores.values():
+        assert len(col) == len(labels) and np.all(np.isfinite(col)) and np.all(col >= 0)
 
 
 @pytest.mark.slow

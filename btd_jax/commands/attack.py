@@ -3,11 +3,16 @@
     btd-jax attack --method repaint --attack removal   --input DICOM|STORE|slices.npy --model DDPM_DIR --out ROOT
     btd-jax attack --method sdedit  --attack injection --input ... --model DDPM_DIR --out ROOT [--strength 0.15]
     btd-jax attack --method cgan    --attack injection|removal --input ... --model GAN_DIR --out ROOT
+    btd-jax attack --method ldm     --attack injection|removal --input ... --model LDM_DIR --out ROOT
     ... --train_attacker [--attacker_data unseen|same|PATH] [--attacker_steps K]   (fit --model first)
     ... --preset fast                (the demo's cheaper sampler instead of the published one)
 
 Methods: ``repaint`` (diffusion in-painting from noise: removal), ``sdedit`` (a painted nodule noised
-to t* and finished by the DDPM: injection), ``cgan`` (a CT-GAN-style in-painting GAN: both).
+to t* and finished by the DDPM: injection), ``cgan`` (a CT-GAN-style in-painting GAN: both),
+``ldm`` (latent diffusion in-painting, the paper's SD attack: both; an LDM folder as ``--model``,
+trained with ``--train_attacker --config demo|tiny --size S``, ``--attacker_steps`` for its
+autoencoder and its latent DDPM each; it samples at full strength, ``btd_jax.attacks.ldm``, and the
+sampler flags override single settings).
 RePaint and SDEdit sample as published by default (``--preset full``: RePaint 250 respaced steps of
 the ancestral sampler, jump length 10, 10 resamplings; SDEdit the ancestral sampler over every step
 from t*); ``--preset fast`` is the demo's budget (RePaint 30 steps, j = 5, r = 3; SDEdit DDIM, 15
@@ -35,25 +40,25 @@ import dataclasses
 import sys
 
 from btd_jax import configs, train
-from btd_jax.attacks import attacker, cgan, inputs, pipeline, repaint, suite
+from btd_jax.attacks import attacker, cgan, inputs, ldm, pipeline, repaint, suite
 from btd_jax.commands._flags import non_negative_int, positive_fraction, positive_int
 from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, report_skipped, skipped_file
 from btd_jax.data import testset
 from btd_jax.data.errors import DataError
 from btd_jax.data.validate import read_csv
 
-_METHODS = ("repaint", "sdedit", "cgan")
+_METHODS = ("repaint", "sdedit", "cgan", "ldm")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("attack", help="generative deepfakes (RePaint, SDEdit, cGAN) in the authors' layout",
+    p = subparsers.add_parser("attack", help="generative deepfakes (RePaint, SDEdit, cGAN, LDM) in the authors' layout",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", required=True, help="repaint | sdedit | cgan")
+    p.add_argument("--method", required=True, help="repaint | sdedit | cgan | ldm")
     p.add_argument("--attack", required=True, help="injection | removal")
     p.add_argument("--input", required=True,
                    help="DICOM file/folder, slice store, .npy slices (S, H, W), or 'demo' (the demo's slices, "
                         "attacked in their held-out test columns)")
-    p.add_argument("--model", required=True, help="attacker model: DDPM workdir (repaint/sdedit) or cGAN folder")
+    p.add_argument("--model", required=True, help="attacker model: DDPM workdir (repaint/sdedit), cGAN or LDM folder")
     p.add_argument("--out", required=True, help="test-set root to write (rows of other methods are kept)")
     p.add_argument("--n", type=positive_int, default=50, help="attacked sites (and as many real sites)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="sites, radii and the attack's noise key")
@@ -64,11 +69,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="attacker training data: 'unseen' (default: patients the demo's detector never sees), "
                         "'same' (the demo detector's training columns: same patients, disjoint pixels) or a "
                         "DICOM/store/.npy PATH")
-    p.add_argument("--attacker_steps", type=positive_int, default=600, help="training steps of the attacker model")
+    p.add_argument("--attacker_steps", type=positive_int, default=600,
+                   help="training steps of the attacker model (ldm: of each part)")
     p.add_argument("--attacker_patches", type=positive_int, default=2048,
                    help="training patches cut from the attacker data")
-    p.add_argument("--config", default="demo", help="DDPM preset (or JSON) of a DDPM attacker trained here")
-    p.add_argument("--size", type=positive_int, default=32, help="patch side of a cGAN attacker trained here")
+    p.add_argument("--config", default="demo",
+                   help="DDPM preset (or JSON) of a DDPM attacker trained here; ldm: demo | tiny")
+    p.add_argument("--size", type=positive_int, default=32, help="patch side of a cGAN or LDM attacker trained here")
     p.add_argument("--preset", default=repaint.DEFAULT_PRESET, choices=tuple(repaint.PRESETS),
                    help="RePaint/SDEdit sampling: 'full' (default, as published) or 'fast' (the demo's budget)")
     p.add_argument("--sampler", default=None, choices=("ddpm", "ddim"),
@@ -118,7 +125,7 @@ def _check_out(args, modality: str) -> None:
 
 
 def _train(args, modality: str, skipped=None) -> None:
-    size = args.size if args.method == "cgan" else configs.load(args.config).image_size
+    size = args.size if args.method in ("cgan", "ldm") else configs.load(args.config).image_size
     sources = attacker.training_sources(args.attacker_data, modality, skipped=skipped)
     patches = attacker.attacker_patches(sources, size, args.attacker_patches, seed=args.seed + 1,
                                         min_body=attacker.min_body(modality))
@@ -128,6 +135,12 @@ def _train(args, modality: str, skipped=None) -> None:
         gan_cfg = suite.gan_config(size, cgan.GanConfig.features, args.attacker_steps, modality)
         info = attacker.train_gan(args.model, patches, gan_cfg, seed=args.seed)
         print(f"attacker cGAN: {info['steps']} steps in {info['seconds']:.0f} s -> {args.model}", file=sys.stderr)
+    elif args.method == "ldm":
+        cfg = ldm.ldm_config(args.config, size, modality, ae_steps=args.attacker_steps, ddpm_steps=args.attacker_steps,
+                             seed=args.seed)
+        info = attacker.train_ldm(args.model, patches, cfg, seed=args.seed, progress=True)
+        print(f"attacker LDM: autoencoder {info['autoencoder']['steps']} steps, latent DDPM {info['ddpm']['steps']} "
+              f"steps in {info['seconds']:.0f} s -> {args.model}", file=sys.stderr)
     else:
         base = configs.override(configs.load(args.config), {"modality": modality})
         cfg = attacker.ddpm_config(base, args.attacker_steps, seed=args.seed + 1)
@@ -140,8 +153,12 @@ def _load(args):
     if args.method == "cgan":
         params, cfg = cgan.load(args.model)
         return pipeline.Attacker("cgan", params, cfg), cfg.modality
-    params, cfg = train.load_params(args.model)
-    base = repaint.preset_options(args.preset, args.method)
+    if args.method == "ldm":
+        params, cfg = ldm.load(args.model)
+        base = ldm.LDM_REMOVAL if args.attack == "removal" else ldm.LDM_INJECTION
+    else:
+        params, cfg = train.load_params(args.model)
+        base = repaint.preset_options(args.preset, args.method)
     given = {"sampler": args.sampler, "steps": args.steps, "jump_length": args.jump_length,
              "resamplings": args.resamplings}
     opts = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})

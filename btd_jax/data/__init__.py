@@ -1,12 +1,16 @@
-"""Medical data: DICOM reading, the paper's preprocessing, datasets. Knows nothing of models.
+"""Medical data: input formats, DICOM reading, the paper's preprocessing, datasets. Knows nothing of models.
 
     from btd_jax import data
     series = data.load_series("scan_folder/")             # (S, H, W) float32, HU for CT
     img01 = data.window_ct(series.pixels)                 # CT: clip [-700, 2000] HU -> [0, 1]
     patch = data.extract_patch(img01[0], x=200, y=180, size=96)
+    vol = data.read_volume("scan.nii.gz", modality="CT")  # any format with volumes -> [0, 1] + geometry
+    ps = data.load_data("patches.npy")                    # any input as patches (data.readers)
     ts = data.load_testset("testsets/", "CT", "Inject")   # authors' layout -> patches + labels
     data.prepare("LIDC-IDRI/", "stores/lidc")              # slice store for training at scale
     st = data.SliceStore("stores/lidc")                    # memory-mapped .npy shards + manifest
+
+Input formats are one table, :mod:`btd_jax.data.readers` (``readers.markdown_table()``).
 """
 
 import importlib
@@ -16,25 +20,24 @@ from btd_jax.data.preprocess import (
     extract_patch, extract_patches, normalize_mri, random_locations, resample, to_unit_range,
     window_ct,
 )
-from btd_jax.data.datasets import (
-    PatchSet, Skipped, TestSet, load_data, load_patches, load_testset, patches_from_dicom,
-    split_patients, write_manifest, write_testset,
-)
 from btd_jax.data.dicom import Series, list_series, load_all_series, load_series, read_slice
+from btd_jax.data.records import PatchSet, Skipped, TestSet
+from btd_jax.data.splits import split_patients
+from btd_jax.data.testset import load_testset, write_testset
 
-_LAZY = {"SliceStore": "store", "prepare": "sources", "open_slices": "sources", "SliceSet": "crops",
-         "split_slices": "crops"}
+# The readers pull in the slice store's modules (etils, for cloud paths): loaded when first used.
+_LAZY = {"SliceStore": "store", "prepare": "sources", "open_slices": "readers", "SliceSet": "crops",
+         "split_slices": "crops", "load_data": "datasets", "load_patches": "readers",
+         "patches_from_dicom": "datasets", "write_manifest": "datasets", "read_volume": "readers"}
 
 __all__ = [
     "DataError", "MissingInput", "window_ct", "normalize_mri", "to_unit_range", "extract_patch", "extract_patches",
-    "random_locations", "resample", "PatchSet", "TestSet", "Skipped", "load_patches",
-    "load_testset", "write_testset", "split_patients", "patches_from_dicom", "write_manifest",
-    "load_data", "Series", "load_series", "load_all_series", "list_series", "read_slice", *_LAZY,
+    "random_locations", "resample", "PatchSet", "TestSet", "Skipped", "load_testset", "write_testset",
+    "split_patients", "Series", "load_series", "load_all_series", "list_series", "read_slice", *_LAZY,
 ]
 
 
 def __getattr__(name):
-    # The slice-store modules pull in etils (cloud paths): imported only when a store is used.
     if name in _LAZY:
         return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
