@@ -311,7 +311,7 @@ def test_sample_noise_offset():
     assert noise.dtype == jnp.float32 and jax.jit(D.sample_noise, static_argnums=(1, 2))(key, shape, 0.1).shape == shape
 
 
-# ----------------------------------------------------------------------------- timestep sampling (issue 9)
+# ----------------------------------------------------------------------------- timestep sampling
 
 @pytest.mark.parametrize("dist", D.T_DISTRIBUTIONS)
 def test_sample_timesteps_histogram_matches_probs(dist):

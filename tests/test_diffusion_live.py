@@ -9,7 +9,7 @@ Which interpreter and which reference version:
 * ``BTD_TORCH_PYTHON=/path/to/python`` (an interpreter with torch and denoising-diffusion-pytorch);
   otherwise this interpreter, if it has both;
 * ``BTD_DDPM183_PATH=/path/to/unpacked/1.8.3`` adds a run against 1.8.3 (put first on PYTHONPATH).
-Example: ``BTD_TORCH_PYTHON=/work/torchenv/bin/python BTD_DDPM183_PATH=/work/ddpm183/pkg pytest tests/test_diffusion_live.py``
+Example: ``BTD_TORCH_PYTHON=TORCH_ENV/bin/python BTD_DDPM183_PATH=DDPM_1.8.3_DIR pytest tests/test_diffusion_live.py``
 """
 
 import importlib.util

@@ -1,20 +1,44 @@
 """Live parity against whichever denoising-diffusion-pytorch imports (1.x -> 'v1', 2.x -> 'v2').
 
 Skipped (with the reason) unless torch and denoising_diffusion_pytorch import; CI has neither and relies on
-the golden files in tests/test_parity.py. To run it against both generations from a JAX env, put a torch
-env's site-packages AFTER the JAX env's (and, for 1.8.3, its unpacked wheel first), e.g.::
-
-    python -c "import sys; sys.path.insert(0, '/work/ddpm183/pkg'); \\
-      sys.path.append('/work/torchenv/lib/python3.11/site-packages'); import pytest; \\
-      sys.exit(pytest.main(['-q', '-s', 'tests/test_parity_live.py']))"
+the golden files in tests/test_parity.py. The reference is found through environment variables only:
+* ``BTD_TORCH_PYTHON=/path/to/python``: an interpreter (same Python version as this one) with torch and
+  denoising-diffusion-pytorch; its site-packages are appended after this interpreter's, so JAX stays ours;
+* ``BTD_DDPM183_PATH=/path/to/unpacked/1.8.3``: put first, so the run compares against 1.8.3.
+Example: ``BTD_TORCH_PYTHON=TORCH_ENV/bin/python BTD_DDPM183_PATH=DDPM_1.8.3_DIR pytest -s tests/test_parity_live.py``
 """
+
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="live parity needs PyTorch; tests/test_parity.py checks the golden files")
+
+def _add_reference_paths() -> None:
+    exe = os.environ.get("BTD_TORCH_PYTHON")
+    if exe:
+        query = "import json, sysconfig; p = sysconfig.get_paths(); print(json.dumps([p['purelib'], p['platlib']]))"
+        try:
+            r = subprocess.run([exe, "-c", query], capture_output=True, text=True, timeout=120)
+        except OSError as e:
+            raise RuntimeError(f"BTD_TORCH_PYTHON={exe}: cannot run it: {e}") from e
+        if r.returncode != 0:
+            raise RuntimeError(f"BTD_TORCH_PYTHON={exe}: cannot find its site-packages: {r.stderr.strip()}")
+        for path in json.loads(r.stdout):
+            if path not in sys.path:
+                sys.path.append(path)
+    if os.environ.get("BTD_DDPM183_PATH"):
+        sys.path.insert(0, os.environ["BTD_DDPM183_PATH"])
+
+
+_add_reference_paths()
+torch = pytest.importorskip("torch", reason="live parity needs PyTorch (set BTD_TORCH_PYTHON to a torch interpreter); "
+                            "tests/test_parity.py checks the golden files")
 ddp = pytest.importorskip("denoising_diffusion_pytorch",
                           reason="live parity needs denoising-diffusion-pytorch (1.8.3 or 2.x)")
 

@@ -1,4 +1,4 @@
-"""Training with low-noise-focused timestep distributions (issue 9): laws, sampling, and tiny runs."""
+"""Training with low-noise-focused timestep distributions: laws, sampling, and tiny runs."""
 
 import dataclasses
 
