@@ -245,6 +245,13 @@ DEMO_DIRS = ("data", "workdir", "report", "generative")
 DEMO_MARKER = ".btd_demo"
 
 
+def _shown(out: Path) -> str:
+    """The output folder as the report records it: relative to the working directory, or its name when
+    outside it (a report is often shared or committed; a machine path means nothing elsewhere)."""
+    rel = os.path.relpath(os.path.abspath(out))
+    return os.path.basename(os.path.abspath(out)) if rel == ".." or rel.startswith(".." + os.sep) else rel
+
+
 def _is_demo_folder(out: Path) -> bool:
     if (out / DEMO_MARKER).is_file():
         return True
@@ -365,7 +372,7 @@ def run_demo(out_dir: str | os.PathLike = "btd_demo", config: str = "demo", minu
     timings["total"] = time.perf_counter() - t_start
     m = cfg.model
     info = {
-        "command": f"btd-jax demo --out {out} --config {config} --minutes {minutes:g} --seed {seed}"
+        "command": f"btd-jax demo --out {_shown(out)} --config {config} --minutes {minutes:g} --seed {seed}"
                    + (f" --modality {cfg.modality}" if cfg.modality != "CT" else "")
                    + (f" --num_steps {steps}" if steps else "") + (" --quick" if quick else ""),
         "config": cfg.name, "model": f"dim {m.dim}, dim_mults {m.dim_mults}, T={cfg.diffusion.timesteps} "

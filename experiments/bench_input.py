@@ -42,6 +42,7 @@ import time
 
 import numpy as np
 
+from experiments.paths import recorded
 H200_BF16_DENSE_FLOPS = 989e12  # NVIDIA H200 SXM spec sheet, dense (no sparsity) BF16 tensor core
 ASSUMED_MFU = 0.30
 
@@ -254,8 +255,8 @@ def main(argv=None) -> int:
     parts = set(a.parts.split(","))
     tmp = tempfile.mkdtemp(prefix="bench_input_", dir=a.tmp)
     res = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-           "loadavg_start": _loadavg(), "command": "python -m experiments.bench_input " +
-           " ".join(argv if argv is not None else sys.argv[1:])}
+           "loadavg_start": _loadavg(), "command": recorded("python -m experiments.bench_input " +
+                               " ".join(argv if argv is not None else sys.argv[1:]))}
     try:
         store_path = os.path.join(tmp, "store_authors_ct_512px")
         if "prepare" in parts or "crops" in parts:

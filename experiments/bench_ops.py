@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from experiments.paths import recorded
+
 # (batch-independent) shapes: resolution, channels of the ct preset's levels 0-2.
 LEVELS = ((96, 32), (48, 64), (24, 128))
 OPS = ("conv3x3", "groupnorm8", "silu", "linear_attention")
@@ -145,7 +147,7 @@ def main(argv=None) -> dict:
 
     if "ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + CPU_CONV_FLAG).strip()
-    res = {"command": " ".join([os.path.basename(sys.executable), "-m experiments.bench_ops"] + sys.argv[1:]),
+    res = {"command": recorded(" ".join([os.path.basename(sys.executable), "-m experiments.bench_ops"] + sys.argv[1:])),
            "batch": a.batch, "xla_flags": os.environ["XLA_FLAGS"],
            "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "loadavg_before": list(os.getloadavg())}}
     res["btd_jax"] = bench_jax(a.batch, a.repeats)

@@ -58,6 +58,7 @@ from btd_jax.benchmarks.screening import ct_volume, dihedral, random_scorer, tim
 from btd_jax.data import demo_data, preprocess, tamper
 from btd_jax.models.unet import abstract_params
 from btd_jax.score import Scorer
+from experiments.paths import recorded
 
 STYLES = ("inject-gan", "inject-latent", "inject-smooth", "remove-ctgan", "remove-latent")
 
@@ -431,7 +432,7 @@ def main(argv=None) -> dict:
 
     out: Dict[str, Any] = {"benchmark": "screen", "backend": jax.default_backend(), "devices": jax.device_count(),
                            "cpu_count": os.cpu_count(), "host": platform.node(), "jax": jax.__version__,
-                           "command": "python -m experiments.bench_screen " + " ".join(sys.argv[1:] if argv is None else argv)}
+                           "command": recorded("python -m experiments.bench_screen " + " ".join(sys.argv[1:] if argv is None else argv))}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
 
     def save():

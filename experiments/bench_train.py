@@ -26,6 +26,8 @@ import subprocess
 import sys
 import time
 
+from experiments.paths import recorded
+
 _TORCH_SCRIPT = r"""
 import json, sys, time, statistics, torch
 a = json.loads(sys.argv[1])
@@ -130,7 +132,7 @@ def main(argv=None) -> dict:
     cfg = configs.override(configs.get(a.config), {"train.batch_size": a.batch_size, "train.grad_accum": a.grad_accum,
                                                    "model.dtype": a.dtype})
     images = a.batch_size * a.grad_accum
-    result = {"command": " ".join([os.path.basename(sys.executable), "-m experiments.bench_train"] + sys.argv[1:]),
+    result = {"command": recorded(" ".join([os.path.basename(sys.executable), "-m experiments.bench_train"] + sys.argv[1:])),
               "config": a.config, "model": f"{cfg.model.version} dim={cfg.model.dim} {cfg.image_size}px",
               "batch_size": a.batch_size, "grad_accum": a.grad_accum, "images_per_step": images, "dtype": a.dtype,
               "xla_flags": os.environ.get("XLA_FLAGS", ""),

@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from experiments.paths import recorded
 
 def _demo_btd_config(steps: int, modality: str):
     """The ``btd-jax demo`` preset (32 px, dim 8, low-t training) with ``steps`` training steps."""
@@ -95,10 +96,10 @@ def main(argv=None) -> int:
         batch_size=args.batch_size, checkpoint_dir=args.checkpoints or os.path.join(args.out, "baselines"),
         reuse=args.reuse,
         progress=lambda m: print(m, file=sys.stderr, flush=True))
-    paths = comparison.write_outputs(result, args.out, dataset=os.path.abspath(args.dataset))
+    paths = comparison.write_outputs(result, args.out, dataset=recorded(args.dataset))
     with open(os.path.join(args.out, "run.json"), "w") as f:
-        json.dump({"args": vars(args), "info": result.info, "total_seconds": time.time() - t_start,
-                   "outputs": paths}, f, indent=2, default=str)
+        json.dump({"args": recorded(vars(args)), "info": result.info, "total_seconds": time.time() - t_start,
+                   "outputs": recorded(paths)}, f, indent=2, default=str)
     print(evaluate.table1_markdown(result.rows))
     print(f"wrote {args.out}")
     return 0
