@@ -5,7 +5,7 @@
     print(report["report"])          # btd_demo/report/report.md
 
 Steps (all on CPU, no network): build the data from the CT (or MR) slices shipped with pydicom /
-pydicom-data (:mod:`btd_jax.data.demo_data`: real-only training patches, a test set of real and
+pydicom-data (:mod:`btd_jax.attacks.demo_data`: real-only training patches, a test set of real and
 tampered patches in the authors' layout with no spatial overlap), train a small DDPM
 (:func:`btd_jax.train.train_and_evaluate`) within the time budget, score every test patch with
 BTD (d = 1 reverse step at t = 0, :class:`btd_jax.score.Scorer`), evaluate AUC/EER with the paper's
@@ -34,8 +34,8 @@ import numpy as np
 
 from btd_jax import configs, eval_io, evaluate, metrics, plots
 from btd_jax import train as btd_train
-from btd_jax.attacks import suite
-from btd_jax.data import datasets, demo_data, preprocess
+from btd_jax.attacks import demo_data, suite
+from btd_jax.data import datasets, preprocess
 from btd_jax.data.errors import DataError
 from btd_jax.score import Scorer
 
@@ -229,7 +229,7 @@ def _markdown(info: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
 
     lines += _generative_notes(info.get("generative"))
     lines += ["", "Hand-made attack styles (ablations: imitations of generator traces on the real slices, "
-                  "`btd_jax/data/tamper.py`):", ""]
+                  "`btd_jax/attacks/tamper.py`):", ""]
     lines += [f"- {m}: {note}" for m, note in demo_data.NOTES.items()]
     lines += ["",
               "![ROC](roc.png)", "", "![Residual maps](heatmaps.png)", "",

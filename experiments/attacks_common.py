@@ -25,10 +25,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import jax
 
 from btd_jax import baselines, configs, demo, evaluate, train
-from btd_jax.attacks import suite
+from btd_jax.attacks import demo_data as demo_data_lib, suite
 from btd_jax.baselines import comparison
 from btd_jax.data import datasets
-from btd_jax.data import demo_data as demo_data_lib
 from btd_jax.score import Scorer
 
 def log(msg: str) -> None:

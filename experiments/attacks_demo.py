@@ -29,8 +29,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from btd_jax.attacks import quality, suite
-from btd_jax.data import demo_data as demo_data_lib
+from btd_jax.attacks import demo_data as demo_data_lib, quality, suite
 from btd_jax.score import Scorer
 from btd_jax.scoring import variants
 from experiments import attacks_common as common

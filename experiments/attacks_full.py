@@ -41,8 +41,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from btd_jax.attacks import attacker, inputs, ldm, pipeline, quality, repaint, suite
-from btd_jax.data import demo_data
+from btd_jax.attacks import attacker, demo_data, inputs, ldm, pipeline, quality, repaint, suite
 from btd_jax.score import Scorer
 from btd_jax.scoring import variants
 from experiments import attacks_common as common

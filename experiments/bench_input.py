@@ -72,7 +72,7 @@ def _write_dicom(root: str, n: int) -> None:
 
 def bench_prepare(tmp: str, n: int) -> dict:
     from btd_jax.benchmarks.inputs import write_authors_ct
-    from btd_jax.data import sources
+    from btd_jax.data.store import sources
 
     out = {}
     for name, write, count in (("authors_ct_512px", write_authors_ct, n),
@@ -196,7 +196,7 @@ def _run_child(data: str, steps: int) -> dict:
 
 def _big_store(path: str, gb: float) -> int:
     """A float16 store of 512 x 512 slices totalling ``gb`` GB, written shard by shard."""
-    from btd_jax.data import store_writer
+    from btd_jax.data.store import writer
 
     side, per = 512, 256
     n = max(1, int(gb * 1e9 / (side * side * 2)))
@@ -205,10 +205,10 @@ def _big_store(path: str, gb: float) -> int:
     units = []
     for lo in range(0, n, per):
         k = min(per, n - lo)
-        units.append(store_writer.Unit(f"u{lo}", k, lambda lo=lo, k=k: store_writer.SliceBatch(
+        units.append(writer.Unit(f"u{lo}", k, lambda lo=lo, k=k: writer.SliceBatch(
             [np.roll(base, lo + j, axis=1) for j in range(k)],
             [dict(patient=f"P{(lo + j) // 50}", path=f"s{lo + j}") for j in range(k)])))
-    store_writer.write_store(path, units, modality="CT", size=16, progress=False)
+    writer.write_store(path, units, modality="CT", size=16, progress=False)
     return n
 
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from btd_jax.attacks import attacker, ldm, pipeline, sdedit
-from btd_jax.data import demo_data, preprocess
+from btd_jax.attacks import attacker, demo_data, ldm, pipeline, sdedit
+from btd_jax.data import preprocess
 
 
 def _hu(unit: np.ndarray) -> np.ndarray:

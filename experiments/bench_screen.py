@@ -53,9 +53,9 @@ from scipy import stats
 
 from btd_jax import configs, demo, localize, screen
 from btd_jax import train as btd_train
-from btd_jax.attacks import repaint
+from btd_jax.attacks import demo_data, repaint, tamper
 from btd_jax.benchmarks.screening import ct_volume, dihedral, random_scorer, time_exhaustive, time_screening
-from btd_jax.data import demo_data, preprocess, tamper
+from btd_jax.data import preprocess
 from btd_jax.models.unet import abstract_params
 from btd_jax.score import Scorer
 from experiments.paths import recorded

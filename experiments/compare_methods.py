@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", help="test-set root (authors' layout) or .npz with patches/labels")
     ap.add_argument("--train", help="real training patches (.npy/.npz)")
-    ap.add_argument("--demo", help="demo-data folder (built with btd_jax.data.demo_data if missing)")
+    ap.add_argument("--demo", help="demo-data folder (built with btd_jax.attacks.demo_data if missing)")
     ap.add_argument("--workdir", help="trained BTD model (for the demo: where to train one if missing)")
     ap.add_argument("--btd-steps", type=int, default=800, help="demo only: training steps of the BTD model")
     ap.add_argument("--modality", default="CT", choices=("CT", "MRI"))
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
     t_start = time.time()
     if args.demo:
-        from btd_jax.data import demo_data
+        from btd_jax.attacks import demo_data
 
         if not os.path.isfile(os.path.join(args.demo, "train.npz")):
             demo_data.build(args.demo, args.modality, size=32)  # the demo preset's patch size

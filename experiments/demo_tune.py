@@ -38,7 +38,8 @@ def main():
     args = ap.parse_args()
 
     from btd_jax import configs, metrics, train
-    from btd_jax.data import datasets, demo_data
+    from btd_jax.attacks import demo_data
+    from btd_jax.data import datasets
     from btd_jax.score import Scorer
 
     if not os.path.isfile(os.path.join(args.data, "train.npz")):

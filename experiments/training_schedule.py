@@ -4,7 +4,7 @@
         --schedules uniform truncated mixture lowt --seeds 0 1 2 --eval_steps 50 100 200 300 500
 
 Same model, data, optimiser and budget for every schedule; only ``train.t_sampling`` differs.
-Data: the offline demo benchmark (:mod:`btd_jax.data.demo_data`, pydicom's real CT slices with
+Data: the offline demo benchmark (:mod:`btd_jax.attacks.demo_data`, pydicom's real CT slices with
 simulated injection/removal, every tamper style the demo data has). Every ``eval_steps`` the EMA weights score the CT Inject and Remove
 test sets with the paper's BTD score (d = 1, t = 0; mean residual over the central window for
 injection, the whole patch for removal) and a few pooling variants, and AUCs per style are recorded.
@@ -46,7 +46,8 @@ def make_config(args, t_sampling: str):
 
 
 def load_data(args):
-    from btd_jax.data import datasets, demo_data
+    from btd_jax.attacks import demo_data
+    from btd_jax.data import datasets
 
     root = os.path.join(args.out, f"data_{args.size}")
     if not os.path.isfile(os.path.join(root, "train.npz")):

@@ -59,7 +59,7 @@ def test_mri_demo_runs_and_reports_its_command(tmp_path):
 
 
 def demo_data_methods(attack):
-    from btd_jax.data import demo_data
+    from btd_jax.attacks import demo_data
 
     return list(demo_data.METHODS[attack])
 

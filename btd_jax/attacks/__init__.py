@@ -13,7 +13,9 @@ Every attack is jitted and sharded over the local devices, deterministic for a k
 from ``fold_in(key, i)``) and leaves pixels outside its mask bit-identical. :mod:`.pipeline` runs
 an attack at sites of whole slices and writes the authors' test-set layout (what ``btd-jax attack``
 does); :mod:`.attacker` holds the attacker's own data (patients the detector never sees) and the
-training of its models.
+training of its models. :mod:`.tamper` imitates the generators' traces by hand on real slices (the
+demo's simulated attacks); :mod:`.demo_data` holds the real slices that pydicom ships, their
+train/test regions, and the demo benchmark built from them.
 """
 
 from btd_jax.attacks import attacker, autoencoder, cgan, ldm, pipeline, repaint, sdedit

@@ -31,10 +31,10 @@ import jax
 import numpy as np
 
 from btd_jax import configs, train
-from btd_jax.attacks import cgan, inputs, ldm
+from btd_jax.attacks import cgan, demo_data, inputs, ldm
 from btd_jax.attacks.inputs import as_sources
 from btd_jax.configs import Config
-from btd_jax.data import demo_data, dicom, preprocess
+from btd_jax.data import dicom, preprocess
 
 __all__ = ["ATTACKER_SOURCES", "DATA_CHOICES", "MIN_BODY", "as_sources", "attacker_sources", "training_sources",
            "min_body", "attacker_patches", "ddpm_config", "train_ddpm", "train_gan", "train_ldm"]
@@ -45,7 +45,7 @@ ATTACKER_SOURCES = {
     "MRI": (("MR-SIEMENS-DICOM-WithOverlays.dcm", "Siemens-021234567"),),
 }
 DATA_CHOICES = ("unseen", "same")
-# Least fraction of a patch inside the body, per modality (as btd_jax.data.demo_data.build).
+# Least fraction of a patch inside the body, per modality (as btd_jax.attacks.demo_data.build).
 MIN_BODY = {"CT": 0.9, "MRI": 0.5}
 
 

@@ -33,8 +33,9 @@ import optax
 from flax import serialization, traverse_util
 
 from btd_jax import keys, parallel
+from btd_jax.attacks import tamper
 from btd_jax.attacks.sdedit import CONTRAST_HU, RADIUS_PX
-from btd_jax.data import preprocess, tamper
+from btd_jax.data import preprocess
 from btd_jax.data.errors import DataError
 
 __all__ = ["CONDITIONS", "GanConfig", "Generator", "Discriminator", "hole_mask", "init", "make_targets",

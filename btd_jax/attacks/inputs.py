@@ -1,6 +1,6 @@
 """Slices to attack, from a DICOM file/folder, a slice store, a ``.npy`` array, or the demo's own slices.
 
-Every reader returns :class:`btd_jax.data.demo_data.SourceImage` objects: CT in Hounsfield units
+Every reader returns :class:`btd_jax.attacks.demo_data.SourceImage` objects: CT in Hounsfield units
 (the store keeps windowed slices; they are mapped back to HU with the window's inverse, so values
 outside [-700, 2000] HU come back clipped), MRI in [0, 1] (standardised per series, as the paper
 does). A path's slices may be attacked over their whole area; the name ``demo``
@@ -17,8 +17,10 @@ from typing import List, Optional, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from btd_jax.data import demo_data, dicom, preprocess, store
+from btd_jax.attacks import demo_data
+from btd_jax.data import dicom, preprocess
 from btd_jax.data.errors import DataError
+from btd_jax.data.store import slice_store
 from btd_jax.data.validate import check_real, load_npy
 
 __all__ = ["DEMO_INPUT", "DEMO_SPLIT", "as_sources", "demo_sources", "load_sources"]
@@ -66,7 +68,7 @@ def _from_npy(path: Path, mod: str) -> List[demo_data.SourceImage]:
 
 
 def _from_store(path: Path, mod: str, max_slices: Optional[int]) -> List[demo_data.SourceImage]:
-    st = store.open_store(path)
+    st = slice_store.open_store(path)
     if preprocess.canonical_modality(st.modality) != preprocess.canonical_modality(mod):
         raise DataError(f"{path}: the store holds {st.modality} slices, not {mod}")
     recs = list(st.records())
@@ -115,7 +117,7 @@ def load_sources(path: str | os.PathLike, modality: str = "CT", max_slices: Opti
                         f"{DEMO_INPUT!r})")
     if p.suffix.lower() == ".npy":
         out = _from_npy(p, mod)
-    elif p.is_dir() and store.is_store(p):
+    elif p.is_dir() and slice_store.is_store(p):
         out = _from_store(p, mod, max_slices)
     else:
         out = _from_dicom(p, mod, max_slices, skipped)

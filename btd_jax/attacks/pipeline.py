@@ -23,10 +23,11 @@ import jax
 import numpy as np
 from scipy import ndimage as ndi
 
-from btd_jax.attacks import cgan, ldm, repaint, sdedit
+from btd_jax.attacks import cgan, demo_data, ldm, repaint, sdedit, tamper
 from btd_jax.configs import Config
-from btd_jax.data import demo_data, preprocess, tamper, testset
+from btd_jax.data import preprocess
 from btd_jax.data.errors import DataError
+from btd_jax.data.testsets import layout
 from btd_jax.data.validate import read_csv
 from btd_jax.runtime.atomic import atomic_open, save_npy
 
@@ -234,9 +235,9 @@ def write_layout(root: str | Path, modality: str, attack: str, items: List[Dict]
     an earlier run of the same method are replaced. ``method`` is the indicator name, e.g. 'SDEdit'.
     """
     mod = "CT" if preprocess.canonical_modality(modality) == "CT" else "MRI"
-    csv_path = testset.testset_csv_path(root, mod, _attack(attack))
+    csv_path = layout.testset_csv_path(root, mod, _attack(attack))
     old_header, old_rows = _read_rows(csv_path) if csv_path.is_file() else ([], [])
-    new_path = testset.write_testset(root, mod, _attack(attack), items, methods=[method],
+    new_path = layout.write_testset(root, mod, _attack(attack), items, methods=[method],
                                      image_format="npy" if mod == "CT" else "png")
     for it, m in zip(items, masks):
         save_npy(new_path.parent / it["mask"], np.asarray(m, bool))

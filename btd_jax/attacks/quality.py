@@ -34,7 +34,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from btd_jax import evaluate, plots
-from btd_jax.data import datasets, demo_data, preprocess
+from btd_jax.attacks import demo_data
+from btd_jax.data import datasets, preprocess
 from btd_jax.data.errors import DataError
 
 __all__ = ["NOISE_SIGMA", "STRUCTURE_SIGMA", "RING_PX", "WEAK_NOISE_RATIO", "FLATTENED", "QualitySet", "highpass",

@@ -19,9 +19,8 @@ import jax
 import numpy as np
 from scipy import ndimage as ndi
 
-from btd_jax.attacks import repaint
+from btd_jax.attacks import repaint, tamper
 from btd_jax.configs import Config
-from btd_jax.data import tamper
 from btd_jax.data.errors import DataError
 
 __all__ = ["RADIUS_PX", "CONTRAST_HU", "CONTRAST_MRI", "paint_nodule", "dilate", "sdedit"]
@@ -38,7 +37,7 @@ def paint_nodule(hu: np.ndarray, y: float, x: float, radius: float, contrast: fl
                  lobulation: float = 0.15, smooth: float = 3.0) -> Tuple[np.ndarray, np.ndarray]:
     """The SDEdit prior on one (H, W) HU image: ``(prior float32 (H, W), nodule mask bool (H, W))``.
 
-    Inside a lobulated blob (:func:`btd_jax.data.tamper.nodule_alpha`) the pixels are replaced by
+    Inside a lobulated blob (:func:`btd_jax.attacks.tamper.nodule_alpha`) the pixels are replaced by
     the Gaussian-smoothed (``smooth`` px) surroundings plus ``contrast`` HU: a paint stroke without
     texture. Raises :class:`DataError` when the blob leaves the image.
     """

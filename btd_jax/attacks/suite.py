@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from btd_jax import configs, train
-from btd_jax.attacks import attacker, cgan, pipeline, repaint, sdedit
-from btd_jax.data import demo_data, preprocess
+from btd_jax.attacks import attacker, cgan, demo_data, pipeline, repaint, sdedit
+from btd_jax.data import preprocess
 
 __all__ = ["ROWS", "SuiteConfig", "QUICK", "FULL", "gan_config", "train_attackers", "load_attackers", "write_sets", "build"]
 

@@ -9,7 +9,8 @@ from typing import Any, Dict, Sequence
 
 import numpy as np
 
-from btd_jax.data import crops, loader, sources, store
+from btd_jax.data.crops import loader, sampling
+from btd_jax.data.store import slice_store, sources
 
 __all__ = ["write_authors_ct", "prepare_store", "crops_per_s"]
 
@@ -40,10 +41,10 @@ def prepare_store(src: str, dst: str, n: int) -> Dict[str, Any]:
             "dtype": s["dtype"]}
 
 
-def _host_batches(store_path: str, accum: int, batch: int, size: int) -> crops.HostBatches:
-    st = store.SliceStore(store_path)
-    return crops.HostBatches(st, np.arange(len(st)), seed=0, accum=accum, batch=batch,
-                             cols=slice(0, batch), spec=crops.CropSpec(size, hflip=True))
+def _host_batches(store_path: str, accum: int, batch: int, size: int) -> sampling.HostBatches:
+    st = slice_store.SliceStore(store_path)
+    return sampling.HostBatches(st, np.arange(len(st)), seed=0, accum=accum, batch=batch,
+                                cols=slice(0, batch), spec=sampling.CropSpec(size, hflip=True))
 
 
 def crops_per_s(store_path: str, steps: int, workers: Sequence[int] = (0, 1, 2), accum: int = 2, batch: int = 64,

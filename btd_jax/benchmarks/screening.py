@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from btd_jax import configs, localize, parallel, screen
-from btd_jax.data import demo_data
+from btd_jax.attacks import demo_data
 from btd_jax.data.errors import DataError
 from btd_jax.models.unet import abstract_params
 from btd_jax.scoring import stream

@@ -43,8 +43,8 @@ from btd_jax import configs, train
 from btd_jax.attacks import attacker, cgan, inputs, ldm, pipeline, repaint, suite
 from btd_jax.commands._flags import non_negative_int, positive_fraction, positive_int
 from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, report_skipped, skipped_file
-from btd_jax.data import testset
 from btd_jax.data.errors import DataError
+from btd_jax.data.testsets import layout
 from btd_jax.data.validate import read_csv
 
 _METHODS = ("repaint", "sdedit", "cgan", "ldm")
@@ -111,7 +111,7 @@ def _check_out(args, modality: str) -> None:
     named = {inputs.DEMO_INPUT, *attacker.DATA_CHOICES}  # names, not paths
     plan = output_plan(args, inputs=[a for a in (args.input, args.attacker_data, args.model) if a not in named],
                        workdirs=[args.model])
-    path = testset.testset_csv_path(args.out, modality, args.attack)
+    path = layout.testset_csv_path(args.out, modality, args.attack)
     own = pipeline.dataset_name(args.method, modality, args.attack)
     plan.shared_folder(args.out)
     plan.pattern(str(path.parent / "images"), f"{pipeline.METHODS[args.method]}_*")

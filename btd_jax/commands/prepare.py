@@ -21,7 +21,8 @@ import sys
 
 from btd_jax.commands._flags import existing_path, positive_int
 from btd_jax.commands._safety import LENIENT_HELP, add_overwrite_flag, output_plan
-from btd_jax.data import readers, sources, store
+from btd_jax.data import readers
+from btd_jax.data.store import slice_store, sources
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -53,7 +54,7 @@ def plan_outputs(args):
     if "://" in str(args.out):
         return None
     plan = output_plan(args, inputs=[args.input])
-    plan.folder(args.out, resume=(store.STORE_FILE, store.PLAN_FILE))
+    plan.folder(args.out, resume=(slice_store.STORE_FILE, slice_store.PLAN_FILE))
     return plan.check()
 
 

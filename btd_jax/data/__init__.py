@@ -10,7 +10,16 @@
     data.prepare("LIDC-IDRI/", "stores/lidc")              # slice store for training at scale
     st = data.SliceStore("stores/lidc")                    # memory-mapped .npy shards + manifest
 
-Input formats are one table, :mod:`btd_jax.data.readers` (``readers.markdown_table()``).
+Subpackages by role:
+
+* :mod:`btd_jax.data.readers` -- the input formats, one table (``readers.markdown_table()``), one module each;
+* :mod:`btd_jax.data.store` -- the slice store: its format and reading, resumable writing, ``prepare``;
+* :mod:`btd_jax.data.crops` -- fresh training crops from slices, their host loader, the authors' CT folder;
+* :mod:`btd_jax.data.testsets` -- the authors' published test-set layout, read and written.
+
+The modules at this level are what all of them use: errors, records, input checks, preprocessing,
+DICOM, splits and :mod:`~btd_jax.data.datasets` (any input as patches). Simulated tampering and the
+demo's data serve the attacks: :mod:`btd_jax.attacks.tamper`, :mod:`btd_jax.attacks.demo_data`.
 """
 
 import importlib
@@ -23,12 +32,13 @@ from btd_jax.data.preprocess import (
 from btd_jax.data.dicom import Series, list_series, load_all_series, load_series, read_slice
 from btd_jax.data.records import PatchSet, Skipped, TestSet
 from btd_jax.data.splits import split_patients
-from btd_jax.data.testset import load_testset, write_testset
+from btd_jax.data.testsets.layout import load_testset, write_testset
 
 # The readers pull in the slice store's modules (etils, for cloud paths): loaded when first used.
-_LAZY = {"SliceStore": "store", "prepare": "sources", "open_slices": "readers", "SliceSet": "crops",
-         "split_slices": "crops", "load_data": "datasets", "load_patches": "readers",
-         "patches_from_dicom": "datasets", "write_manifest": "datasets", "read_volume": "readers"}
+_LAZY = {"SliceStore": "store.slice_store", "prepare": "store.sources", "open_slices": "readers",
+         "SliceSet": "crops.sampling", "split_slices": "crops.sampling", "load_data": "datasets",
+         "load_patches": "readers", "patches_from_dicom": "datasets", "write_manifest": "datasets",
+         "read_volume": "readers"}
 
 __all__ = [
     "DataError", "MissingInput", "window_ct", "normalize_mri", "to_unit_range", "extract_patch", "extract_patches",

@@ -27,7 +27,7 @@ from btd_jax.data import readers
 from btd_jax.data.readers import PATCH_COLUMNS, ReadOptions, load_patches, validate_patches
 from btd_jax.data.records import PatchSet, Skipped, TestSet
 from btd_jax.data.splits import holdout_parts, split_patients
-from btd_jax.data.testset import ATTACKS, LABELS, load_testset, testset_csv_path, write_testset
+from btd_jax.data.testsets.layout import ATTACKS, LABELS, load_testset, testset_csv_path, write_testset
 from btd_jax.runtime.atomic import atomic_open
 
 __all__ = [

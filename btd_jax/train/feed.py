@@ -22,8 +22,8 @@ from jax.sharding import Mesh, NamedSharding
 
 from btd_jax import diffusion
 from btd_jax.configs import Config
-from btd_jax.data import crops as crops_lib
-from btd_jax.data import loader, validate
+from btd_jax.data import validate
+from btd_jax.data.crops import loader, sampling as crops_lib
 from btd_jax.parallel import data_sharding
 from btd_jax.runtime.prefetch import thread_prefetch
 from btd_jax.train.step import batch_sharding
@@ -134,7 +134,7 @@ class CropFeed:
     """Global ``(grad_accum, batch_size, S, S, 1)`` batches of fresh crops, cut every step.
 
     Position ``p`` of step ``s`` trains on a crop that is a pure function of ``(seed, s, p)``
-    (:mod:`btd_jax.data.crops`): a resumed run sees the crops of an uninterrupted one, and each
+    (:mod:`btd_jax.data.crops.sampling`): a resumed run sees the crops of an uninterrupted one, and each
     process cuts only the crops of its own devices. Crops of a float16 store travel as float16 and
     are cast to float32 on the devices (exact). ``workers > 0``: cut in that many grain worker
     processes; 0: on a background thread.

@@ -25,8 +25,8 @@ import numpy as np
 from btd_jax import checkpoints, parallel
 from btd_jax.configs import Config
 from btd_jax.data import readers, validate
-from btd_jax.data.authors_train import CT_CSV
-from btd_jax.data.crops import SliceSet, split_slices
+from btd_jax.data.crops.authors_ct import CT_CSV
+from btd_jax.data.crops.sampling import SliceSet, split_slices
 from btd_jax.data.errors import DataError
 from btd_jax.data.records import Skipped, TestSet
 from btd_jax.data.splits import holdout_parts

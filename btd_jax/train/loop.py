@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from btd_jax.configs import Config
-from btd_jax.data.crops import CropSpec, SliceSet, fixed_crops
+from btd_jax.data.crops.sampling import CropSpec, SliceSet, fixed_crops
 from btd_jax.parallel import data_sharding, make_mesh
 from btd_jax.runtime import GracefulStop, Stopped, lock_workdir
 from btd_jax.runtime.finite import NonFiniteError
@@ -178,7 +178,7 @@ def train_and_evaluate(cfg: Config, workdir: str, train_data, val_data=None, *, 
         while a run holds it).
       train_data: patches ``(N, H, W)`` or ``(N, H, W, C)`` in [0, 1], or any finite values in the
         model's units with ``diffusion.auto_normalize`` off (NumPy, may be memory-mapped:
-        checked in chunks, never copied whole), or a :class:`btd_jax.data.crops.SliceSet` of slices
+        checked in chunks, never copied whole), or a :class:`btd_jax.data.crops.sampling.SliceSet` of slices
         (a slice store, the authors' CT folder) to cut a fresh crop from per position and step.
         In a multi-process run every process passes the same dataset and reads only its rows.
       val_data: optional held-out real patches (or a ``SliceSet``: one fixed crop per slice); their

@@ -75,8 +75,7 @@ def test_missing_cgan_model_is_refused(capsys, tmp_path, hu_slices):
 
 
 def test_inputs_read_dicom_and_npy(hu_slices):
-    from btd_jax.attacks import inputs
-    from btd_jax.data import demo_data
+    from btd_jax.attacks import demo_data, inputs
 
     src = inputs.load_sources(demo_data.source_path("CT_small.dcm"), "CT")
     assert len(src) == 1 and src[0].image.shape == (128, 128) and src[0].image.min() < -500  # HU, not [0, 1]

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from btd_jax import cli
-from btd_jax.data import testset
+from btd_jax.data.testsets import layout
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "data"))
 from _dicom_files import write_ct_series  # noqa: E402
@@ -51,7 +51,7 @@ def _testset(root, image=None, csv_bytes=None):
     items = [dict(image=rng.normal(40.0, 20.0, (24, 24)).astype(np.float32), x=12, y=12, type=t,
                   methods=["CTGAN"] if t == "FM" else [], scanner=f"S{i % 2}")
              for i, t in enumerate(("FM", "TM", "FM", "TM"))]
-    path = testset.write_testset(root, "CT", "injection", items)
+    path = layout.write_testset(root, "CT", "injection", items)
     if image is not None:
         (path.parent / "images" / "img_00001.npy").write_bytes(image)
     if csv_bytes is not None:

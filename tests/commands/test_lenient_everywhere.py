@@ -11,7 +11,8 @@ import pytest
 
 from btd_jax import cli, evaluate
 from btd_jax.attacks import inputs
-from btd_jax.data import datasets, dicom, readers, testset
+from btd_jax.data import datasets, dicom, readers
+from btd_jax.data.testsets import layout
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "data"))
 from _dicom_files import write_ct_series  # noqa: E402
@@ -40,7 +41,7 @@ def bad_testset(tmp_path):
     items = [dict(image=rng.normal(40.0, 20.0, (24, 24)).astype(np.float32), x=12, y=12, type=t,
                   methods=["CTGAN"] if t == "FM" else [], scanner="S0") for t in ("FM", "TM") * 3]
     root = tmp_path / "ts"
-    path = testset.write_testset(root, "CT", "injection", items)
+    path = layout.write_testset(root, "CT", "injection", items)
     (path.parent / "images" / "img_00001.npy").write_bytes(b"not a NumPy file")
     lines = path.read_text().splitlines()
     lines[3] = lines[3].replace("images/img_00002.npy", "images/missing.npy", 1)

@@ -10,7 +10,7 @@ import pytest
 
 from btd_jax import cli, configs
 from btd_jax.data import preprocess, readers
-from btd_jax.data.store import SliceStore
+from btd_jax.data.store.slice_store import SliceStore
 from btd_jax.train import training_data
 
 SHAPE = (3, 40, 36)  # slices, rows, columns

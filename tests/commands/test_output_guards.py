@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from btd_jax import cli, demo
-from btd_jax.data import testset
 from btd_jax.data.errors import DataError
+from btd_jax.data.testsets import layout
 
 
 def _cli(argv, capsys):
@@ -65,7 +65,7 @@ def testset_with_a_missing_image(tmp_path):
     items = [dict(image=rng.normal(40.0, 20.0, (24, 24)).astype(np.float32), x=12, y=12, type=t,
                   methods=["CTGAN"] if t == "FM" else []) for t in ("FM", "FM", "TM", "TM")]
     root = tmp_path / "testset"
-    path = testset.write_testset(root, "CT", "injection", items)
+    path = layout.write_testset(root, "CT", "injection", items)
     lines = path.read_text().splitlines()
     lines.append(lines[-1].replace(lines[-1].split(",")[0], "images/missing.npy", 1))
     path.write_text("\n".join(lines) + "\n")
@@ -107,9 +107,9 @@ def test_prepare_never_writes_into_its_input_or_a_foreign_folder(tmp_path, capsy
     from argparse import Namespace
 
     from btd_jax.commands import prepare as prepare_cmd
-    from btd_jax.data import store
+    from btd_jax.data.store import slice_store
 
-    (other / store.PLAN_FILE).write_text("{}")  # an interrupted store: a rerun resumes it, no flag needed
+    (other / slice_store.PLAN_FILE).write_text("{}")  # an interrupted store: a rerun resumes it, no flag needed
     prepare_cmd.plan_outputs(Namespace(command="prepare", input=str(src), out=str(other), overwrite=False))
     assert prepare_cmd.plan_outputs(Namespace(command="prepare", input=str(src), out="gs://bucket/store",
                                               overwrite=False)) is None

@@ -35,11 +35,12 @@ def main():
     import numpy as np
 
     from btd_jax import configs, train
-    from btd_jax.data import crops, store
+    from btd_jax.data.crops import sampling
+    from btd_jax.data.store import slice_store
 
     cfg = configs.load(os.path.join(os.path.dirname(args.out), "cfg.json"))
     assert jax.process_count() == args.num_processes and jax.device_count() == 2 * args.num_processes
-    tr, _ = crops.split_slices(store.SliceStore(args.store), 0.0)
+    tr, _ = sampling.split_slices(slice_store.SliceStore(args.store), 0.0)
     state = train.train_and_evaluate(cfg, args.workdir, tr, progress=False)
     flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in
             jax.tree_util.tree_leaves_with_path({"params": state.params, "ema": state.ema_params})}

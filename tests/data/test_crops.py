@@ -5,7 +5,9 @@ import pickle
 import numpy as np
 import pytest
 
-from btd_jax.data import DataError, crops as C, preprocess as P, sources, store as S, store_writer as W
+from btd_jax.data import DataError, preprocess as P
+from btd_jax.data.crops import sampling as C
+from btd_jax.data.store import slice_store as S, sources, writer as W
 from _layouts import write_authors_ct
 
 
@@ -92,7 +94,7 @@ def test_tissue_store_crops_stay_inside_with_jitter(tmp_path):
 
 
 def test_ctfolder_source_equals_the_store(ct_store, tmp_path_factory):
-    from btd_jax.data import authors_train as A
+    from btd_jax.data.crops import authors_ct as A
 
     folder = A.CTFolder(ct_store.path.parent / "ct", size=32)
     spec = C.CropSpec(32, hflip=True)

@@ -9,8 +9,9 @@ import pytest
 
 from _dicom_files import shipped, write_ct_series
 from _layouts import write_authors_ct, write_pngs
-from btd_jax.data import DataError, MissingInput, readers, sources
-from btd_jax.data.testset import write_testset
+from btd_jax.data import DataError, MissingInput, readers
+from btd_jax.data.store import sources
+from btd_jax.data.testsets.layout import write_testset
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 

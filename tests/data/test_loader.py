@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from btd_jax.data import crops as C, loader, sources, store as S
+from btd_jax.data.crops import loader, sampling as C
+from btd_jax.data.store import slice_store as S, sources
 from btd_jax.runtime.prefetch import thread_prefetch
 from _layouts import write_authors_ct
 

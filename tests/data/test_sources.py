@@ -5,7 +5,9 @@ import csv
 import numpy as np
 import pytest
 
-from btd_jax.data import DataError, authors_train as A, preprocess as P, sources, store as S
+from btd_jax.data import DataError, preprocess as P
+from btd_jax.data.crops import authors_ct as A
+from btd_jax.data.store import slice_store as S, sources
 from _dicom_files import write_ct_series
 from _layouts import write_authors_ct, write_pngs
 

@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from btd_jax.data import DataError, preprocess as P, sources, store as S, store_writer as W
+from btd_jax.data import DataError, preprocess as P
 from btd_jax.data.records import Skipped
+from btd_jax.data.store import slice_store as S, sources, writer as W
 from _layouts import write_authors_ct
 
 
@@ -159,15 +160,15 @@ def test_store_pickles_by_path(tmp_path):
 
 
 def test_tissue_centres_follow_the_body():
-    from btd_jax.data import crops
+    from btd_jax.data.crops import sampling
 
     img = np.zeros((128, 128), np.float32)
     img[40:120, 60:124] = 0.4           # the body, lower right
     img[60:90, 80:100] = 0.0            # dark inside the body (a lung) still counts as body
-    c = crops.tissue_centres(img, 32, stride=8)
+    c = sampling.tissue_centres(img, 32, stride=8)
     assert len(c) > 0
     assert c[:, 0].min() >= 40 and c[:, 1].min() >= 60   # crops at least half inside the body
     assert c[:, 1].max() <= 128 - 16 - 2                    # the clamp (2 px like the authors)
-    blank = crops.tissue_centres(np.zeros((64, 64), np.float32), 32)
+    blank = sampling.tissue_centres(np.zeros((64, 64), np.float32), 32)
     assert blank.tolist() == [[32, 32]]                    # no tissue: the middle, never dropped
     assert P.PATCH_SIZE["CT"] == 96

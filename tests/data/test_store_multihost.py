@@ -9,7 +9,8 @@ import jax
 import numpy as np
 
 from btd_jax import configs, parallel, train
-from btd_jax.data import crops, sources, store
+from btd_jax.data.crops import sampling
+from btd_jax.data.store import slice_store, sources
 from _layouts import write_authors_ct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -48,7 +49,7 @@ def test_two_processes_reading_a_store_equal_one_process(tmp_path):
     for k in outs[0]:
         np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)
 
-    tr, _ = crops.split_slices(store.SliceStore(tmp_path / "st"), 0.0)
+    tr, _ = sampling.split_slices(slice_store.SliceStore(tmp_path / "st"), 0.0)
     mesh = parallel.make_mesh(jax.devices()[:4])
     state = jax.device_get(train.train_and_evaluate(CFG, str(tmp_path / "single"), tr, mesh=mesh,
                                                     progress=False))

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from btd_jax.data import crops as C, sources, store as S
+from btd_jax.data.crops import sampling as C
+from btd_jax.data.store import slice_store as S, sources
 from _layouts import write_authors_ct
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from btd_jax import configs, parallel, train
-from btd_jax.data import crops as C, sources, store as S
+from btd_jax.data.crops import sampling as C
+from btd_jax.data.store import slice_store as S, sources
 from btd_jax.train import feed as F
 from _layouts import write_authors_ct
 

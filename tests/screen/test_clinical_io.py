@@ -100,7 +100,8 @@ def test_screen_command_writes_everything(tmp_path):
 
 def test_slice_store_series_keeps_geometry(tmp_path, series):
     pytest.importorskip("nibabel")
-    from btd_jax.data import preprocess, sources
+    from btd_jax.data import preprocess
+    from btd_jax.data.store import sources
 
     vol, _, _ = series
     hu = np.random.default_rng(2).uniform(-1000, 1500, vol.pixels.shape).astype(np.float32)

@@ -102,7 +102,7 @@ class ScanRef:
 @dataclasses.dataclass
 class StoreInput:
     """What a format that is not read as volumes gives a slice store: units
-    (:class:`btd_jax.data.store_writer.Unit`), the modality, skipped items, an optional shared
+    (:class:`btd_jax.data.store.writer.Unit`), the modality, skipped items, an optional shared
     crop-centre list (L, 2) and the options recorded in ``store.json``."""
 
     units: List[Any]
@@ -159,7 +159,7 @@ class Format:
 
     scans -> (list of :class:`ScanRef`, skipped items); patches -> :class:`~btd_jax.data.records.PatchSet`
     (a :class:`~btd_jax.data.records.TestSet` when labelled); units -> :class:`StoreInput`;
-    slices -> a crop source (:class:`btd_jax.data.crops.SliceSource`).
+    slices -> a crop source (:class:`btd_jax.data.crops.sampling.SliceSource`).
     ``extra``: the pip extra its reader needs; ``modality``: what its input holds when it cannot say;
     ``fallback``: detected only when no other format claims the path.
     """

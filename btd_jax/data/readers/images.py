@@ -19,7 +19,7 @@ from btd_jax.data import preprocess
 from btd_jax.data.errors import DataError
 from btd_jax.data.readers.formats import Format, Probe, ReadOptions, StoreInput, register
 from btd_jax.data.records import PatchSet, Skipped
-from btd_jax.data.store_writer import SliceBatch, Unit
+from btd_jax.data.store.writer import SliceBatch, Unit
 
 __all__ = ["FORMAT", "IMAGE_SUFFIXES", "image_files", "read_image", "image_units", "image_patches"]
 

@@ -9,18 +9,18 @@ from typing import List, Tuple
 
 import numpy as np
 
-from btd_jax.data import store
 from btd_jax.data.errors import DataError
 from btd_jax.data.readers.formats import Format, Probe, ReadOptions, Scan, ScanRef, register
 from btd_jax.data.readers.geometry import geometry_from_affines
 from btd_jax.data.records import Skipped
+from btd_jax.data.store import slice_store
 
 __all__ = ["FORMAT", "store_scans"]
 
 _FIELDS = ("row", "patient", "series", "scanner", "slice", "frame", "path", "pixel_spacing", "affine", "modality")
 
 
-def _load(st: store.SliceStore, name: str, rows: List[dict]) -> Scan:
+def _load(st: slice_store.SliceStore, name: str, rows: List[dict]) -> Scan:
     where = f"{st.path} series {name}"
     shapes = {st.shape(r["row"]) for r in rows}
     if len(shapes) > 1:
@@ -37,7 +37,7 @@ def _load(st: store.SliceStore, name: str, rows: List[dict]) -> Scan:
 
 def store_scans(path: Path, opts: ReadOptions) -> Tuple[List[ScanRef], List[Skipped]]:
     """One scan per series of the store (slices in order; ``opts.series_uid`` keeps one)."""
-    st = store.open_store(path)
+    st = slice_store.open_store(path)
     series: dict = {}
     for r in st.records(_FIELDS):
         series.setdefault(str(r["series"]), []).append(r)
@@ -55,10 +55,10 @@ def store_scans(path: Path, opts: ReadOptions) -> Tuple[List[ScanRef], List[Skip
 
 
 def _detect(probe: Probe) -> bool:
-    return store.is_store(probe.text) if probe.remote or probe.is_dir else False
+    return slice_store.is_store(probe.text) if probe.remote or probe.is_dir else False
 
 
 FORMAT = register(Format(
     "store", "a slice store written by btd-jax prepare (local or gs://): crops for training; each series "
              "as a volume already in [0, 1]",
-    _detect, scans=store_scans, slices=lambda path, opts: store.SliceStore(path)))
+    _detect, scans=store_scans, slices=lambda path, opts: slice_store.SliceStore(path)))

@@ -1,5 +1,5 @@
 """The authors' published test-set layout (``CT/<attack>/CT_<attack>.csv``, ``MRI/MRI_<attack>.csv``):
-labelled patches (:func:`btd_jax.data.testset.load_testset`)."""
+labelled patches (:func:`btd_jax.data.testsets.layout.load_testset`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from btd_jax.data import preprocess
 from btd_jax.data.errors import DataError
 from btd_jax.data.readers.formats import Format, ReadOptions, register
 from btd_jax.data.records import TestSet
-from btd_jax.data.testset import ATTACKS, load_testset, testset_csv_path
+from btd_jax.data.testsets.layout import ATTACKS, load_testset, testset_csv_path
 
 __all__ = ["FORMAT", "find_testsets", "testset_patches"]
 

@@ -25,7 +25,7 @@ from btd_jax.data.errors import DataError
 from btd_jax.data.readers.formats import Format, ReadOptions, Scan, ScanRef, StoreInput, resolve
 from btd_jax.data.readers.geometry import Geometry
 from btd_jax.data.records import Skipped
-from btd_jax.data.store_writer import SliceBatch, Unit
+from btd_jax.data.store.writer import SliceBatch, Unit
 
 __all__ = ["Volume", "check_volume", "select_scans", "unit_range", "scans_of", "read_volume", "store_input"]
 

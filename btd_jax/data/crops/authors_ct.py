@@ -7,7 +7,7 @@ all slices: every distinct integer ``(y, x)`` of the CSV (rows whose x or y is n
 none, as in their ``try``/``except``). Slices are windowed with the paper's CT window. (Their MRI
 trainer's image folders: :mod:`btd_jax.data.readers.images`.)
 
-:func:`ct_units` gives store units (:mod:`btd_jax.data.store_writer`); :class:`CTFolder` reads the
+:func:`ct_units` gives store units (:mod:`btd_jax.data.store.writer`); :class:`CTFolder` reads the
 layout directly as a crop source, without a store.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 from btd_jax.data import preprocess
 from btd_jax.data.errors import DataError
 from btd_jax.data.records import Skipped
-from btd_jax.data.store_writer import SliceBatch, Unit
+from btd_jax.data.store.writer import SliceBatch, Unit
 from btd_jax.data.validate import load_npy, read_csv
 
 __all__ = ["CT_CSV", "CTLayout", "read_ct_layout", "ct_units", "CTFolder"]
@@ -143,7 +143,7 @@ def _load_ct(layout: CTLayout, chunk: Sequence[int], strict: bool) -> SliceBatch
 
 class CTFolder:
     """The authors' CT layout read directly as a crop source (no store): each crop maps the
-    ``.npy`` slice and windows only the rows it needs. Picklable; see :class:`crops.SliceSource`."""
+    ``.npy`` slice and windows only the rows it needs. Picklable; see :class:`sampling.SliceSource`."""
 
     def __init__(self, folder: str | os.PathLike, size: int = preprocess.PATCH_SIZE["CT"]):
         self.layout = read_ct_layout(folder)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from btd_jax.data import preprocess, readers
 from btd_jax.data.readers import ReadOptions, open_slices
-from btd_jax.data.store_writer import write_store
+from btd_jax.data.store.writer import write_store
 
 __all__ = ["prepare", "open_slices"]
 

@@ -44,8 +44,8 @@ class CropSpec:
 
 
 class SliceSource(Protocol):
-    """What crops need from a set of slices (:class:`btd_jax.data.store.SliceStore`,
-    :class:`btd_jax.data.authors_train.CTFolder`). ``dtype``: the crops' value type."""
+    """What crops need from a set of slices (:class:`btd_jax.data.store.slice_store.SliceStore`,
+    :class:`btd_jax.data.crops.authors_ct.CTFolder`). ``dtype``: the crops' value type."""
 
     dtype: np.dtype
     path: object  # where the slices are (named in errors)

@@ -1,6 +1,6 @@
 """Host batches built ahead of the training step: in worker processes (grain) or a thread.
 
-``make(step) -> np.ndarray`` is a pure function of the step (:class:`crops.HostBatches`), so the
+``make(step) -> np.ndarray`` is a pure function of the step (:class:`sampling.HostBatches`), so the
 order of the output never depends on how many workers built it, and a resumed run starts the same
 stream at its step. With ``workers > 0`` the batches are made by ``grain``'s worker processes
 (``MapDataset.range(...).map(make)...mp_prefetch``); ``make`` must then pickle. With
@@ -57,7 +57,7 @@ def host_batches(make: Callable[[int], np.ndarray], steps: range, workers: int =
     """``make(step)`` for every step of ``steps``, in order, made ahead of time.
 
     Args:
-      make: picklable ``step -> batch`` (e.g. :class:`crops.HostBatches`).
+      make: picklable ``step -> batch`` (e.g. :class:`sampling.HostBatches`).
       steps: the steps to make.
       workers: grain worker processes (0: one background thread in this process).
       depth: batches kept ready (per worker with grain).

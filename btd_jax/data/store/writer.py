@@ -1,4 +1,4 @@
-"""Writing a slice store (the format: :mod:`btd_jax.data.store`) from input units, resumably.
+"""Writing a slice store (the format: :mod:`btd_jax.data.store.slice_store`) from input units, resumably.
 
 Each unit is written atomically (its shards first, each via a temporary file and a rename, then
 its record); a rerun with the same units and options skips units whose record exists.
@@ -16,10 +16,10 @@ from typing import Callable, Sequence
 import numpy as np
 from etils import epath
 
-from btd_jax.data import crops as crops_lib
+from btd_jax.data.crops import sampling as crops_lib
 from btd_jax.data.errors import DataError
 from btd_jax.data.records import Skipped
-from btd_jax.data.store import (
+from btd_jax.data.store.slice_store import (
     DTYPES, FORMAT, LOCATIONS_FILE, MANIFEST_FILE, PLAN_FILE, SHARD_DIR, SKIPPED_FILE, STORE_FILE, VERSION,
 )
 
@@ -162,11 +162,11 @@ def write_store(out: str | os.PathLike, units: Sequence[Unit], *, modality: str,
 
     Args:
       out: store folder (created); a rerun with the same units and options resumes it.
-      units: the input, in a fixed order (see :mod:`btd_jax.data.sources`).
+      units: the input, in a fixed order (see :mod:`btd_jax.data.store.sources`).
       modality: 'CT' or 'MR'; size: crop side the candidate centres are computed for.
       dtype: 'float16' (half the disk; values within 2.5e-4 of float32) or 'float32'.
       locations: (L, 2) (y, x) crop centres shared by all slices (the authors' list); without
-        it every slice gets tissue centres (:func:`crops.tissue_centres`).
+        it every slice gets tissue centres (:func:`sampling.tissue_centres`).
       options: recorded in the plan and summary (how the input was read).
       skipped: input left out before writing (e.g. non-image series), listed in the summary.
       strict: raise on the first bad unit; else record it as skipped and go on.

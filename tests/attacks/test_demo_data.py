@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from btd_jax.data import datasets, demo_data, preprocess
+from btd_jax.attacks import demo_data
+from btd_jax.data import datasets, preprocess
 from btd_jax.data.errors import DataError
 
 SIZE = 32

@@ -14,7 +14,7 @@ A store is a folder (local, or any ``etils.epath`` location such as ``gs://bucke
 
 Why ``.npy`` shards: a slice is a fixed-size block at a known byte offset, so a local shard is
 memory-mapped (``np.load(mmap_mode='r')``, zero copy, only the touched pages are read) and a remote
-one is read by byte range, the crop's rows only. Written by :mod:`btd_jax.data.store_writer`, atomically
+one is read by byte range, the crop's rows only. Written by :mod:`btd_jax.data.store.writer`, atomically
 per unit (shards first, each via a temporary file and a rename, then the unit's record); a rerun
 skips units whose record exists.
 """

@@ -36,7 +36,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from scipy import ndimage as ndi
 
-from btd_jax.data import datasets, dicom, preprocess, tamper
+from btd_jax.attacks import tamper
+from btd_jax.data import datasets, dicom, preprocess
 from btd_jax.data.errors import DataError
 
 __all__ = [

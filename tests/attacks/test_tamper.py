@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from btd_jax.data import tamper
+from btd_jax.attacks import tamper
 from btd_jax.data.errors import DataError
 
 NOISE = 10.0  # HU
