@@ -13,8 +13,14 @@ target FPR and gives each new score a conformal p-value::
 
 A calibration is only valid for the model and the scoring settings it was fitted with; they are
 stored with it (``score``: the ScoreConfig fields that decide a score, as in the two-sided score
-reference) so that callers score new data the same way. Knows nothing of models: a scorer is
-anything with ``score(images, **settings)``.
+reference; ``variant``: the score variant, and for one fitted on real patches the identity of its
+reference) so that callers score new data the same way::
+
+    cal = calibration.calibrate_scorer(scorer, val_real, variant="oneclass")   # the workdir's reference
+    scores, is_fake, p = calibration.score_and_decide(scorer, test, cal)       # refused after a refit
+
+Knows nothing of models: a scorer is anything with ``score(images, **settings)`` (and, for a variant
+with a reference, ``reference(variant, reference)`` as :class:`btd_jax.score.Scorer` has).
 """
 
 from __future__ import annotations
@@ -28,10 +34,10 @@ import numpy as np
 from btd_jax.configs import ScoreConfig
 from btd_jax.data.errors import DataError
 from btd_jax.runtime.atomic import write_json
-from btd_jax.runtime.files import read_json
+from btd_jax.runtime.files import json_digest, read_json
 
 __all__ = ["Calibration", "fit", "threshold_at_fpr", "p_values", "FILENAME", "calibrate_scorer",
-           "score_and_decide"]
+           "score_and_decide", "reference_id"]
 
 FILENAME = "calibration.json"
 
@@ -95,7 +101,8 @@ class Calibration:
     Fields: ``threshold`` (flag ``score >= threshold``), ``target_fpr``, ``empirical_fpr`` (on the
     validation scores), ``real_scores`` (N,), ``score`` (the scoring settings the scores were
     computed with: ScoreConfig field names such as steps, center, reduction; empty if unknown),
-    ``meta`` (free-form, e.g. dataset, config name).
+    ``meta`` (free-form, e.g. dataset, config name), ``variant`` (the score variant) and
+    ``reference`` (the identity of the variant's fitted reference, :func:`reference_id`; None without one).
     """
 
     threshold: float
@@ -104,6 +111,8 @@ class Calibration:
     real_scores: np.ndarray
     score: Dict[str, Any] = dataclasses.field(default_factory=dict)
     meta: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    variant: str = "btd"
+    reference: Optional[str] = None
 
     @property
     def n(self) -> int:
@@ -129,6 +138,16 @@ class Calibration:
         """(M,) float64 empirical p-values in [1/(N+1), 1]; see :func:`p_values`."""
         return p_values(self.real_scores, scores)
 
+    def check_reference(self, ref: Any, where: str = "calibration") -> None:
+        """Refuses (DataError) a reference other than the one the calibration's scores were made against."""
+        if self.reference is None:
+            return
+        have = None if ref is None else reference_id(ref)
+        if have != self.reference:
+            raise DataError(f"{where}: fitted on {self.variant} scores against the reference {self.reference}, but "
+                            f"{'no reference' if have is None else f'the reference {have}'} is used now; "
+                            "recalibrate after refitting a reference")
+
     def normalize(self, scores: Any) -> np.ndarray:
         """Scores divided by the threshold (paper Fig. 4): values >= 1 are flagged."""
         if self.threshold <= 0:
@@ -137,8 +156,8 @@ class Calibration:
 
     def to_dict(self) -> Dict[str, Any]:
         return {"threshold": self.threshold, "target_fpr": self.target_fpr, "empirical_fpr": self.empirical_fpr,
-                "n": self.n, "score": dict(self.score), "meta": dict(self.meta),
-                "real_scores": [float(v) for v in self.real_scores]}
+                "n": self.n, "score": dict(self.score), "meta": dict(self.meta), "variant": self.variant,
+                "reference": self.reference, "real_scores": [float(v) for v in self.real_scores]}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any], source: str = "calibration") -> "Calibration":
@@ -151,7 +170,8 @@ class Calibration:
         score = dict(d["score"]) if isinstance(d.get("score"), Mapping) else _legacy_score(d)
         return cls(threshold=float(d["threshold"]), target_fpr=float(d["target_fpr"]),
                    empirical_fpr=float(d.get("empirical_fpr", np.mean(real >= float(d["threshold"])))),
-                   real_scores=real, score=score, meta=dict(d.get("meta", {})))
+                   real_scores=real, score=score, meta=dict(d.get("meta", {})), variant=str(d.get("variant", "btd")),
+                   reference=d.get("reference"))
 
     def save(self, path: str) -> str:
         """Writes JSON to ``path`` (a file) or ``path/calibration.json`` (a directory, e.g. the workdir)."""
@@ -170,13 +190,21 @@ class Calibration:
         return cls.from_dict(d, source=path)
 
 
+def reference_id(ref: Any) -> str:
+    """A fitted reference's identity: :func:`~btd_jax.runtime.files.json_digest` of its ``to_dict()``."""
+    return json_digest(ref.to_dict())
+
+
 def fit(real_scores: Any, target_fpr: float = 0.1, steps: Optional[int] = None, center: Optional[int] = None,
-        score: Optional[Mapping[str, Any]] = None, reduction: Optional[str] = None, **meta: Any) -> Calibration:
+        score: Optional[Mapping[str, Any]] = None, reduction: Optional[str] = None, variant: str = "btd",
+        reference: Any = None, **meta: Any) -> Calibration:
     """Fits a :class:`Calibration` on scores (N,) of real-only validation patches.
 
     ``score``: the scoring settings the scores were made with (a ScoreConfig's ``scoring_dict()`` or
     any mapping of its field names). ``steps``, ``center`` and ``reduction`` are shorthands added to
     it; with ``steps`` or ``center`` and no ``score``, both are stored (``center=None``: whole patch).
+    ``variant``: the score variant the scores are of; ``reference``: its fitted reference (recorded by
+    identity), if it has one.
     """
     real = np.sort(_as_scores(real_scores, "real scores"))
     thr, fpr = threshold_at_fpr(real, target_fpr)
@@ -187,7 +215,8 @@ def fit(real_scores: Any, target_fpr: float = 0.1, steps: Optional[int] = None, 
         if v is not None:
             settings[k] = v
     return Calibration(threshold=thr, target_fpr=float(target_fpr), empirical_fpr=fpr, real_scores=real,
-                       score=settings, meta=meta)
+                       score=settings, meta=meta, variant=variant,
+                       reference=None if reference is None else reference_id(reference))
 
 
 def _key_kw(key: Any) -> Dict[str, Any]:
@@ -202,26 +231,42 @@ def _settings_used(scorer: Any, overrides: Mapping[str, Any]) -> Dict[str, Any]:
     return resolve(**overrides).scoring_dict()
 
 
+def _variant_kw(scorer: Any, variant: str, reference: Any) -> Tuple[Dict[str, Any], Any]:
+    """(scoring keywords, resolved reference) of ``variant`` ('btd': none)."""
+    if variant == "btd":
+        return {}, None
+    ref = scorer.reference(variant, reference)
+    return {"variant": variant, "reference": ref}, ref
+
+
 def calibrate_scorer(scorer: Any, real_images: Any, target_fpr: float = 0.1, key: Any = None,
-                     meta: Optional[Mapping[str, Any]] = None, **settings: Any) -> Calibration:
+                     meta: Optional[Mapping[str, Any]] = None, variant: str = "btd", reference: Any = None,
+                     **settings: Any) -> Calibration:
     """Scores real validation images (N,H,W) in [0,1] with ``scorer.score`` and fits a calibration.
 
     ``settings`` (e.g. ``steps=1, center=32, reduction='percentile:99', batch_size=64``) are passed
     to the scorer; what it scored with is stored (for a ``Scorer``: its whole ScoreConfig with these
     overrides, except batch_size/micro_batch) and reused by :func:`score_and_decide`. ``meta``:
-    free-form facts kept with the calibration (data set, modality, ...).
+    free-form facts kept with the calibration (data set, modality, ...). ``variant``: a score variant
+    (``reference``: its fitted reference or JSON path; None = the scorer's workdir's file), recorded
+    with the reference's identity so that a refitted reference is not used with this threshold.
     """
-    s = scorer.score(real_images, **_key_kw(key), **settings)
+    vkw, ref = _variant_kw(scorer, variant, reference)
+    s = scorer.score(real_images, **_key_kw(key), **vkw, **settings)
     used = {k: v for k, v in _settings_used(scorer, settings).items() if k not in ScoreConfig.SPEED_FIELDS}
-    return fit(s, target_fpr=target_fpr, score=used, **dict(meta or {}))
+    return fit(s, target_fpr=target_fpr, score=used, variant=variant, reference=ref, **dict(meta or {}))
 
 
-def score_and_decide(scorer: Any, images: Any, cal: Calibration, batch_size: Optional[int] = None, key: Any = None):
-    """Scores ``images`` with the calibration's own settings; returns (scores, is_fake, p).
+def score_and_decide(scorer: Any, images: Any, cal: Calibration, batch_size: Optional[int] = None, key: Any = None,
+                     reference: Any = None):
+    """Scores ``images`` with the calibration's own settings and variant; returns (scores, is_fake, p).
 
     ``scorer`` is anything with ``score(images, **settings[, batch_size=, key=])`` such as
-    :class:`btd_jax.score.Scorer`. Use the same ``key`` as for calibration when ``steps > 1``.
+    :class:`btd_jax.score.Scorer`. Use the same ``key`` as for calibration when ``steps > 1``. A
+    variant's ``reference`` (default the scorer's workdir's) must be the one calibrated against.
     """
-    kw = dict(cal.score, **_key_kw(key), **({} if batch_size is None else {"batch_size": batch_size}))
+    vkw, ref = _variant_kw(scorer, cal.variant, reference)
+    cal.check_reference(ref)
+    kw = dict(cal.score, **vkw, **_key_kw(key), **({} if batch_size is None else {"batch_size": batch_size}))
     s = np.asarray(scorer.score(images, **kw))
     return s, cal.decide(s), cal.p_values(s)

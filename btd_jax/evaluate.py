@@ -30,7 +30,7 @@ import numpy as np
 from btd_jax import calibration, metrics
 from btd_jax.configs import reductions
 from btd_jax.data.errors import DataError
-from btd_jax.data.testset import ATTACKS
+from btd_jax.data.testsets.layout import ATTACKS
 from btd_jax.eval_io import (load_eval_set, read_scores_csv, table1_markdown, write_all, write_csv, write_json,
                              write_markdown, write_scores_csv)
 from btd_jax.data.readers import load_patches
@@ -250,27 +250,33 @@ class Evaluation:
     skipped: List[Any] = dataclasses.field(default_factory=list)
 
 
-def _threshold_for(workdir: Optional[str], reduction: str, steps: int) -> Optional[float]:
-    """The saved calibration threshold if it was fitted for this reduction and d; else None."""
+def _threshold_for(workdir: Optional[str], column: str, steps: int, variant: str = "btd") -> Optional[float]:
+    """The saved calibration threshold if it was fitted for this score column (variant, reduction) and d."""
     if not workdir or not os.path.exists(os.path.join(workdir, calibration.FILENAME)):
         return None
     cal = calibration.Calibration.load(workdir)
-    same = reduction_name(cal.center, cal.reduction) == reduction and (cal.steps or 1) == steps
+    name = reduction_name(cal.center, cal.reduction) if cal.variant == "btd" else cal.variant
+    same = cal.variant == variant and name == column and (cal.steps or 1) == steps
     return cal.threshold if same else None
 
 
-def _fit_calibration(scorer: Scorer, real_path: str, centers: Sequence[Optional[int]], attack: str, modality: str,
+def _fit_calibration(scorer: Scorer, real_path: str, center: Optional[int], modality: str, attack: str,
                      target_fpr: float, key: Any, **settings: Any) -> calibration.Calibration:
-    """calibration.json in the scorer's workdir from real-only patches; the paper scores injections on the
-    central window and removals on the whole patch."""
+    """calibration.json in the scorer's workdir from real-only patches scored at ``center``."""
     if not scorer.workdir:
         raise ValueError("calibrating needs the model's workdir (load the model from one)")
-    center = next((c for c in centers if c is not None), None) if ATTACKS[attack.lower()] == "Inject" else None
     meta = dict(source=os.path.abspath(real_path), modality=modality, attack=attack)
     cal = calibration.calibrate_scorer(scorer, load_patches(real_path), target_fpr=target_fpr, key=key, meta=meta,
                                        center=center, **settings)
     cal.save(scorer.workdir)
     return cal
+
+
+def _variant_scores(scorer: Scorer, patches: Any, variant: str, center: Optional[int], reference: Any, key: Any,
+                    progress: Any, **settings: Any) -> Dict[str, np.ndarray]:
+    """{variant: (N,)} of a variant other than btd (a variant with a reference scores at its settings)."""
+    return {variant: np.asarray(scorer.score(patches, center=center, variant=variant, reference=reference, key=key,
+                                             progress=progress, **settings), np.float64)}
 
 
 def evaluate(model: Union[None, Scorer, str, "os.PathLike[str]"] = None, dataset: Optional[str] = None,
@@ -279,7 +285,7 @@ def evaluate(model: Union[None, Scorer, str, "os.PathLike[str]"] = None, dataset
              reduction: Optional[str] = None, steps: Optional[int] = None, n_boot: int = 100, seed: int = 0,
              group_column: str = "scanner", batch_size: Optional[int] = None, clip_inputs: bool = False,
              calibrate: Optional[str] = None, target_fpr: float = 0.1, strict: bool = True,
-             progress: bool = True) -> Evaluation:
+             progress: bool = True, variant: str = "btd", reference: Any = None) -> Evaluation:
     """The paper's Table 1 for one test set: scores ``dataset`` (authors' layout, or a ``.npz`` with
     patches/labels[/scanner/method]) with ``model`` (a :class:`Scorer` or a workdir), or reads an
     already ``scores`` CSV, and writes to ``out``: ``results.md``/``.csv``/``.json`` (AUC and EER per
@@ -290,7 +296,10 @@ def evaluate(model: Union[None, Scorer, str, "os.PathLike[str]"] = None, dataset
 
     ``calibrate``: real-only validation patches (.npy/.npz) to fit ``calibration.json`` in the workdir
     at ``target_fpr``. ``steps``/``reduction``/``batch_size``/``clip_inputs``: None = the config's;
-    ``seed``: the bootstrap and, for d > 1, the noise key.
+    ``seed``: the bootstrap and, for d > 1, the noise key. ``variant``: a score variant other than
+    the paper's ('btd') gives one score column named after it, made at the first of ``centers`` (a
+    variant with a reference, e.g. 'oneclass': at the reference's own settings; ``reference`` is the
+    reference or its JSON path, default the workdir's); the calibration is then of that variant.
     """
     if scores and calibrate:
         raise ValueError("calibrating needs a model, not an already scored CSV")
@@ -314,14 +323,22 @@ def evaluate(model: Union[None, Scorer, str, "os.PathLike[str]"] = None, dataset
         given = dict(steps=steps, reduction=reduction, batch_size=batch_size, clip_inputs=clip_inputs or None)
         s = scorer.settings(**{k: v for k, v in given.items() if v is not None})
         steps, reduction = s.steps, s.reduction
-        key = jax.random.key(seed) if s.steps > 1 else None
+        key = jax.random.key(seed) if s.steps > 1 or variant != "btd" else None
         extra = {"clip_inputs": True} if s.clip_inputs else {}
+        first = next((c for c in windows if c is not None), None)
+        common = dict(steps=s.steps, batch_size=s.batch_size, reduction=s.reduction, **extra)
         with tqdm(total=len(patches), desc="scoring", unit="patch", file=sys.stderr, disable=not progress) as bar:
-            by_reduction = score_reductions(scorer, patches, centers=windows, steps=s.steps, batch_size=s.batch_size,
-                                            key=key, progress=bar.update, reduction=s.reduction, **extra)
-        if calibrate:
-            cal = _fit_calibration(scorer, calibrate, windows, attack, modality, target_fpr, key, steps=s.steps,
-                                   batch_size=s.batch_size, reduction=s.reduction, **extra)
+            if variant == "btd":
+                by_reduction = score_reductions(scorer, patches, centers=windows, steps=s.steps,
+                                                batch_size=s.batch_size, key=key, progress=bar.update,
+                                                reduction=s.reduction, **extra)
+            else:
+                reference = scorer.reference(variant, reference)
+                by_reduction = _variant_scores(scorer, patches, variant, first, reference, key, bar.update, **common)
+        if calibrate:  # the paper scores injections on the central window and removals on the whole patch
+            center = first if variant != "btd" or ATTACKS[attack.lower()] == "Inject" else None
+            vkw = {} if variant == "btd" else dict(variant=variant, reference=reference)
+            cal = _fit_calibration(scorer, calibrate, center, modality, attack, target_fpr, key, **vkw, **common)
     rows = evaluate_scored(by_reduction, labels, meta, modality, attack, tamper, n_boot=n_boot, seed=seed,
                            group_column=group_column)
     paths: Dict[str, Any] = write_all(rows, out, modality=modality, attack=attack, steps=steps,
@@ -335,5 +352,6 @@ def evaluate(model: Union[None, Scorer, str, "os.PathLike[str]"] = None, dataset
                                          os.path.join(out, f"roc_{name}.png"), title=name))
         for r, v in by_reduction.items():
             paths["figures"].append(plot_histogram(v[idx], labels[idx], os.path.join(out, f"hist_{name}_{r}.png"),
-                                                   title=f"{name} ({r})", threshold=_threshold_for(workdir, r, steps)))
+                                                   title=f"{name} ({r})",
+                                                   threshold=_threshold_for(workdir, r, steps, variant)))
     return Evaluation(rows, by_reduction, labels, dict(meta), paths, cal, skipped)

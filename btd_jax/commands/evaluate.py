@@ -2,6 +2,7 @@
 
     btd-jax evaluate --workdir DIR --dataset ROOT --modality CT --attack injection [--tamper CTGAN] --out DIR
     btd-jax evaluate --scores scored.csv --modality CT --attack injection --out DIR
+    btd-jax evaluate --workdir DIR --dataset ROOT --attack removal --variant oneclass --out DIR   (fitted reference)
 
 Writes ``results.md`` / ``results.csv`` / ``results.json`` (AUC and EER per dataset such as
 CTGAN-CT-Inject, full-patch and centre reductions, scanner-balanced bootstrap mean and 95% CI),
@@ -26,6 +27,7 @@ from btd_jax.commands._flags import (
     open_fraction, positive_int,
 )
 from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, say_skipped, skipped_file
+from btd_jax.scoring import variants
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -57,6 +59,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--calibrate", default=None, type=existing_file,
                    help="real-only validation patches (.npy/.npz) to fit calibration.json")
     p.add_argument("--target_fpr", "--target-fpr", type=open_fraction, default=0.1, help="calibration FPR (paper Fig. 4: 0.1)")
+    p.add_argument("--variant", default="btd", choices=variants.names(),
+                   help="score variant (default the paper's btd); another gives one score column named after it, "
+                        "made at the first --centers window or, with a reference, at the reference's settings")
+    p.add_argument("--reference", default=None, type=existing_file,
+                   help="the variant's reference JSON (default: its file in the workdir; fit one with btd-jax "
+                        "score --variant V --fit_reference)")
     add_overwrite_flag(p)
     add_lenient_flag(p)
     return p
@@ -64,7 +72,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def plan_outputs(args):
     """Every path this run writes (results, scores, figures, skipped list, calibration), checked before any work."""
-    plan = output_plan(args, inputs=[args.dataset, args.scores, args.calibrate], workdirs=[args.workdir])
+    plan = output_plan(args, inputs=[args.dataset, args.scores, args.calibrate, args.reference],
+                       workdirs=[args.workdir])
     plan.folder(args.out)
     names = ("results.md", "results.csv", "results.json") + (() if args.scores else ("scores.csv",))
     for path in [os.path.join(args.out, n) for n in names] + [skipped_file(args.out, folder=True)]:
@@ -86,7 +95,8 @@ def run(args) -> int:
         args.workdir, args.dataset, args.out, scores=args.scores, modality=args.modality, attack=args.attack,
         tamper=args.tamper, centers=args.centers, reduction=args.reduction, steps=args.reverse_steps,
         n_boot=args.n_boot, seed=args.seed, group_column=args.group_column, batch_size=args.batch_size,
-        clip_inputs=args.clip_inputs, calibrate=args.calibrate, target_fpr=args.target_fpr, strict=not args.lenient)
+        clip_inputs=args.clip_inputs, calibrate=args.calibrate, target_fpr=args.target_fpr, strict=not args.lenient,
+        variant=args.variant, reference=args.reference)
     say_skipped("evaluate", done.skipped, skipped_file(args.out, folder=True))
     if args.group_column not in done.metadata:
         print(f"note: no {args.group_column!r} column; the bootstrap balances classes only", file=sys.stderr)

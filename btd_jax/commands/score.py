@@ -28,7 +28,7 @@ from btd_jax.commands._flags import (
 from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, say_skipped, skipped_file
 from btd_jax.data import readers
 from btd_jax.runtime.atomic import numpy_name
-from btd_jax.scoring import score_input, variants
+from btd_jax.scoring import reference_path, score_input, variants
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -54,10 +54,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--start_ts", type=non_negative_int, nargs="+", default=None,
                    help="multi_t start times (default 0 1 2 3)")
     p.add_argument("--reference", default=None, type=existing_file,
-                   help=f"the variant's reference JSON (default WORKDIR/{variants.REFERENCE_FILE})")
-    p.add_argument("--fit_reference", default=None, metavar="JSON",
-                   help="treat --input as REAL validation patches: fit the reference of --variant (btd and multi_t: "
-                        "the two_sided reference over their energies) and save it here")
+                   help="the variant's reference JSON (default: its file in the workdir, e.g. "
+                        f"{variants.REFERENCE_FILE}, {variants.get('oneclass').reference_file})")
+    p.add_argument("--fit_reference", default=None, nargs="?", const="", metavar="JSON",
+                   help="treat --input as REAL validation patches (fakes in it are refused): fit the reference of "
+                        "--variant (btd and multi_t: the two_sided reference over their energies) and save it here "
+                        "(no value: beside the checkpoints, WORKDIR/<the variant's reference file>)")
     p.add_argument("--sampler", default=None, choices=("ddpm", "ddim"), help="default: the config's (paper ddpm)")
     p.add_argument("--start_t", type=non_negative_int, default=None,
                    help="lowest timestep (default: the config's, paper 0)")
@@ -85,6 +87,8 @@ def plan_outputs(args):
     """Every path this run writes, checked before any work (``--maps`` as NumPy names it)."""
     plan = output_plan(args, inputs=[args.input, args.locations, args.reference], workdirs=[args.workdir])
     args.maps = plan.file(numpy_name(args.maps, ".npz") if args.maps else None)
+    if args.fit_reference is not None:
+        args.fit_reference = reference_path(args.workdir, args.variant, args.fit_reference)
     for path in (args.out, skipped_file(args.out), args.fit_reference):
         plan.file(path)
     if args.png:

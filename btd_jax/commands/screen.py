@@ -3,6 +3,7 @@
     btd-jax screen --workdir DIR --input DICOM_FOLDER --out DIR
     btd-jax screen --workdir DIR --input scan.nii.gz --out DIR --proposal fullconv
     btd-jax screen --workdir DIR --input real1/ --input real2/ ... --calibrate --target_fpr 0.05
+    btd-jax screen --workdir DIR --input DICOM_FOLDER --out DIR --variant oneclass   (its fitted reference)
 
 ``--input``: a scan of any format with volumes (``--format``): a DICOM series (file or folder), a
 NIfTI volume, one series of a slice store (``btd-jax prepare``; already in [0, 1]), a ``.npy``
@@ -27,12 +28,13 @@ import os
 
 from btd_jax import configs, screen
 from btd_jax.commands._flags import (
-    add_deprecated_alias, add_reduction_flag, existing_folder, existing_path, fraction, non_negative_int,
+    add_deprecated_alias, add_reduction_flag, existing_file, existing_folder, existing_path, fraction, non_negative_int,
     open_fraction, positive_int,
 )
 from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, say_skipped, skipped_file
 from btd_jax.data import readers
 from btd_jax.data.errors import DataError
+from btd_jax.scoring import variants
 from btd_jax.screen import files as screen_files
 
 
@@ -76,6 +78,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=positive_int, default=None,
                    help="windows per batch (default: 32 on CPU, the config's score.batch_size elsewhere)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="noise key for d > 1")
+    p.add_argument("--variant", default="btd", choices=[n for n, v in variants.VARIANTS.items() if v.from_maps],
+                   help="window score: the paper's btd, or a variant fitted on real patches (oneclass, two_sided: "
+                        "at its reference's settings; fit it with btd-jax score --variant V --fit_reference)")
+    p.add_argument("--reference", default=None, type=existing_file,
+                   help="the variant's reference JSON (default: its file in the workdir)")
     p.add_argument("--calibration", default=None,
                    help=f"scan-level calibration (default: workdir/{screen.CALIBRATION_FILE}); written with --calibrate")
     p.add_argument("--calibrate", action="store_true", help="the inputs are real scans: fit and save the calibration")
@@ -90,7 +97,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def plan_outputs(args):
     """Every path this run writes, checked before any work."""
     cal = screen_files.calibration_path(args.workdir, args.calibration)
-    plan = output_plan(args, inputs=[*args.input, None if args.calibrate else args.calibration],
+    plan = output_plan(args, inputs=[*args.input, None if args.calibrate else args.calibration, args.reference],
                        workdirs=[args.workdir])
     if args.calibrate:
         plan.file(cal)
@@ -118,8 +125,8 @@ def run(args) -> int:
         args.workdir, args.input, args.out, calibrate=args.calibrate, calibration=args.calibration,
         target_fpr=args.target_fpr, units=args.units, series_uid=args.series_uid, fmt=args.format, top_k=args.top_k,
         center=args.center, steps=args.reverse_steps, reduction=args.reduction, batch_size=args.batch_size,
-        seed=args.seed, dicom=not args.no_dicom, strict=not args.lenient, dtype=args.dtype,
-        proposal=args.proposal, stride=args.stride, proposal_stride=args.proposal_stride,
+        seed=args.seed, dicom=not args.no_dicom, strict=not args.lenient, dtype=args.dtype, variant=args.variant,
+        reference=args.reference, proposal=args.proposal, stride=args.stride, proposal_stride=args.proposal_stride,
         proposal_center=args.proposal_center, proposal_scale=args.proposal_scale, per_slice=args.per_slice,
         shortlist=args.shortlist or None, max_candidates=args.max_candidates or None, refine=args.refine,
         climb=args.climb, tissue_min=args.tissue_min)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Dict
 
 from btd_jax.data.errors import DataError, MissingInput
 
-__all__ = ["read_json"]
+__all__ = ["read_json", "json_digest"]
 
 
 def read_json(path: str | os.PathLike, what: str, hint: str = "") -> Dict[str, Any]:
@@ -29,3 +30,9 @@ def read_json(path: str | os.PathLike, what: str, hint: str = "") -> Dict[str, A
     if not isinstance(d, dict):
         raise DataError(f"{path}: not a {what}: expected a JSON object, got {type(d).__name__}")
     return d
+
+
+def json_digest(record: Any) -> str:
+    """The first 16 hex of the SHA-256 of ``record``'s canonical JSON (sorted keys): a record's identity."""
+    text = json.dumps(record, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

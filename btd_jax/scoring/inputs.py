@@ -32,7 +32,7 @@ from btd_jax.runtime.outputs import skipped_path, write_skipped
 from btd_jax.scoring import variants
 from btd_jax.scoring.scorer import Scorer, as_scorer
 
-__all__ = ["Scored", "score_input"]
+__all__ = ["Scored", "score_input", "reference_path"]
 
 
 @dataclasses.dataclass
@@ -54,11 +54,19 @@ class Scored:
 
 
 def _fit_reference(scorer: Scorer, patches: np.ndarray, variant: str, s: ScoreConfig, key: Any,
-                   start_ts: Optional[Sequence[int]]) -> Any:
+                   start_ts: Optional[Sequence[int]], labels: Optional[np.ndarray]) -> Any:
     """The reference of ``variant`` (btd and multi_t: the two_sided reference over their energies)."""
-    target = variant if variants.get(variant).needs_reference else "two_sided"
+    target = variants.reference_target(variant).name
     options = {"base": variant} if target == "two_sided" and variant != "two_sided" else {}
-    return variants.fit_variant_reference(scorer, patches, target, s, key=key, start_ts=start_ts, **options)
+    return variants.fit_variant_reference(scorer, patches, target, s, key=key, start_ts=start_ts, labels=labels,
+                                          **options)
+
+
+def reference_path(workdir: str, variant: str, path: Optional[str] = None) -> str:
+    """Where ``score_input(fit_reference=...)`` saves ``variant``'s reference: ``path``, or the
+    reference's own file beside the checkpoints of ``workdir`` (``score_reference.json``,
+    ``oneclass_reference.json``, ...) when ``path`` is empty or None."""
+    return path or os.path.join(os.fspath(workdir), variants.reference_target(variant).reference_file)
 
 
 def score_input(model: Union[Scorer, str, "os.PathLike[str]"], path: str, out: Optional[str] = None, *,
@@ -66,7 +74,7 @@ def score_input(model: Union[Scorer, str, "os.PathLike[str]"], path: str, out: O
                 reduction: Optional[str] = None, sampler: Optional[str] = None, start_t: Optional[int] = None,
                 batch_size: Optional[int] = None, clip_inputs: Optional[bool] = None, variant: str = "btd",
                 start_ts: Optional[Sequence[int]] = None, reference: Optional[str] = None,
-                fit_reference: Optional[str] = None, maps: Optional[str] = None, png: Optional[str] = None,
+                fit_reference: Union[None, bool, str] = None, maps: Optional[str] = None, png: Optional[str] = None,
                 png_max: int = 32, seed: int = 0, modality: Optional[str] = None, attack: Optional[str] = None,
                 tamper: Optional[str] = None, n_per_slice: int = 4, strict: bool = True,
                 fmt: Union[str, readers.Format] = "auto", progress: bool = True) -> Scored:
@@ -79,8 +87,9 @@ def score_input(model: Union[Scorer, str, "os.PathLike[str]"], path: str, out: O
     Settings left None come from the config's ``score`` section: ``steps`` (d), ``center``,
     ``reduction``, ``sampler``, ``start_t``, ``batch_size``, ``clip_inputs``. ``variant``: a name of
     :mod:`btd_jax.scoring.variants` (``start_ts`` for multi_t, ``reference`` a reference JSON);
-    ``fit_reference``: treat the input as real validation patches, fit the reference of ``variant``
-    (btd and multi_t: the two_sided reference over their energies) and save it there before scoring.
+    ``fit_reference``: treat the input as real validation patches (a test set's fakes are refused),
+    fit the reference of ``variant`` (btd and multi_t: the two_sided reference over their energies)
+    and save it there (True or '': beside the checkpoints, :func:`reference_path`) before scoring.
     ``seed``: the noise key (d > 1) and random patch locations. ``modality``/``attack``/``tamper``: which
     test set or scans; ``n_per_slice``: random patches per slice of scans; ``locations``: a CSV of
     points (``path, x, y[, frame|slice]``, paths relative to it or to ``path``). Scores that are NaN/inf
@@ -110,13 +119,18 @@ def score_input(model: Union[Scorer, str, "os.PathLike[str]"], path: str, out: O
         kw["key"] = key
     want_maps = bool(maps or png)
     ref = None
-    if variant != "btd" or fit_reference:
+    fitting = fit_reference is not None and fit_reference is not False
+    if variant != "btd" or fitting:
         if want_maps:
             raise ValueError("residual maps and PNGs are only available with variant 'btd'")
         kw.update(key=key, variant=variant, start_ts=start_ts, reference=reference)
-        if fit_reference:
-            ref = kw["reference"] = _fit_reference(scorer, patches, variant, s, key, start_ts)
-            saved = ref.save(fit_reference)
+        if fitting:
+            if not isinstance(fit_reference, str) and scorer.workdir is None:
+                raise ValueError("fit_reference=True saves beside the checkpoints: load the model from a workdir "
+                                 "or give a path")
+            ref = kw["reference"] = _fit_reference(scorer, patches, variant, s, key, start_ts, labels)
+            saved = ref.save(reference_path(scorer.workdir or "", variant,
+                                            fit_reference if isinstance(fit_reference, str) else None))
     with tqdm(total=len(patches), desc="scoring", unit="patch", file=sys.stderr, dynamic_ncols=True,
               disable=not progress) as bar:
         scores, res_maps = scorer.run(patches, maps=want_maps, progress=bar.update, **kw)

@@ -133,12 +133,17 @@ class Scorer(ModelStream):
                         index_offset=index_offset, variant=variant, start_ts=start_ts, reference=reference,
                         clip=clip).scores
 
+    def reference(self, variant: str, reference: Any = None) -> Any:
+        """The fitted reference ``variant`` scores against (None if it needs none): ``reference`` (a
+        reference or its JSON path) or the workdir's file; refused when fitted with another model."""
+        return variants.resolve_reference(variant, reference, self)
+
     def decide(self, images, calibration: Optional[Calibration] = None, batch_size: Optional[int] = None,
                key=None):
         """(scores (N,), is_fake (N,) bool, p_values (N,)) at a calibrated threshold.
 
         ``calibration`` defaults to the ``calibration.json`` that ``btd-jax evaluate --calibrate`` saved
-        in the workdir; its scoring settings are used so that the threshold stays valid.
+        in the workdir; its scoring settings and variant are used so that the threshold stays valid.
         """
         if calibration is None:
             if self.workdir is None:

@@ -30,6 +30,7 @@ from btd_jax.screen import proposals
 from btd_jax.screen.cascade import Cascade
 from btd_jax.screen.exact import ExactSearch, Key
 from btd_jax.screen.report import ScreenResult, check_calibration, decision, findings
+from btd_jax.screen.variant import WindowScore, window_score
 
 __all__ = ["screen_volume", "calibrate", "CPU_CHUNK", "IN_FLIGHT"]
 
@@ -55,10 +56,11 @@ class _HostChunks:
 class _Run:
     """One volume through the cascade (see the module docstring); :meth:`run` -> ``work`` counts."""
 
-    def __init__(self, vol: np.ndarray, cas: Cascade, scorer: Any, runner: Any, p: int, center: Optional[int],
-                 reduction: str, radius: float):
+    def __init__(self, vol: np.ndarray, cas: Cascade, scorer: Any, runner: Any, p: int, win: WindowScore,
+                 radius: float):
         self.vol, self.cas, self.scorer, self.runner, self.p = vol, cas, scorer, runner, p
-        self.center, self.reduction, self.radius = center, reduction, radius
+        self.win, self.radius = win, radius
+        self.center, self.reduction = win.settings.center, win.settings.reduction
         n, h, w = vol.shape
         self.grid = (window_positions(h, p, cas.stride), window_positions(w, p, cas.stride))
         self.search = ExactSearch(cas, len(self.grid[0]), len(self.grid[1]))
@@ -103,7 +105,8 @@ class _Run:
         x += [self.pending[s][0].windows[k] for s, k in tiles]
         ids = [s * self.cells + i * len(cs) + j for s, i, j in keys] + [self._tile_id(s, k) for s, k in tiles]
         self.work["padded_windows"] += self.chunk - len(x)
-        return ("windows", list(keys), list(tiles), self.runner.submit(np.stack(x), np.asarray(ids, np.int64)))
+        x = np.stack(x)
+        return ("windows", list(keys), list(tiles), self.runner.submit(x, np.asarray(ids, np.int64)), x[:len(keys)])
 
     def _next(self, ahead, busy: bool):
         """The next batch to send, or None: wait for one in flight (or, if none, all is done)."""
@@ -118,7 +121,7 @@ class _Run:
                 group = [self.slabs.popleft() for _ in range(min(n_dev, len(self.slabs)))]
                 self.work["fullconv_slices"] += len(group)
                 return ("slices", [s for s, _ in group], [],
-                        proposals.submit_fullconv(self.scorer, np.stack([x for _, x in group])))
+                        proposals.submit_fullconv(self.scorer, np.stack([x for _, x in group])), None)
             if self.search.queued and not busy:
                 return self._batch(self.search.take(self.chunk), [])
             return None
@@ -135,8 +138,9 @@ class _Run:
     def _finish(self, s: int, suspicion: np.ndarray) -> None:
         """A slice's proposal map is complete: its candidates go to the exact stage."""
         self.suspicion[s] = suspicion
-        cands, self.slice_best[s] = proposals.slice_candidates(suspicion, self.vol[s], self.grid, self.cas, self.p,
-                                                               self.center, self.reduction, self.radius)
+        cands, self.slice_best[s] = proposals.slice_candidates(
+            suspicion, self.vol[s], self.grid, self.cas, self.p, self.center, self.reduction, self.radius,
+            approx=None if self.win.on_device else self.win.approx)
         self.finished += 1
         if self.cas.max_candidates is None:
             self.work["candidates"] += len(cands)
@@ -152,7 +156,7 @@ class _Run:
             self.work["proposal_s"] = time.perf_counter() - self.t0
 
     def _collect(self, job) -> None:
-        kind, keys, tiles, wait = job
+        kind, keys, tiles, wait, images = job
         t0 = time.perf_counter()
         if kind == "slices":
             for s, r in zip(keys, wait()):
@@ -168,7 +172,9 @@ class _Run:
             if slot[2] == 0:
                 del self.pending[s]
                 self._finish(s, proposals.grid_map(slot[0], slot[1], self.cas, self.center, self.vol.shape[1:]))
-        self.search.deliver(keys, res.scores[:len(keys)])
+        if keys:
+            scores = res.scores[:len(keys)] if self.win.on_device else self.win.exact(images, res.maps[:len(keys)])
+            self.search.deliver(keys, scores)
 
     def run(self) -> Dict[Tuple[int, int, int], float]:
         self.t0 = time.perf_counter()
@@ -217,7 +223,8 @@ def screen_volume(scorer: Any, volume01: Any, geometry: Optional[Geometry] = Non
                   center: Optional[int] = None, steps: Optional[int] = None, reduction: Optional[str] = None,
                   nms_radius: Optional[float] = None, calibration: Optional[calib.Calibration] = None,
                   batch_size: Optional[int] = None, key: Any = None, cascade: Optional[Cascade] = None,
-                  name: str = "volume", **cascade_kw: Any) -> ScreenResult:
+                  name: str = "volume", variant: str = "btd", reference: Any = None,
+                  **cascade_kw: Any) -> ScreenResult:
     """Screens a volume (S, H, W) (or one slice (H, W)) in [0, 1]; see :mod:`btd_jax.screen`.
 
     Args:
@@ -237,22 +244,28 @@ def screen_volume(scorer: Any, volume01: Any, geometry: Optional[Geometry] = Non
       key: needed when ``steps > 1`` (window noise is drawn per window, whatever its batch).
       cascade: the cascade's settings (default: :class:`Cascade`'s defaults).
       name: how errors and the result name the volume.
+      variant: the window score, a score variant that can score from one residual map per window
+        (:mod:`btd_jax.scoring.variants`: 'btd', the paper's; 'oneclass'; 'two_sided'); one with a
+        reference screens at the reference's settings (:mod:`~btd_jax.screen.variant`).
+      reference: that variant's fitted reference or its JSON path (default: the workdir's).
       **cascade_kw: :class:`Cascade` fields that replace those of ``cascade``.
     """
     t0 = time.perf_counter()
     cas = dataclasses.replace(cascade or Cascade(), **cascade_kw)
     center, steps, reduction, batch_size, p = _settings(scorer, center, steps, reduction, batch_size)
+    win = window_score(scorer, variant, reference, steps, center, reduction)
+    if not win.on_device:  # a reference's settings
+        steps, center, reduction = win.settings.steps, win.settings.center, win.settings.reduction
     if (cas.proposal_center or 0) > p:
         raise ValueError(f"proposal_center {cas.proposal_center} is larger than the patch size {p}")
     if cas.proposal == "fullconv" and steps != 1:
         raise ValueError("proposal='fullconv' is the d = 1 residual; use proposal='grid' with steps > 1")
-    check_calibration(calibration, steps=steps, center=center, reduction=reduction)
+    check_calibration(calibration, win, steps=steps, center=center, reduction=reduction)
     vol = check_volume(volume01, p, name)
     if geometry is not None and geometry.sop_instance_uids is not None and len(geometry.sop_instance_uids) != len(vol):
         raise DataError(f"{name}: {len(vol)} slices but the geometry describes {len(geometry.sop_instance_uids)}")
     radius = p // 2 if nms_radius is None else nms_radius
-    run = _Run(vol, cas, scorer, _runner(scorer, batch_size, steps, center, reduction, key), p, center, reduction,
-               radius)
+    run = _Run(vol, cas, scorer, _runner(scorer, batch_size, steps, center, reduction, key), p, win, radius)
     exact = run.run()
     found = findings(exact, run.grid, vol.shape, p, radius, top_k, geometry) if exact else []
     best = found[0]["score"] if found else float("-inf")
@@ -261,8 +274,8 @@ def screen_volume(scorer: Any, volume01: Any, geometry: Optional[Geometry] = Non
             f["p_value"] = float(calibration.p_values([f["score"]])[0])
     seconds = time.perf_counter() - t0
     work = dict(run.work, exact_windows=len(exact), seconds=seconds, exact_s=seconds - run.work["proposal_s"])
-    settings = {"patch": p, "center": center, "steps": steps, "reduction": reduction, "nms_radius": radius,
-                "top_k": top_k, "batch_size": batch_size, **dataclasses.asdict(cas)}
+    settings = {"patch": p, "center": center, "steps": steps, "reduction": reduction, "variant": variant,
+                "nms_radius": radius, "top_k": top_k, "batch_size": batch_size, **dataclasses.asdict(cas)}
     return ScreenResult(found, run.suspicion, run.slice_best, decision(best, calibration), work, settings)
 
 
@@ -270,8 +283,8 @@ def calibrate(scorer: Any, real_volumes: Sequence[Any], target_fpr: float = 0.1,
     """Scan-level calibration: screens each real volume (S, H, W) in [0, 1] and fits the threshold on
     their best finding scores, so that ``target_fpr`` is the fraction of *real scans* flagged.
 
-    ``screen_kw`` (center, steps, reduction, cascade fields ...) must match later screening; they
-    are stored in the calibration's meta.
+    ``screen_kw`` (center, steps, reduction, variant, reference, cascade fields ...) must match later
+    screening; they are stored in the calibration's meta (a variant's reference by its identity).
     """
     best: List[float] = []
     settings: Dict[str, Any] = {}
@@ -283,7 +296,10 @@ def calibrate(scorer: Any, real_volumes: Sequence[Any], target_fpr: float = 0.1,
         settings = res.settings
     if not best:
         raise DataError("calibrate: no real scans given")
-    return calib.fit(np.asarray(best), target_fpr=target_fpr, level="scan",
+    variant = screen_kw.get("variant", "btd")
+    ref = window_score(scorer, variant, screen_kw.get("reference"), settings["steps"], settings["center"],
+                       settings["reduction"]).reference
+    return calib.fit(np.asarray(best), target_fpr=target_fpr, level="scan", variant=variant, reference=ref,
                      score={k: settings[k] for k in ("steps", "center", "reduction")},
                      screen={k: v for k, v in settings.items()
-                             if k not in ("steps", "center", "reduction", "batch_size")})
+                             if k not in ("steps", "center", "reduction", "batch_size", "variant")})

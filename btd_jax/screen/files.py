@@ -116,7 +116,8 @@ def screen(model: Union[Scorer, str, "os.PathLike[str]"], inputs: Union[str, Seq
            fmt: Union[str, Format] = "auto", top_k: int = 10, center: Optional[int] = None,
            steps: Optional[int] = None, reduction: Optional[str] = None, batch_size: Optional[int] = None,
            seed: int = 0, dicom: bool = True, strict: bool = True, dtype: Optional[str] = None,
-           cascade: Optional[Cascade] = None, **cascade_kw: Any) -> ScreenRun:
+           variant: str = "btd", reference: Any = None, cascade: Optional[Cascade] = None,
+           **cascade_kw: Any) -> ScreenRun:
     """Screens every scan of ``inputs`` (any format with volumes: DICOM series, NIfTI, a slice store's
     series, ``.npy``) with the model ``model`` (a :class:`Scorer` or a workdir) and writes each one's
     outputs under ``out`` (see the module doc).
@@ -127,12 +128,15 @@ def screen(model: Union[Scorer, str, "os.PathLike[str]"], inputs: Union[str, Seq
     to ``calibration`` (default the workdir's file) instead of writing outputs. ``units``: 'raw' (HU,
     scanner values) or 'unit' (already [0, 1]); ``center``/``steps``/``reduction``/``batch_size``/
     ``top_k`` and ``cascade``/``cascade_kw``: as :func:`~btd_jax.screen.screen_volume` (``center=0``:
-    the whole window); ``seed``: the noise key when ``steps > 1``; ``dtype``: compute dtype;
+    the whole window); ``variant``/``reference``: the window score (a score variant that screens,
+    e.g. 'oneclass' with the workdir's fitted reference; the calibration must be of the same);
+    ``seed``: the noise key when ``steps > 1``; ``dtype``: compute dtype;
     ``strict=False``: skip unreadable files and list them (``skipped.csv``).
     """
     scorer = as_scorer(model, dtype)
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    kw = dict(center=center, steps=steps, reduction=reduction, batch_size=batch_size, cascade=cascade, **cascade_kw)
+    kw = dict(center=center, steps=steps, reduction=reduction, batch_size=batch_size, cascade=cascade,
+              variant=variant, reference=reference, **cascade_kw)
     if (steps or 1) > 1:
         kw["key"] = jax.random.key(seed)
     vols = [read_volume(p, scorer.cfg.modality, units, series_uid, strict=strict, fmt=fmt) for p in inputs]

@@ -160,18 +160,25 @@ def fullconv_residual(scorer: Any, slices01: np.ndarray, scale: int = 1) -> np.n
 # ----------------------------------------------------------------------------- candidates
 
 def slice_candidates(suspicion: np.ndarray, img: np.ndarray, grid: Tuple[np.ndarray, np.ndarray], cas: Cascade,
-                     p: int, center: Optional[int], reduction: str, radius: float
-                     ) -> Tuple[List[Tuple[int, int, float]], float]:
+                     p: int, center: Optional[int], reduction: str, radius: float,
+                     approx: Optional[Callable[..., np.ndarray]] = None) -> Tuple[List[Tuple[int, int, float]], float]:
     """One slice's proposal map -> its candidates (grid row index, grid col index, approximate score),
-    best first and non-max suppressed, and its best approximate score (-inf when no window counts)."""
+    best first and non-max suppressed, and its best approximate score (-inf when no window counts).
+
+    ``approx(suspicion, img, rows, cols, p) -> (K,)`` scores the windows that count (a score
+    variant's, :mod:`~btd_jax.screen.variant`); default :func:`window_proxy`."""
     rs, cs = grid
     ii, jj = np.meshgrid(np.arange(len(rs)), np.arange(len(cs)), indexing="ij")
     ii, jj = ii.ravel(), jj.ravel()
-    approx = window_proxy(suspicion, rs[ii], cs[jj], p, center, reduction)
+    keep = np.ones(len(ii), bool)
     if cas.tissue_min > 0:
-        tissue = tissue_fraction(img, rs[ii], cs[jj], p, cas.tissue_level)
-        approx = np.where(tissue >= cas.tissue_min, approx, -np.inf)
-    if not np.isfinite(approx).any():
+        keep = tissue_fraction(img, rs[ii], cs[jj], p, cas.tissue_level) >= cas.tissue_min
+    if approx is None:
+        scores = np.where(keep, window_proxy(suspicion, rs[ii], cs[jj], p, center, reduction), -np.inf)
+    else:
+        scores = np.full(len(ii), -np.inf)
+        scores[keep] = approx(suspicion, img, rs[ii[keep]], cs[jj[keep]], p)
+    if not np.isfinite(scores).any():
         return [], float("-inf")
-    picks = nms(rs[ii], cs[jj], approx, cas.shortlist or cas.per_slice, radius)
-    return [(int(ii[n]), int(jj[n]), float(approx[n])) for n in picks if np.isfinite(approx[n])], float(approx.max())
+    picks = nms(rs[ii], cs[jj], scores, cas.shortlist or cas.per_slice, radius)
+    return [(int(ii[n]), int(jj[n]), float(scores[n])) for n in picks if np.isfinite(scores[n])], float(scores.max())

@@ -56,13 +56,18 @@ def findings(exact: Dict[Tuple[int, int, int], float], grid: Tuple[np.ndarray, n
     return out[:top_k]
 
 
-def check_calibration(cal: Optional[calib.Calibration], **settings: Any) -> None:
-    """Refuses a patch-level calibration, or one fitted with other scoring ``settings``."""
+def check_calibration(cal: Optional[calib.Calibration], win: Any = None, **settings: Any) -> None:
+    """Refuses a patch-level calibration, or one fitted with another variant, reference (``win``, a
+    :class:`~btd_jax.screen.variant.WindowScore`) or other scoring ``settings``."""
     if cal is None:
         return
     if cal.meta.get("level") != "scan":
         raise ValueError("screen_volume needs a scan-level calibration (screen.calibrate on real scans); "
                          "a patch-level threshold would flag almost every scan")
+    if win is not None:
+        if cal.variant != win.variant:
+            raise ValueError(f"the calibration was fitted on {cal.variant} scores, not {win.variant}")
+        cal.check_reference(win.reference, "scan-level calibration")
     fitted = dict(cal.score)
     odd = {k: (fitted[k], v) for k, v in settings.items() if k in fitted and fitted[k] != v}
     if odd:

@@ -20,7 +20,7 @@ valid for the model and the settings it was fitted with; both are stored with it
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from btd_jax.scoring.variants import btd, multi_t, oneclass, twosided  # noqa: F
 from btd_jax.scoring.variants import reference as reference_file
 from btd_jax.scoring.variants.maps import (DEFAULT_START_TS, as_model, average_maps, energy_maps, multi_t_maps,
                                            pool_maps)
-from btd_jax.scoring.variants.reference import REFERENCE_FILE, check_model, model_fingerprint
+from btd_jax.scoring.variants.reference import REFERENCE_FILE, check_model, model_fingerprint, settings_of
 from btd_jax.scoring.variants.registry import VARIANTS, Call, Variant, get, markdown_table, names, register
 from btd_jax.scoring.variants.twosided import Reference, fit_reference, two_sided
 
@@ -39,7 +39,7 @@ __all__ = [
     "VARIANTS", "Variant", "Call", "register", "get", "names", "markdown_table", "REFERENCE_FILE",
     "DEFAULT_START_TS", "pool_maps", "average_maps", "multi_t_maps", "energy_maps", "Reference", "fit_reference",
     "two_sided", "load_reference", "fit_variant_reference", "variant_scores", "scorer_scores",
-    "fit_scorer_reference", "model_fingerprint",
+    "fit_scorer_reference", "model_fingerprint", "resolve_reference", "reference_target", "settings_of",
 ]
 
 def load_reference(path: str) -> Any:
@@ -54,8 +54,11 @@ def _settings(model: Any, **given: Any) -> ScoreConfig:
     return resolve(**given) if resolve is not None else ScoreConfig(**given)
 
 
-def _reference_for(variant: Variant, reference: Any, model: Any) -> Any:
-    """The decoded reference a variant needs: given, a JSON path, or the Scorer's workdir's file."""
+def resolve_reference(variant: Union[str, Variant], reference: Any, model: Any) -> Any:
+    """The decoded reference ``variant`` needs (None when it needs none): ``reference`` as given (a
+    fitted reference or its JSON path) or, when None, the file in the model's workdir; a reference of
+    another variant or fitted with another model is refused."""
+    variant = get(variant) if isinstance(variant, str) else variant
     if not variant.needs_reference:
         return None
     if reference is None:
@@ -92,7 +95,7 @@ def variant_scores(model, images, cfg=None, variant: str = "btd", pool: str = "m
     if v.needs_reference and reference is None:
         raise ValueError(f"variant {variant!r} needs a reference fitted on real patches (fit_reference)")
     call = Call(key=key, start_ts=None if start_ts is None else tuple(start_ts),
-                reference=_reference_for(v, reference, m), progress=progress)
+                reference=resolve_reference(v, reference, m), progress=progress)
     return v.score(m, images, s, call)
 
 
@@ -104,8 +107,15 @@ def scorer_scores(scorer, images, variant: str, settings: ScoreConfig, key=None,
     """
     v = get(variant)
     call = Call(key=key, start_ts=None if start_ts is None else tuple(start_ts),
-                reference=_reference_for(v, reference, scorer), progress=progress)
+                reference=resolve_reference(v, reference, scorer), progress=progress)
     return np.asarray(v.score(scorer, images, settings, call), np.float32)
+
+
+def reference_target(variant: str) -> Variant:
+    """The variant whose reference ``variant`` is scored against: itself, or for variants without one
+    (btd, multi_t) ``two_sided`` over their energies."""
+    v = get(variant)
+    return v if v.needs_reference else get("two_sided")
 
 
 def fit_variant_reference(scorer, real_images, variant: str, settings: ScoreConfig, key=None,

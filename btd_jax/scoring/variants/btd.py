@@ -8,7 +8,7 @@ from btd_jax.configs import ScoreConfig
 from btd_jax.scoring.variants.maps import energy_maps, map_options, pool_maps
 from btd_jax.scoring.variants.registry import Call, Variant, register
 
-__all__ = ["score"]
+__all__ = ["score", "from_maps"]
 
 
 def score(model, images, s: ScoreConfig, call: Call) -> np.ndarray:
@@ -18,4 +18,10 @@ def score(model, images, s: ScoreConfig, call: Call) -> np.ndarray:
     return pool_maps(maps, s.center, s.reduction)
 
 
-register(Variant("btd", "the paper: the residual of d reverse steps from the image, pooled by --reduction", score))
+def from_maps(images, maps, s: ScoreConfig, reference=None) -> np.ndarray:
+    """Windows' residual maps (N, H, W) -> (N,) pooled like :func:`score`."""
+    return pool_maps(maps, s.center, s.reduction)
+
+
+register(Variant("btd", "the paper: the residual of d reverse steps from the image, pooled by --reduction", score,
+                 from_maps=from_maps))

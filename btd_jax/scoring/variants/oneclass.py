@@ -38,13 +38,12 @@ from sklearn.covariance import LedoitWolf
 from btd_jax import keys
 from btd_jax.configs import ScoreConfig
 from btd_jax.data.errors import DataError
-from btd_jax.scoring.stream import SCORE_FIELDS
 from btd_jax.scoring.variants import reference as ref_file
 from btd_jax.scoring.variants.maps import map_options
 from btd_jax.scoring.variants.registry import Call, Variant, register
 
 __all__ = ["REFERENCE_FILE", "DEFAULT_FEATURES", "EPS", "windows", "highpass_energy", "features", "OneClassReference",
-           "fit_features", "score_features", "feature_maps", "score", "fit"]
+           "fit_features", "score_features", "feature_maps", "score", "fit", "from_maps"]
 
 REFERENCE_FILE = "oneclass_reference.json"  # its default name in a workdir
 EPS = 1e-10  # added before every log: a clipped residual can be exactly 0
@@ -240,10 +239,20 @@ def score(model, images, s: ScoreConfig, call: Call) -> np.ndarray:
     if ref is None:
         raise ValueError("variant 'oneclass' needs a reference fitted on real patches (btd-jax score --variant "
                          "oneclass --fit_reference REF.json --input REAL)")
-    used = dataclasses.replace(s, **{k: v for k, v in ref.score.items()
-                                     if k in SCORE_FIELDS and k not in ScoreConfig.SPEED_FIELDS})
-    maps = feature_maps(model, images, used, call, ref.features)
+    maps = feature_maps(model, images, ref_file.settings_of(ref, s), call, ref.features)
     return score_features(features(maps, ref.features, ref.center, ref.inner), ref)
+
+
+def from_maps(images, maps, s: ScoreConfig, ref: OneClassReference) -> np.ndarray:
+    """Windows' images (N, H, W[, C]) and d = 1 residual maps (N, H, W) at the reference's settings ->
+    (N,) scores; features of other start times (``t<k>_*``) need more passes and are refused."""
+    if ref.start_ts:
+        raise ValueError(f"this oneclass reference uses features of start times {list(ref.start_ts)}, which need "
+                         "one more pass per window; screening takes references of one residual map")
+    given = {"r": np.asarray(maps, np.float64)}
+    if any(n.startswith("hp_") for n in ref.features):
+        given["hp"] = highpass_energy(images)
+    return score_features(features(given, ref.features, ref.center, ref.inner), ref)
 
 
 def fit(model, real_images, s: ScoreConfig, call: Call) -> OneClassReference:
@@ -259,4 +268,4 @@ def fit(model, real_images, s: ScoreConfig, call: Call) -> OneClassReference:
 
 register(Variant("oneclass", "Fisher's combination of a Gaussian of context-referenced residual features of real "
                  "patches (two-sided) and the paper's one-sided tail", score, fit=fit,
-                 decode=OneClassReference.from_dict, reference_file=REFERENCE_FILE))
+                 decode=OneClassReference.from_dict, reference_file=REFERENCE_FILE, from_maps=from_maps))

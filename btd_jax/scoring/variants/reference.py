@@ -9,15 +9,17 @@ reference type; using a reference with another model is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, Dict, Mapping, Optional
 
+from btd_jax.configs import ScoreConfig
 from btd_jax.data.errors import DataError
 from btd_jax.runtime.atomic import write_json
 from btd_jax.runtime.files import read_json
 from btd_jax.runtime.finite import tree_checksum
 
-__all__ = ["REFERENCE_FILE", "reference_file", "save", "read", "model_fingerprint", "check_model"]
+__all__ = ["REFERENCE_FILE", "reference_file", "save", "read", "model_fingerprint", "check_model", "settings_of"]
 
 REFERENCE_FILE = "score_reference.json"
 
@@ -72,3 +74,11 @@ def check_model(ref: Any, model: Any, where: str = "score reference") -> None:
     if want and have and want != have:
         raise DataError(f"{where}: fitted with the model {want}, but this model is {have}; fit a reference for "
                         "this model (btd-jax score --fit_reference on real patches)")
+
+
+def settings_of(ref: Any, s: ScoreConfig) -> ScoreConfig:
+    """``s`` with the scoring fields the reference was fitted with (its speed fields stay ``s``'s)."""
+    fields = {f.name for f in dataclasses.fields(ScoreConfig)} - set(ScoreConfig.SPEED_FIELDS)
+    return dataclasses.replace(s, **{k: v for k, v in getattr(ref, "score", {}).items() if k in fields})
+
+

@@ -37,13 +37,17 @@ class Call:
 
 ScoreFn = Callable[[Any, Any, ScoreConfig, Call], np.ndarray]
 FitFn = Callable[[Any, Any, ScoreConfig, Call], Any]
+MapsFn = Callable[[np.ndarray, np.ndarray, ScoreConfig, Any], np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """One score variant: ``score(model, images, settings, call) -> (N,)``; with a reference,
     ``fit(model, real_images, settings, call) -> reference``, ``decode(record) -> reference`` and the
-    ``reference_file`` name it has in a workdir."""
+    ``reference_file`` name it has in a workdir. ``from_maps(images, maps, settings, reference) -> (N,)``
+    scores windows from their images (N, H, W[, C]) and one residual map each (N, H, W, made with
+    ``settings``), so that screening can score exact and proxy maps alike; None where a variant
+    needs more than one map per window."""
 
     name: str
     help: str
@@ -51,6 +55,7 @@ class Variant:
     fit: Optional[FitFn] = None
     decode: Optional[Callable[[Dict[str, Any]], Any]] = None
     reference_file: str = "score_reference.json"  # its file in a workdir, found there by default
+    from_maps: Optional[MapsFn] = None
 
     @property
     def needs_reference(self) -> bool:
@@ -84,7 +89,7 @@ def get(name: str) -> Variant:
 
 def markdown_table() -> str:
     """The registry as a Markdown table, for the docs."""
-    rows = ["| `--variant` | score | reference |", "|---|---|---|"]
-    rows += [f"| `{v.name}` | {v.help} | {'fitted on real patches' if v.needs_reference else '-'} |"
-             for v in VARIANTS.values()]
+    rows = ["| `--variant` | score | reference | screening |", "|---|---|---|---|"]
+    rows += [f"| `{v.name}` | {v.help} | {'fitted on real patches' if v.needs_reference else '-'} | "
+             f"{'yes' if v.from_maps is not None else '-'} |" for v in VARIANTS.values()]
     return "\n".join(rows) + "\n"

@@ -26,7 +26,7 @@ from btd_jax.scoring.variants import reference as ref_file
 from btd_jax.scoring.variants.maps import DEFAULT_START_TS, energy_maps, map_options, pool_maps
 from btd_jax.scoring.variants.registry import Call, Variant, register
 
-__all__ = ["Reference", "fit_reference", "two_sided", "score", "fit"]
+__all__ = ["Reference", "fit_reference", "two_sided", "score", "fit", "from_maps"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,9 +130,17 @@ def score(model, images, s: ScoreConfig, call: Call) -> np.ndarray:
     ref = call.reference
     if ref is None:
         raise ValueError("variant 'two_sided' needs a reference fitted on real patches (fit_reference)")
-    used = dataclasses.replace(s, **{k: v for k, v in ref.score.items()
-                                     if k in SCORE_FIELDS and k not in ScoreConfig.SPEED_FIELDS})
+    used = ref_file.settings_of(ref, s)
     return two_sided(_energies(model, images, used, ref.base, ref.start_ts or call.start_ts, call), ref)
+
+
+def from_maps(images, maps, s: ScoreConfig, ref: Reference) -> np.ndarray:
+    """Windows' residual maps (N, H, W) at the reference's settings -> (N,) two-sided scores ('btd' base)."""
+    if ref.base != "btd":
+        raise ValueError(f"a two_sided reference over {ref.base!r} energies needs several maps per window; "
+                         "screening takes references over 'btd' energies")
+    used = ref_file.settings_of(ref, s)
+    return two_sided(pool_maps(maps, used.center, used.reduction), ref)
 
 
 def fit(model, real_images, s: ScoreConfig, call: Call) -> Reference:
@@ -145,4 +153,4 @@ def fit(model, real_images, s: ScoreConfig, call: Call) -> Reference:
 
 
 register(Variant("two_sided", "abs(log E - mu) / sigma against real patches: flags too-large and too-small residuals",
-                 score, fit=fit, decode=Reference.from_dict))
+                 score, fit=fit, decode=Reference.from_dict, from_maps=from_maps))
