@@ -30,24 +30,20 @@ scanner/patient/radius/mask, and is read unchanged by ``btd-jax evaluate --datas
 this method wrote there before are replaced only with ``--overwrite``; ``ROOT`` may not be (inside)
 the input or the model folder. ``--lenient`` skips unreadable DICOM files of
 ``--input``/``--attacker_data`` and lists them in ``<Method>-<CT|MRI>-<Inject|Remove>.skipped.csv``
-next to the CSV.
+next to the CSV. The work is :func:`btd_jax.attacks.attack`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
-from btd_jax import configs, train
-from btd_jax.attacks import attacker, cgan, inputs, ldm, pipeline, repaint, suite
+from btd_jax import attacks
+from btd_jax.attacks import attacker, inputs, pipeline, repaint
 from btd_jax.commands._flags import non_negative_int, positive_fraction, positive_int
-from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, report_skipped, skipped_file
+from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, say_skipped
 from btd_jax.data.errors import DataError
-from btd_jax.data.testsets import layout
 from btd_jax.data.validate import read_csv
-
-_METHODS = ("repaint", "sdedit", "cgan", "ldm")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -93,16 +89,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _check_choice(args) -> None:
-    if args.method not in _METHODS:
-        raise DataError(f"unknown --method {args.method!r}; expected one of {', '.join(_METHODS)}")
-    attack = {"inject": "injection", "remove": "removal"}.get(args.attack, args.attack)
-    if (args.method, attack) not in pipeline.COMBINATIONS:
-        raise DataError(f"--method {args.method} does not do --attack {args.attack}; valid: "
-                        + ", ".join(f"{m} {a}" for m, a in pipeline.COMBINATIONS))
-    args.attack = attack
-
-
 def _check_out(args, modality: str) -> None:
     """The output plan: this method's images and masks and its skipped list, never (inside) the input,
     the attacker data or the model folder; without ``--overwrite`` no CSV that already holds rows of
@@ -111,78 +97,30 @@ def _check_out(args, modality: str) -> None:
     named = {inputs.DEMO_INPUT, *attacker.DATA_CHOICES}  # names, not paths
     plan = output_plan(args, inputs=[a for a in (args.input, args.attacker_data, args.model) if a not in named],
                        workdirs=[args.model])
-    path = layout.testset_csv_path(args.out, modality, args.attack)
+    files = attacks.run.output_files(args.out, args.method, modality, args.attack)
     own = pipeline.dataset_name(args.method, modality, args.attack)
     plan.shared_folder(args.out)
-    plan.pattern(str(path.parent / "images"), f"{pipeline.METHODS[args.method]}_*")
-    plan.file(skipped_file(str(path.parent / own)))
-    if path.is_file() and not plan.overwrite:
-        header, rows = read_csv(path, strip=False)
+    plan.pattern(str(files.images), files.image_glob)
+    plan.file(str(files.skipped))
+    if files.csv.is_file() and not plan.overwrite:
+        header, rows = read_csv(files.csv, strip=False)
         if own in header and any(str(r.get(own, "")).strip() in ("1", "1.0") for r in rows):
-            raise DataError(f"{path}: already holds {own} rows; pass --overwrite to replace them "
+            raise DataError(f"{files.csv}: already holds {own} rows; pass --overwrite to replace them "
                             "(rows of other methods are kept)")
     plan.check()
 
 
-def _train(args, modality: str, skipped=None) -> None:
-    size = args.size if args.method in ("cgan", "ldm") else configs.load(args.config).image_size
-    sources = attacker.training_sources(args.attacker_data, modality, skipped=skipped)
-    patches = attacker.attacker_patches(sources, size, args.attacker_patches, seed=args.seed + 1,
-                                        min_body=attacker.min_body(modality))
-    print(f"attacker ({args.attacker_data}): {len(patches)} training patches of {size} px from "
-          f"{', '.join(sorted({s.patient for s in sources}))}", file=sys.stderr)
-    if args.method == "cgan":
-        gan_cfg = suite.gan_config(size, cgan.GanConfig.features, args.attacker_steps, modality)
-        info = attacker.train_gan(args.model, patches, gan_cfg, seed=args.seed)
-        print(f"attacker cGAN: {info['steps']} steps in {info['seconds']:.0f} s -> {args.model}", file=sys.stderr)
-    elif args.method == "ldm":
-        cfg = ldm.ldm_config(args.config, size, modality, ae_steps=args.attacker_steps, ddpm_steps=args.attacker_steps,
-                             seed=args.seed)
-        info = attacker.train_ldm(args.model, patches, cfg, seed=args.seed, progress=True)
-        print(f"attacker LDM: autoencoder {info['autoencoder']['steps']} steps, latent DDPM {info['ddpm']['steps']} "
-              f"steps in {info['seconds']:.0f} s -> {args.model}", file=sys.stderr)
-    else:
-        base = configs.override(configs.load(args.config), {"modality": modality})
-        cfg = attacker.ddpm_config(base, args.attacker_steps, seed=args.seed + 1)
-        info = attacker.train_ddpm(args.model, patches, cfg, progress=True)
-        print(f"attacker DDPM: {info['steps']} steps, loss {info['first_loss']} -> {info['final_loss']}",
-              file=sys.stderr)
-
-
-def _load(args):
-    if args.method == "cgan":
-        params, cfg = cgan.load(args.model)
-        return pipeline.Attacker("cgan", params, cfg), cfg.modality
-    if args.method == "ldm":
-        params, cfg = ldm.load(args.model)
-        base = ldm.LDM_REMOVAL if args.attack == "removal" else ldm.LDM_INJECTION
-    else:
-        params, cfg = train.load_params(args.model)
-        base = repaint.preset_options(args.preset, args.method)
-    given = {"sampler": args.sampler, "steps": args.steps, "jump_length": args.jump_length,
-             "resamplings": args.resamplings}
-    opts = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
-    return pipeline.Attacker(args.method, params, cfg, options=opts, strength=args.strength), cfg.modality
-
-
 def run(args) -> int:
-    _check_choice(args)
-    modality = args.modality or "CT"
-    skipped = [] if args.lenient else None
-    if args.train_attacker:
-        _check_out(args, modality)  # the trained model has this modality
-        _train(args, modality, skipped)
-    atk, model_modality = _load(args)
-    modality = args.modality or model_modality
-    _check_out(args, modality)
-    sources = inputs.load_sources(args.input, modality, args.max_slices, skipped=skipped)
-    items, masks = pipeline.attack_sources(atk, args.attack, sources, args.n, seed=args.seed, modality=modality,
-                                           min_body=attacker.min_body(modality), batch_size=args.batch_size)
-    name = pipeline.METHODS[args.method]
-    csv_path = pipeline.write_layout(args.out, modality, args.attack, items, masks, name)
-    report_skipped("attack", str(csv_path.parent / pipeline.dataset_name(args.method, modality, args.attack)),
-                   skipped or [])
-    print(f"wrote {len(items)} rows ({args.n} {name} fakes, {args.n} real) to {csv_path}")
-    print(f"evaluate: btd-jax evaluate --workdir DETECTOR --dataset {args.out} --modality {modality} "
-          f"--attack {args.attack} --tamper {name} --out RESULTS")
+    args.attack = attacks.run.check_choice(args.method, args.attack, names=("--method", "--attack"))
+    done = attacks.attack(
+        args.method, args.attack, args.input, args.model, args.out, n=args.n, seed=args.seed, modality=args.modality,
+        max_slices=args.max_slices, train=args.train_attacker, attacker_data=args.attacker_data,
+        attacker_steps=args.attacker_steps, attacker_patches=args.attacker_patches, config=args.config,
+        size=args.size, preset=args.preset, sampler=args.sampler, steps=args.steps, jump_length=args.jump_length,
+        resamplings=args.resamplings, strength=args.strength, batch_size=args.batch_size, strict=not args.lenient,
+        before_work=lambda modality: _check_out(args, modality), progress=lambda line: print(line, file=sys.stderr))
+    say_skipped("attack", done.skipped, done.skipped_path)
+    print(f"wrote {done.rows} rows ({done.n} {done.method} fakes, {done.n} real) to {done.csv_path}")
+    print(f"evaluate: btd-jax evaluate --workdir DETECTOR --dataset {args.out} --modality {done.modality} "
+          f"--attack {done.attack} --tamper {done.method} --out RESULTS")
     return 0

@@ -193,3 +193,29 @@ def test_mri_sets_are_written_in_the_layout_that_evaluate_reads(tmp_path, ddpm_w
     rows = json.loads((tmp_path / "ev" / "results.json").read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
     assert {r["dataset"] for r in rows} == {"SDEdit-MRI-Inject"} and all(r["n_fake"] == 3 for r in rows)
+
+
+def test_python_attack_writes_what_the_command_writes(written, ddpm_workdir, hu_slices, tmp_path):
+    from btd_jax import attacks
+
+    seen = []
+
+    def before_work(modality):  # called before anything is written
+        seen.append((modality, (tmp_path / "CT").exists()))
+
+    done = attacks.attack("sdedit", "inject", hu_slices[0], ddpm_workdir, tmp_path, n=4, seed=0, steps=4,
+                          jump_length=2, resamplings=2, strength=0.3, before_work=before_work)
+    assert seen == [("CT", False)]
+    csv_path = tmp_path / "CT" / "Inject" / "CT_Inject.csv"
+    assert (done.csv_path, done.rows, done.n, done.dataset, done.attack) == (
+        csv_path, 8, 4, "SDEdit-CT-Inject", "injection")
+    assert done.skipped == [] and done.skipped_path is None and done.training is None
+    command_csv = written / "CT" / "Inject" / "CT_Inject.csv"
+    assert csv_path.read_text() == command_csv.read_text()
+    files = sorted(p.name for p in (csv_path.parent / "images").iterdir())
+    assert files == sorted(p.name for p in (command_csv.parent / "images").iterdir()) and len(files) == 16
+    for name in files:  # 8 crops and 8 masks, the same arrays
+        np.testing.assert_array_equal(np.load(csv_path.parent / "images" / name),
+                                      np.load(command_csv.parent / "images" / name))
+    with pytest.raises(ValueError, match="method repaint does not do attack injection"):
+        attacks.attack("repaint", "injection", hu_slices[0], ddpm_workdir, tmp_path)
