@@ -219,3 +219,12 @@ def test_python_attack_writes_what_the_command_writes(written, ddpm_workdir, hu_
                                       np.load(command_csv.parent / "images" / name))
     with pytest.raises(ValueError, match="method repaint does not do attack injection"):
         attacks.attack("repaint", "injection", hu_slices[0], ddpm_workdir, tmp_path)
+
+
+def test_output_plan_is_checked_before_the_attacker_is_trained(written, hu_slices, tmp_path, capsys):
+    model = tmp_path / "ddpm"
+    rc = _run(["attack", "--method", "sdedit", "--attack", "injection", "--input", str(hu_slices[0]), "--model",
+               str(model), "--out", str(written), "--train_attacker", "--config", "tiny", "--attacker_steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "already holds SDEdit-CT-Inject rows" in err and "attacker (" not in err
+    assert not model.exists() or not any(model.iterdir())  # nothing trained
