@@ -30,7 +30,7 @@ PUBLIC = (
     "btd_jax.configs", "btd_jax.configs.reductions", "btd_jax.score", "btd_jax.scoring.variants", "btd_jax.schedules",
     "btd_jax.diffusion", "btd_jax.models", "btd_jax.train", "btd_jax.metrics", "btd_jax.calibration",
     "btd_jax.evaluate", "btd_jax.plots", "btd_jax.localize", "btd_jax.screen", "btd_jax.clinical_io",
-    "btd_jax.baselines", "btd_jax.convert", "btd_jax.export", "btd_jax.checkpoints", "btd_jax.parallel",
+    "btd_jax.baselines", "btd_jax.attacks", "btd_jax.convert", "btd_jax.export", "btd_jax.checkpoints", "btd_jax.parallel",
     "btd_jax.keys", "btd_jax.runtime", "btd_jax.timing",
 )
 
@@ -65,7 +65,7 @@ def _resolve(path: str):
         except ImportError:
             continue
         for attr in parts[i:]:
-            obj = getattr(obj, attr)
+            obj = getattr(obj, attr, None)  # a dataclass field without a default has no class attribute
         return obj
     raise ImportError(path)
 

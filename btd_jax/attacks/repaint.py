@@ -327,7 +327,8 @@ def inpaint_model_space(params, cfg: Config, x, masks, key: jax.Array, *, init=N
     """RePaint arrays already in the DDPM's units (e.g. scaled latents) where ``masks`` is set.
 
     Args:
-      params, cfg: the DDPM (``cfg.model.channels`` channels of ``cfg.image_size``).
+      params: the DDPM's parameters.
+      cfg: its config (``cfg.model.channels`` channels of ``cfg.image_size``).
       x: (N, h, w, C) float, finite; masks: (N, h, w), > 0.5 = generate (all channels of a position).
       key: PRNG key; item i uses ``fold_in(key, i)``.
       init: (N, h, w, C) whose masked positions seed the sampler at ``options.t_start`` (SDEdit).

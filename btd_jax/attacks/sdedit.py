@@ -69,7 +69,8 @@ def sdedit(params, cfg: Config, images, priors, nodule_masks, key: jax.Array, *,
     """Turn painted priors into DDPM-rendered nodules.
 
     Args:
-      params, cfg: the attacker's DDPM.
+      params: the attacker DDPM's parameters.
+      cfg: its config.
       images: (N, H, W) original patches in [0, 1]; priors: (N, H, W) the same with the nodule
         painted (e.g. ``window_ct(paint_nodule(...)[0])``); nodule_masks: (N, H, W) bool.
       strength: t* as a fraction of the schedule (t* = round(strength * (T - 1))).
