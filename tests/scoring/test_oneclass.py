@@ -64,20 +64,31 @@ def test_highpass_energy_and_windows():
         oc.windows(16, 16)
 
 
-def test_score_is_fishers_combination_of_the_two_tails():
+def test_score_is_fishers_combination_of_the_gaussian_and_the_one_sided_tails():
     rng = np.random.default_rng(2)
-    names = ("log_energy", "log_ratio")
+    names = ("log_energy", "hp_log_ratio")
     real = rng.normal([0.0, 1.0], [1.0, 0.5], (200, 2))
-    ref = oc.fit_features(real, names, 8, 4)
-    f = np.array([[0.0, 1.0], [3.0, 1.0], [-3.0, 1.0]])
+    ref = oc.fit_features(real, names, 8, 4)  # the paper's tail alone
+    f = np.array([[0.0, 1.0], [3.0, 1.0], [-3.0, 1.0], [0.0, -0.5]])
     d = f - np.asarray(ref.mean)
     d2 = np.einsum("nf,fg,ng->n", d, np.asarray(ref.precision), d)
-    z = (f[:, 0] - ref.energy_mean) / ref.energy_std
+    z = (f[:, 0] - real[:, 0].mean()) / real[:, 0].std(ddof=1)
     want = -np.log(stats.chi2.sf(d2, 2)) - np.log(stats.norm.sf(z))
     np.testing.assert_allclose(oc.score_features(f, ref), want, rtol=1e-9)
     s = oc.score_features(f, ref)
     assert s[1] > s[0] and s[2] > s[0]  # too large and too small energies both score high
     assert s[1] > s[2]  # and the paper's one-sided tail keeps large residuals first
+    # a '-' tail reads its feature downwards: a too-smooth centre adds its own one-sided p-value
+    both = oc.fit_features(real, names, 8, 4, tails=("+log_energy", "-hp_log_ratio"))
+    zs = -(f[:, 1] - real[:, 1].mean()) / real[:, 1].std(ddof=1)
+    np.testing.assert_allclose(oc.score_features(f, both), want - np.log(stats.norm.sf(zs)), rtol=1e-9)
+    assert oc.score_features(f, both)[3] > oc.score_features(f, ref)[3]
+    for bad, match in (((("-log_energy",)), "must include '\\+log_energy'"),
+                       (("+log_energy", "*hp_log_ratio"), "expected '\\+' or '-'"),
+                       (("+log_energy", "-log_ratio"), "one of the features")):
+        with pytest.raises(DataError, match=match):
+            oc.fit_features(real, names, 8, 4, tails=bad)
+    assert oc.DEFAULT_TAILS == ("+log_energy", "-hp_log_ratio", "-hp_log_inner_ratio")
 
 
 def test_a_patch_with_its_centre_smoothed_scores_higher_than_its_original(tiny_scorer):
