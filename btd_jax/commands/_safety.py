@@ -17,9 +17,11 @@ import sys
 from typing import Optional, Sequence
 
 from btd_jax.runtime.outputs import OutputPlan, skipped_path, write_skipped
+from btd_jax.scoring.inputs import reference_path
+from btd_jax.scoring.variants import get as get_variant
 
 __all__ = ["LENIENT_HELP", "add_overwrite_flag", "add_lenient_flag", "output_plan", "report_skipped",
-           "say_skipped", "skipped_file"]
+           "say_skipped", "skipped_file", "reference_read"]
 
 LENIENT_HELP = ("skip unreadable DICOM files, bad CSV rows and unreadable or malformed array files instead of "
                 "stopping; the skipped items and why are listed in the skipped list ({where})")
@@ -62,3 +64,14 @@ def report_skipped(command: str, out: str, skipped: Sequence, folder: bool = Fal
     path = write_skipped(skipped_file(out, folder), skipped)
     say_skipped(command, skipped, path)
     return path
+
+
+def reference_read(args) -> Optional[str]:
+    """The score reference a run reads (an input of its plan): ``--reference``, or for a variant fitted
+    on real patches its file in ``--workdir`` (None for variants without one)."""
+    if getattr(args, "reference", None):
+        return args.reference
+    variant = getattr(args, "variant", "btd")
+    if not get_variant(variant).needs_reference or not getattr(args, "workdir", None):
+        return None
+    return reference_path(args.workdir, variant)

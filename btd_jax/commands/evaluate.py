@@ -26,7 +26,8 @@ from btd_jax.commands._flags import (
     add_deprecated_alias, add_reduction_flag, existing_file, existing_folder, existing_path, non_negative_int,
     open_fraction, positive_int,
 )
-from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, say_skipped, skipped_file
+from btd_jax.commands._safety import (add_lenient_flag, add_overwrite_flag, output_plan, reference_read, say_skipped,
+                                      skipped_file)
 from btd_jax.scoring import variants
 
 
@@ -72,7 +73,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def plan_outputs(args):
     """Every path this run writes (results, scores, figures, skipped list, calibration), checked before any work."""
-    plan = output_plan(args, inputs=[args.dataset, args.scores, args.calibrate, args.reference],
+    plan = output_plan(args, inputs=[args.dataset, args.scores, args.calibrate, reference_read(args)],
                        workdirs=[args.workdir])
     plan.folder(args.out)
     names = ("results.md", "results.csv", "results.json") + (() if args.scores else ("scores.csv",))

@@ -25,7 +25,8 @@ from btd_jax.commands._flags import (
     add_deprecated_alias, add_reduction_flag, existing_file, existing_folder, existing_path, non_negative_int,
     positive_int,
 )
-from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, say_skipped, skipped_file
+from btd_jax.commands._safety import (add_lenient_flag, add_overwrite_flag, output_plan, reference_read, say_skipped,
+                                      skipped_file)
 from btd_jax.data import readers
 from btd_jax.runtime.atomic import numpy_name
 from btd_jax.scoring import reference_path, score_input, variants
@@ -85,7 +86,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def plan_outputs(args):
     """Every path this run writes, checked before any work (``--maps`` as NumPy names it)."""
-    plan = output_plan(args, inputs=[args.input, args.locations, args.reference], workdirs=[args.workdir])
+    read = None if args.fit_reference is not None else reference_read(args)  # fitting writes it instead
+    plan = output_plan(args, inputs=[args.input, args.locations, read], workdirs=[args.workdir])
     args.maps = plan.file(numpy_name(args.maps, ".npz") if args.maps else None)
     if args.fit_reference is not None:
         args.fit_reference = reference_path(args.workdir, args.variant, args.fit_reference)

@@ -31,7 +31,8 @@ from btd_jax.commands._flags import (
     add_deprecated_alias, add_reduction_flag, existing_file, existing_folder, existing_path, fraction, non_negative_int,
     open_fraction, positive_int,
 )
-from btd_jax.commands._safety import add_lenient_flag, add_overwrite_flag, output_plan, say_skipped, skipped_file
+from btd_jax.commands._safety import (add_lenient_flag, add_overwrite_flag, output_plan, reference_read, say_skipped,
+                                      skipped_file)
 from btd_jax.data import readers
 from btd_jax.data.errors import DataError
 from btd_jax.scoring import variants
@@ -97,7 +98,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def plan_outputs(args):
     """Every path this run writes, checked before any work."""
     cal = screen_files.calibration_path(args.workdir, args.calibration)
-    plan = output_plan(args, inputs=[*args.input, None if args.calibrate else args.calibration, args.reference],
+    plan = output_plan(args, inputs=[*args.input, None if args.calibrate else args.calibration, reference_read(args)],
                        workdirs=[args.workdir])
     if args.calibrate:
         plan.file(cal)

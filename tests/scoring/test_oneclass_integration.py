@@ -66,6 +66,12 @@ def test_score_fits_the_reference_beside_the_checkpoints_and_scores_with_it(work
     got = [float(line.split(",")[1]) for line in (tmp_path / "s.csv").read_text().splitlines()[1:]]
     want = Scorer.load(str(workdir)).score(y, variant="oneclass", reference=ref)
     np.testing.assert_allclose(got, want, rtol=1e-5)
+    # the reference a run reads is one of its inputs: never its output, even with --overwrite
+    before = ref_path.read_bytes()
+    capsys.readouterr()
+    assert _run("score", "--workdir", workdir, "--input", tmp_path / "test.npy", "--out", ref_path,
+                "--variant", "oneclass", "--overwrite") == 2
+    assert "it is the input" in capsys.readouterr().err and ref_path.read_bytes() == before
     # a test set holding fakes is no set of real patches: refused, one line, nothing written
     root = _testset(tmp_path / "ts")
     capsys.readouterr()
