@@ -252,13 +252,23 @@ def _start_ts(names: Sequence[str]) -> Tuple[int, ...]:
     return tuple(sorted({int(_parse(n)[0][1:]) for n in names if _parse(n)[0].startswith("t")}))
 
 
+def _image_maps(images, residual, names: Sequence[str]) -> Dict[str, np.ndarray]:
+    """{'r': the d = 1 residual maps, 'hp': the images' high-pass energy when ``names`` use it}."""
+    maps = {"r": np.asarray(residual, np.float64)}
+    if any(n.startswith("hp_") for n in names):
+        maps["hp"] = highpass_energy(images)
+    return maps
+
+
+def _score_maps(maps: Mapping[str, np.ndarray], ref: OneClassReference) -> np.ndarray:
+    return score_features(features(maps, ref.features, ref.center, ref.inner), ref)
+
+
 def feature_maps(model, images, s: ScoreConfig, call: Call, names: Sequence[str]) -> Dict[str, np.ndarray]:
     """The maps ``names`` need: 'r' at ``s.start_t``, 'hp' from the images, 't<k>' from start time k."""
     opts = map_options(s)
-    maps = {"r": np.asarray(model.residual_map(images, steps=s.steps, start_t=s.start_t, key=call.key,
-                                               batch_size=s.batch_size, progress=call.progress, **opts))}
-    if any(n.startswith("hp_") for n in names):
-        maps["hp"] = highpass_energy(images)
+    maps = _image_maps(images, model.residual_map(images, steps=s.steps, start_t=s.start_t, key=call.key,
+                                                  batch_size=s.batch_size, progress=call.progress, **opts), names)
     for t in _start_ts(names):
         if call.key is None:
             raise ValueError(f"oneclass feature t{t}_* adds noise: pass key=jax.random.key(seed)")
@@ -273,8 +283,7 @@ def score(model, images, s: ScoreConfig, call: Call) -> np.ndarray:
     if ref is None:
         raise ValueError("variant 'oneclass' needs a reference fitted on real patches (btd-jax score --variant "
                          "oneclass --fit_reference REF.json --input REAL)")
-    maps = feature_maps(model, images, ref_file.settings_of(ref, s), call, ref.features)
-    return score_features(features(maps, ref.features, ref.center, ref.inner), ref)
+    return _score_maps(feature_maps(model, images, ref_file.settings_of(ref, s), call, ref.features), ref)
 
 
 def from_maps(images, maps, s: ScoreConfig, ref: OneClassReference) -> np.ndarray:
@@ -283,10 +292,7 @@ def from_maps(images, maps, s: ScoreConfig, ref: OneClassReference) -> np.ndarra
     if ref.start_ts:
         raise ValueError(f"this oneclass reference uses features of start times {list(ref.start_ts)}, which need "
                          "one more pass per window; screening takes references of one residual map")
-    given = {"r": np.asarray(maps, np.float64)}
-    if any(n.startswith("hp_") for n in ref.features):
-        given["hp"] = highpass_energy(images)
-    return score_features(features(given, ref.features, ref.center, ref.inner), ref)
+    return _score_maps(_image_maps(images, maps, ref.features), ref)
 
 
 def fit(model, real_images, s: ScoreConfig, call: Call) -> OneClassReference:
