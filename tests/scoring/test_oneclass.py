@@ -1,6 +1,8 @@
 """The one-class score variant: features against NumPy, real-only fitting, two-sidedness, the saved
 reference and device-count independence."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,7 +70,7 @@ def test_score_is_fishers_combination_of_the_gaussian_and_the_one_sided_tails():
     rng = np.random.default_rng(2)
     names = ("log_energy", "hp_log_ratio")
     real = rng.normal([0.0, 1.0], [1.0, 0.5], (200, 2))
-    ref = oc.fit_features(real, names, 8, 4)  # the paper's tail alone
+    ref = oc.fit_features(real, names, 8, 4, null="gaussian")  # the paper's tail alone
     f = np.array([[0.0, 1.0], [3.0, 1.0], [-3.0, 1.0], [0.0, -0.5]])
     d = f - np.asarray(ref.mean)
     d2 = np.einsum("nf,fg,ng->n", d, np.asarray(ref.precision), d)
@@ -79,7 +81,7 @@ def test_score_is_fishers_combination_of_the_gaussian_and_the_one_sided_tails():
     assert s[1] > s[0] and s[2] > s[0]  # too large and too small energies both score high
     assert s[1] > s[2]  # and the paper's one-sided tail keeps large residuals first
     # a '-' tail reads its feature downwards: a too-smooth centre adds its own one-sided p-value
-    both = oc.fit_features(real, names, 8, 4, tails=("+log_energy", "-hp_log_ratio"))
+    both = oc.fit_features(real, names, 8, 4, tails=("+log_energy", "-hp_log_ratio"), null="gaussian")
     zs = -(f[:, 1] - real[:, 1].mean()) / real[:, 1].std(ddof=1)
     np.testing.assert_allclose(oc.score_features(f, both), want - np.log(stats.norm.sf(zs)), rtol=1e-9)
     assert oc.score_features(f, both)[3] > oc.score_features(f, ref)[3]
@@ -89,6 +91,66 @@ def test_score_is_fishers_combination_of_the_gaussian_and_the_one_sided_tails():
         with pytest.raises(DataError, match=match):
             oc.fit_features(real, names, 8, 4, tails=bad)
     assert oc.DEFAULT_TAILS == ("+log_energy", "-hp_log_ratio", "-hp_log_inner_ratio")
+
+
+def _empirical_reference(x, null):
+    """Loop-by-loop -log p of x against sorted null values (the k-th smallest has p = (M - k) / (M + 1))."""
+    m = len(null)
+    p_at = [(m - k) / (m + 1) for k in range(m)]
+    out = []
+    for v in x:
+        if v <= null[0]:
+            lp = np.log(p_at[0])
+        elif v > null[-1]:
+            lp = -np.log(m + 1) - (v - null[-1])
+        else:
+            k = max(i for i in range(m) if null[i] <= v)
+            k = min(k, m - 2)
+            w = (v - null[k]) / (null[k + 1] - null[k])
+            lp = (1 - w) * np.log(p_at[k]) + w * np.log(p_at[k + 1])
+        out.append(-lp)
+    return np.array(out)
+
+
+def test_the_empirical_null_reads_each_p_value_from_the_real_patches():
+    rng = np.random.default_rng(5)
+    names = ("log_energy", "hp_log_ratio")
+    # heavy-tailed real features: the Gaussian model's p-values are far too small for their outliers
+    real = np.stack([rng.standard_t(3, 300), rng.standard_t(3, 300)], 1)
+    tails = ("+log_energy", "-hp_log_ratio")
+    emp = oc.fit_features(real, names, 8, 4, tails=tails)
+    gauss = oc.fit_features(real, names, 8, 4, tails=tails, null="gaussian")
+    assert emp.null == "empirical" and gauss.null == "gaussian" and len(emp.null_sorted) == 3
+    # each real patch's null value comes from a Gaussian fitted without its fold (rows interleaved)
+    fold = np.arange(len(real)) % oc.NULL_FOLDS
+    c_real = np.empty((3, len(real)))
+    for k in range(oc.NULL_FOLDS):
+        without = oc.fit_features(real[fold != k], names, 8, 4, tails=tails, null="gaussian")
+        c_real[:, fold == k] = oc.gaussian_components(real[fold == k], without)
+    np.testing.assert_allclose(np.asarray(emp.null_sorted), np.sort(c_real, axis=1), rtol=1e-12)
+    assert not np.allclose(np.asarray(emp.null_sorted), np.sort(oc.gaussian_components(real, emp), axis=1))
+    f = np.array([[0.0, 0.0], [2.0, 0.0], [8.0, 0.0], [0.0, -8.0], [30.0, 0.0]])
+    c = oc.gaussian_components(f, emp)
+    want = sum(_empirical_reference(ci, np.asarray(ni)) for ci, ni in zip(c, emp.null_sorted))
+    np.testing.assert_allclose(oc.score_features(f, emp), want, rtol=1e-9)
+    np.testing.assert_allclose(oc.score_features(f, gauss), c.sum(axis=0), rtol=1e-9)
+    s = oc.score_features(f, emp)
+    assert s[0] < s[1] < s[2] < s[4] and s[3] > s[0]  # monotone beyond the largest real value too
+    # every real patch's p-value is at least 1 / (M + 1) in each component: the sum is bounded
+    assert oc.score_features(real, emp).max() <= 3 * np.log(301) + 1e-9
+    assert oc.score_features(real, gauss).max() > oc.score_features(real, emp).max()
+    back = oc.OneClassReference.from_dict(json.loads(json.dumps(emp.to_dict())))
+    np.testing.assert_array_equal(oc.score_features(f, back), s)
+    for change, match in (({"null": "bootstrap"}, "null 'bootstrap'"),
+                          ({"null_sorted": emp.to_dict()["null_sorted"][:2]}, "sorted, finite rows"),
+                          ({"null_sorted": [r[::-1] for r in emp.to_dict()["null_sorted"]]}, "sorted, finite rows")):
+        with pytest.raises(DataError, match=match):
+            oc.OneClassReference.from_dict({**emp.to_dict(), **change})
+    with pytest.raises(DataError, match="null 'median'"):
+        oc.fit_features(real, names, 8, 4, null="median")
+    with pytest.raises(DataError, match="at least 4 real patches outside each of its 5 folds"):
+        oc.fit_features(real[:4], names, 8, 4)
+    assert oc.fit_features(real[:4], names, 8, 4, null="gaussian").n == 4
 
 
 def test_a_patch_with_its_centre_smoothed_scores_higher_than_its_original(tiny_scorer):

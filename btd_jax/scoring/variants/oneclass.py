@@ -8,10 +8,15 @@ its own reference: ratios of the central window to the same patch's surround rem
 scanner level), fits a Gaussian with a shrunk covariance (Ledoit-Wolf, as PaDiM) to real patches,
 and scores
 
-    -log P_chi2(d^2 >= D^2(f))  -  sum over tails of log P_normal(Z >= +-z(f_tail))
+    -log p(D^2(f))  -  sum over tails of log p(+-z(f_tail))
 
 Fisher's combination of a two-sided p-value (the Mahalanobis distance D of the features) and
-one-sided tails (a feature standardised over the real patches, read in one direction). The default
+one-sided tails (a feature standardised over the real patches, read in one direction). Each p-value
+is, by default (``null="empirical"``), the share of the reference's own real patches at least as
+extreme (interpolated between them, the Gaussian model's tail beyond the most extreme; each real
+patch's value computed by a Gaussian fitted without it, 5 folds), so that real features with heavier
+tails than a Gaussian do not dominate the sum; ``null="gaussian"`` reads them
+from the chi-square and normal laws instead. The default
 tails (:data:`DEFAULT_TAILS`) are the paper's (``+log_energy``: a residual too large, so that what
 BTD already catches stays caught) and two of generated content (``-hp_log_ratio``,
 ``-hp_log_inner_ratio``: a centre smoother than its own surround, which diffusion and latent
@@ -46,7 +51,7 @@ from btd_jax.scoring.variants import reference as ref_file
 from btd_jax.scoring.variants.maps import map_options
 from btd_jax.scoring.variants.registry import Call, Variant, register
 
-__all__ = ["REFERENCE_FILE", "DEFAULT_FEATURES", "DEFAULT_TAILS", "EPS", "windows", "highpass_energy", "features", "OneClassReference",
+__all__ = ["REFERENCE_FILE", "DEFAULT_FEATURES", "DEFAULT_TAILS", "NULLS", "EPS", "windows", "highpass_energy", "features", "OneClassReference",
            "fit_features", "score_features", "feature_maps", "score", "fit", "from_maps"]
 
 REFERENCE_FILE = "oneclass_reference.json"  # its default name in a workdir
@@ -57,6 +62,8 @@ DEFAULT_FEATURES: Tuple[str, ...] = ("log_energy", "log_ratio", "log_max_ratio",
 # One-sided tails: '+name' flags values above the real patches', '-name' below.
 DEFAULT_TAILS: Tuple[str, ...] = ("+log_energy", "-hp_log_ratio", "-hp_log_inner_ratio")
 PAPER_TAIL = "+log_energy"
+NULLS = ("empirical", "gaussian")  # where each component's p-value is read; see the module docstring
+NULL_FOLDS = 5  # the empirical null's values are cross-fitted over this many folds
 
 
 def windows(size: int, center: Optional[int]) -> Tuple[int, int]:
@@ -148,6 +155,18 @@ def _check_tails(tails: Sequence[str], names: Sequence[str]) -> Tuple[str, ...]:
     return tails
 
 
+def _check_null(null: str, null_sorted, components: int) -> None:
+    if null not in NULLS:
+        raise DataError(f"oneclass reference: null {null!r}; known: {', '.join(NULLS)}")
+    if null == "gaussian":
+        return
+    v = np.asarray(null_sorted, np.float64)
+    if v.ndim != 2 or v.shape[0] != components or v.shape[1] < 2 or not np.isfinite(v).all() \
+            or np.any(np.diff(v, axis=1) < 0):
+        raise DataError(f"oneclass reference: the empirical null needs {components} sorted, finite rows of the "
+                        f"real patches' values, got shape {v.shape}")
+
+
 @dataclasses.dataclass(frozen=True)
 class OneClassReference:
     """A Gaussian of real patches' features (mean, shrunk precision) and its one-sided tails.
@@ -156,7 +175,9 @@ class OneClassReference:
     ``tail_mean``/``tail_std`` over the real patches; ``center``/``inner``: the windows;
     ``start_ts``: start times of ``t<k>`` features; ``score``: the ScoreConfig fields the maps were
     made with; ``model``: the fingerprint of the parameters; ``n``: real patches; ``shrinkage``:
-    Ledoit-Wolf's.
+    Ledoit-Wolf's; ``null``: one of :data:`NULLS`; ``null_sorted``: for the empirical null, each
+    component's Gaussian ``-log p`` over the real patches (cross-fitted), sorted (the Mahalanobis term,
+    then the tails).
     """
 
     features: Tuple[str, ...]
@@ -172,13 +193,15 @@ class OneClassReference:
     start_ts: Tuple[int, ...] = ()
     score: Dict[str, Any] = dataclasses.field(default_factory=dict)
     model: Optional[str] = None
+    null: str = "gaussian"
+    null_sorted: Tuple[Tuple[float, ...], ...] = ()
     variant = "oneclass"
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d.update(features=list(self.features), mean=list(self.mean), precision=[list(r) for r in self.precision],
                  tails=list(self.tails), tail_mean=list(self.tail_mean), tail_std=list(self.tail_std),
-                 start_ts=list(self.start_ts), variant=self.variant)
+                 start_ts=list(self.start_ts), null_sorted=[list(r) for r in self.null_sorted], variant=self.variant)
         return d
 
     @classmethod
@@ -190,7 +213,8 @@ class OneClassReference:
                       tails=_check_tails(d["tails"], names), tail_mean=tuple(float(v) for v in d["tail_mean"]),
                       tail_std=tuple(float(v) for v in d["tail_std"]), center=int(d["center"]), inner=int(d["inner"]), n=int(d["n"]),
                       shrinkage=float(d.get("shrinkage", 0.0)), start_ts=tuple(int(t) for t in d.get("start_ts", ())),
-                      score=dict(d.get("score", {})), model=d.get("model"))
+                      score=dict(d.get("score", {})), model=d.get("model"), null=str(d.get("null", "gaussian")),
+                      null_sorted=tuple(tuple(float(v) for v in r) for r in d.get("null_sorted", ())))
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"oneclass reference: malformed ({e!r})") from None
         k = len(ref.features)
@@ -202,6 +226,7 @@ class OneClassReference:
                 or not np.all(t_std > 0):
             raise DataError(f"oneclass reference: needs a finite mean and a positive std for each of its "
                             f"{len(ref.tails)} tails")
+        _check_null(ref.null, ref.null_sorted, 1 + len(ref.tails))
         return ref
 
     def save(self, path: str) -> str:
@@ -214,8 +239,9 @@ class OneClassReference:
 
 
 def fit_features(f: np.ndarray, names: Sequence[str], center: int, inner: int,
-                 tails: Sequence[str] = (PAPER_TAIL,), **meta: Any) -> OneClassReference:
-    """Fits the reference to (N, F) features of REAL patches (Ledoit-Wolf covariance) with one-sided ``tails``."""
+                 tails: Sequence[str] = (PAPER_TAIL,), null: str = "empirical", **meta: Any) -> OneClassReference:
+    """Fits the reference to (N, F) features of REAL patches (Ledoit-Wolf covariance) with one-sided
+    ``tails``; ``null="empirical"`` also keeps each component's values over these patches."""
     names = _check_names(names)
     tails = _check_tails(tails, names)
     f = np.asarray(f, np.float64)
@@ -227,25 +253,68 @@ def fit_features(f: np.ndarray, names: Sequence[str], center: int, inner: int,
     bad = ~np.isfinite(f).all(axis=1)
     if bad.any():
         raise DataError(f"real patches: features of item {int(np.argmax(bad))} are NaN or inf")
+    if null not in NULLS:
+        raise DataError(f"oneclass: null {null!r}; known: {', '.join(NULLS)}")
     lw = LedoitWolf().fit(f)
     cols = f[:, [names.index(t[1:]) for t in tails]]
-    return OneClassReference(features=names, mean=tuple(lw.location_.tolist()),
-                             precision=tuple(tuple(r) for r in lw.precision_.tolist()), tails=tails,
-                             tail_mean=tuple(cols.mean(axis=0).tolist()),
-                             tail_std=tuple(np.maximum(cols.std(axis=0, ddof=1), 1e-6).tolist()), center=center,
-                             inner=inner, n=len(f), shrinkage=float(lw.shrinkage_), **meta)
+    ref = OneClassReference(features=names, mean=tuple(lw.location_.tolist()),
+                            precision=tuple(tuple(r) for r in lw.precision_.tolist()), tails=tails,
+                            tail_mean=tuple(cols.mean(axis=0).tolist()),
+                            tail_std=tuple(np.maximum(cols.std(axis=0, ddof=1), 1e-6).tolist()), center=center,
+                            inner=inner, n=len(f), shrinkage=float(lw.shrinkage_), **meta)
+    if null == "gaussian":
+        return ref
+    null_sorted = tuple(tuple(np.sort(c).tolist()) for c in _cross_fitted_components(f, ref))
+    return dataclasses.replace(ref, null=null, null_sorted=null_sorted)
 
 
-def score_features(f: np.ndarray, ref: OneClassReference) -> np.ndarray:
-    """(N, F) features -> (N,) float64 ``-log p_chi2(Mahalanobis^2) - sum log p_normal(one-sided tails)``."""
+def _cross_fitted_components(f: np.ndarray, ref: OneClassReference) -> np.ndarray:
+    """(1 + tails, N) components of each real patch under a Gaussian fitted without its fold, so that
+    the null sees the real patches as a new patch is seen (out of sample); folds interleave the rows."""
+    fold = np.arange(len(f)) % NULL_FOLDS
+    need = len(ref.features) + 2
+    if int(np.sum(fold != 0)) < need:
+        raise DataError(f"oneclass: the empirical null needs at least {need} real patches outside each of its "
+                        f"{NULL_FOLDS} folds (got {len(f)} patches); fit more, or null='gaussian'")
+    out = np.empty((1 + len(ref.tails), len(f)))
+    for k in range(NULL_FOLDS):
+        rest = fold != k
+        out[:, ~rest] = gaussian_components(f[~rest], fit_features(f[rest], ref.features, ref.center, ref.inner,
+                                                                   ref.tails, null="gaussian"))
+    return out
+
+
+def gaussian_components(f: np.ndarray, ref: OneClassReference) -> np.ndarray:
+    """(N, F) features -> (1 + tails, N) float64 ``-log p`` under the Gaussian model: ``p_chi2`` of the
+    Mahalanobis distance, then ``p_normal`` of each one-sided tail."""
     f = np.asarray(f, np.float64)
     d = f - np.asarray(ref.mean)
     d2 = np.einsum("nf,fg,ng->n", d, np.asarray(ref.precision), d)
-    out = -stats.chi2.logsf(np.maximum(d2, 0.0), len(ref.features))
+    out = [-stats.chi2.logsf(np.maximum(d2, 0.0), len(ref.features))]
     for t, mu, sd in zip(ref.tails, ref.tail_mean, ref.tail_std):
         sign = 1.0 if t[0] == "+" else -1.0
-        out = out - stats.norm.logsf(sign * (f[:, ref.features.index(t[1:])] - mu) / sd)
-    return out
+        out.append(-stats.norm.logsf(sign * (f[:, ref.features.index(t[1:])] - mu) / sd))
+    return np.stack(out)
+
+
+def empirical_log_p(x: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """(N,) values -> (N,) ``-log p``, p the share of the (M,) sorted ``null`` values at or above x.
+
+    The k-th smallest null value has p = (M - k) / (M + 1); log p is interpolated between them and
+    falls by one per unit above the largest (``x`` is a ``-log p`` of the Gaussian model there)."""
+    null = np.asarray(null, np.float64)
+    m = len(null)
+    log_p = np.interp(x, null, np.log((m - np.arange(m)) / (m + 1.0)))
+    return np.where(x > null[-1], np.log(m + 1.0) + (x - null[-1]), -log_p)
+
+
+def score_features(f: np.ndarray, ref: OneClassReference) -> np.ndarray:
+    """(N, F) features -> (N,) float64: the sum of the components' ``-log p`` (Fisher), each read from
+    the reference's null (:data:`NULLS`)."""
+    c = gaussian_components(f, ref)
+    if ref.null == "gaussian":
+        return c.sum(axis=0)
+    return sum(empirical_log_p(ci, np.asarray(ni)) for ci, ni in zip(c, ref.null_sorted))
 
 
 def _start_ts(names: Sequence[str]) -> Tuple[int, ...]:
@@ -296,14 +365,16 @@ def from_maps(images, maps, s: ScoreConfig, ref: OneClassReference) -> np.ndarra
 
 
 def fit(model, real_images, s: ScoreConfig, call: Call) -> OneClassReference:
-    """The reference of REAL patches; ``call.options``: ``features`` (default :data:`DEFAULT_FEATURES`)
-    and ``tails`` (default :data:`DEFAULT_TAILS`, those of them whose feature is used)."""
+    """The reference of REAL patches; ``call.options``: ``features`` (default :data:`DEFAULT_FEATURES`),
+    ``tails`` (default :data:`DEFAULT_TAILS`, those of them whose feature is used) and ``null``
+    (default ``"empirical"``)."""
     names = _check_names(call.options.get("features") or DEFAULT_FEATURES)
     tails = call.options.get("tails") or tuple(t for t in DEFAULT_TAILS if t[1:] in names)
     size = int(np.shape(real_images)[1])
     center, inner = windows(size, s.center)
     maps = feature_maps(model, real_images, s, call, names)
-    return fit_features(features(maps, names, center, inner), names, center, inner, tails, start_ts=_start_ts(names),
+    return fit_features(features(maps, names, center, inner), names, center, inner, tails,
+                        null=call.options.get("null") or "empirical", start_ts=_start_ts(names),
                         score=s.scoring_dict(), model=ref_file.model_fingerprint(model))
 
 
