@@ -184,7 +184,7 @@ def _custom_setting(spec: str) -> Dict[str, Any]:
         k, _, v = item.partition("=")
         if k not in fields:
             raise SystemExit(f"--settings: unknown cascade field {k!r} (one of {sorted(fields)})")
-        out[k] = v if k == "proposal" else bool(int(v)) if k == "climb" else float(v) if "." in v else int(v)
+        out[k] = v if k in ("proposal", "proposal_span") else bool(int(v)) if k == "climb" else float(v) if "." in v else int(v)
     screen.Cascade(**out)
     return out
 

@@ -63,6 +63,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="central part of each proposal window that makes the map (default: --center)")
     p.add_argument("--proposal_scale", type=positive_int, default=1,
                    help="the proposal pass sees the slice shrunk by this factor (default 1: full resolution)")
+    p.add_argument("--proposal_span", choices=screen.SPANS, default=screen.Cascade.proposal_span,
+                   help="grid proposal over the pixels some window's centre covers (centres) or the whole slice")
     p.add_argument("--per_slice", type=positive_int, default=2, help="candidates kept per slice")
     p.add_argument("--max_candidates", type=non_negative_int, default=0,
                    help="cap on the candidates scored exactly per volume (0: none, per_slice per slice)")
@@ -128,7 +130,8 @@ def run(args) -> int:
         center=args.center, steps=args.reverse_steps, reduction=args.reduction, batch_size=args.batch_size,
         seed=args.seed, dicom=not args.no_dicom, strict=not args.lenient, dtype=args.dtype, variant=args.variant,
         reference=args.reference, proposal=args.proposal, stride=args.stride, proposal_stride=args.proposal_stride,
-        proposal_center=args.proposal_center, proposal_scale=args.proposal_scale, per_slice=args.per_slice,
+        proposal_center=args.proposal_center, proposal_scale=args.proposal_scale,
+        proposal_span=args.proposal_span, per_slice=args.per_slice,
         shortlist=args.shortlist or None, max_candidates=args.max_candidates or None, refine=args.refine,
         climb=args.climb, tissue_min=args.tissue_min)
     if done.calibration is not None:

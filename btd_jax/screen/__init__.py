@@ -5,8 +5,8 @@ window on a stride grid (729 windows of 96 px per 512x512 slice at stride 16). S
 cascade that scores only where it matters:
 
 1. **proposal** over every slice, cheap (:mod:`~btd_jax.screen.proposals`): ``'grid'`` cuts the
-   slice into ``P x P`` windows at ``proposal_stride`` (default ``P``: tiles) and averages their
-   residual maps (exact patch semantics, ~(P/stride)^2 fewer windows than exhaustive;
+   slice into ``P x P`` windows at ``proposal_stride`` (default ``P``: tiles; laid over the pixels
+   some exact window's centre covers, ``proposal_span``) and averages their residual maps (exact patch semantics, ~(P/stride)^2 fewer windows than exhaustive;
    ``proposal_stride = proposal_center = P/2`` takes each pixel from the one window it is central
    in, the most faithful map); ``'fullconv'`` runs the U-Net once over the whole slice at t = 0 (a
    proxy: GroupNorm and attention see the whole slice); ``proposal_scale`` shrinks the slice for
@@ -34,11 +34,11 @@ their clinical outputs (:mod:`~btd_jax.screen.files`)::
     res.decision       # {"score", "flagged", "threshold", "p_value", "target_fpr", "calibrated"}
 """
 
-from btd_jax.screen.cascade import PROPOSALS, Cascade
+from btd_jax.screen.cascade import PROPOSALS, SPANS, Cascade
 from btd_jax.screen.driver import calibrate, screen_volume
 from btd_jax.screen.files import CALIBRATION_FILE, ScreenRun, screen
 from btd_jax.screen.proposals import fullconv_residual, tissue_fraction, window_proxy
 from btd_jax.screen.report import ScreenResult
 
-__all__ = ["Cascade", "ScreenResult", "PROPOSALS", "screen_volume", "calibrate", "window_proxy",
+__all__ = ["Cascade", "ScreenResult", "PROPOSALS", "SPANS", "screen_volume", "calibrate", "window_proxy",
            "fullconv_residual", "tissue_fraction", "screen", "ScreenRun", "CALIBRATION_FILE"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-__all__ = ["Cascade", "PROPOSALS"]
+__all__ = ["Cascade", "PROPOSALS", "SPANS"]
 
 PROPOSALS = ("grid", "fullconv")
+SPANS = ("slice", "centres")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +27,12 @@ class Cascade:
     approximate score only has to put the best region in the shortlist, not first. ``climb``: keep
     moving to the best neighbour (at most ``max_climb`` moves) until it is a local maximum; it only
     adds windows to those scored, so it can only raise the top finding.
+    ``proposal_span`` (grid windows whose whole map counts, i.e. no ``proposal_center``):
+    ``'centres'`` (default) lays the grid over the pixels that some
+    exact window's centre covers (all but ``(P - centre) / 2`` rows and columns on each side), its
+    spare pixels split evenly on both sides: on 512 x 512 slices with 96 px windows and centre 32,
+    5 x 5 tiles instead of 6 x 6, with the same agreement with exhaustive search (BUILD_NOTES);
+    ``'slice'`` over the whole slice (the last window of a row flush with the edge).
     ``max_candidates`` caps the shortlist per volume (None: no cap, so the cost is linear in the
     number of slices and a slice's result does not depend on the others).
     ``tissue_min``: skip windows with less than this fraction of pixels above ``tissue_level``
@@ -37,6 +44,7 @@ class Cascade:
     proposal_stride: Optional[int] = None
     proposal_center: Optional[int] = None
     proposal_scale: int = 1
+    proposal_span: str = "centres"
     stride: int = 16
     per_slice: int = 2
     shortlist: Optional[int] = None
@@ -50,6 +58,8 @@ class Cascade:
     def __post_init__(self):
         if self.proposal not in PROPOSALS:
             raise ValueError(f"proposal must be one of {PROPOSALS}, got {self.proposal!r}")
+        if self.proposal_span not in SPANS:
+            raise ValueError(f"proposal_span must be one of {SPANS}, got {self.proposal_span!r}")
         capped = self.max_candidates is not None
         if self.stride < 1 or self.per_slice < 1 or (capped and self.max_candidates < 1) or self.refine < 0:
             raise ValueError("stride, per_slice and max_candidates (or None) must be >= 1 and refine >= 0")

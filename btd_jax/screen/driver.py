@@ -81,7 +81,7 @@ class _Run:
     def _prepare(self, s: int):
         if self.fullconv:
             return proposals.fullconv_input(self.vol[s], self.cas, self.scorer.cfg)
-        return proposals.grid_tiles(self.vol[s], self.cas, self.p)
+        return proposals.grid_tiles(self.vol[s], self.cas, self.p, self.center)
 
     def _pull(self, ahead) -> None:
         s, item = self.next_slice, next(ahead)

@@ -19,12 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from btd_jax import diffusion, parallel
-from btd_jax.localize import aggregate_maps, extract_windows, nms
+from btd_jax.localize import aggregate_maps, extract_windows, nms, window_positions
 from btd_jax.models.unet import Unet, downsample_factor
 from btd_jax.scoring.pooling import pool
 from btd_jax.screen.cascade import Cascade
 
-__all__ = ["tissue_fraction", "window_proxy", "shrink", "enlarge", "GridTiles", "grid_tiles", "grid_map",
+__all__ = ["tissue_fraction", "window_proxy", "shrink", "enlarge", "GridTiles", "span_positions", "grid_tiles", "grid_map",
            "fullconv_input", "fullconv_fn", "submit_fullconv", "fullconv_residual", "fullconv_trace_count",
            "slice_candidates"]
 
@@ -80,10 +80,32 @@ class GridTiles:
     n_all: int
 
 
-def grid_tiles(img: np.ndarray, cas: Cascade, p: int) -> GridTiles:
-    """(H, W) slice -> its grid proposal windows (see :class:`GridTiles`)."""
+def span_positions(length: int, p: int, stride: int, margin: int) -> np.ndarray:
+    """Top-left starts of the fewest windows at ``stride`` that cover ``[margin, length - margin)``
+    (the pixels some exact window's centre covers), their spare pixels split evenly on both sides;
+    the whole-slice layout where the stride leaves no room for that."""
+    need = max(length - 2 * margin, 1)
+    n = max(-(-(need - p) // stride), 0) + 1
+    total = (n - 1) * stride + p
+    if total > length:  # no room on the stride: the whole-slice layout, the last window flush
+        return window_positions(length, p, stride)
+    start = min(max(margin - (total - need) // 2, 0), length - total)
+    return start + stride * np.arange(n)
+
+
+def grid_tiles(img: np.ndarray, cas: Cascade, p: int, center: Optional[int] = None) -> GridTiles:
+    """(H, W) slice -> its grid proposal windows (see :class:`GridTiles`); ``center``: the exact
+    score's central window, which ``proposal_span='centres'`` needs."""
     small = shrink(img, cas.proposal_scale, p)
-    windows, rows, cols = extract_windows(small, p, cas.proposal_stride or p)
+    stride = cas.proposal_stride or p
+    if cas.proposal_span == "centres" and center is not None and cas.proposal_center is None:
+        margin = (p - center) // 2 // cas.proposal_scale  # rows/columns in no exact window's centre
+        rows, cols = np.meshgrid(span_positions(small.shape[0], p, stride, margin),
+                                 span_positions(small.shape[1], p, stride, margin), indexing="ij")
+        rows, cols = rows.ravel(), cols.ravel()
+        windows = np.ascontiguousarray(np.lib.stride_tricks.sliding_window_view(small, (p, p))[rows, cols])
+    else:
+        windows, rows, cols = extract_windows(small, p, stride)
     index = np.arange(len(rows))
     if cas.tissue_min > 0:
         index = index[tissue_fraction(small, rows, cols, p, cas.tissue_level) >= cas.tissue_min]

@@ -110,7 +110,8 @@ def test_shrunk_proposal_map():
     vol, box = planted_volume(shape=(2, 64, 64), centre=(40, 20))
     res = screen.screen_volume(StubScorer(CFG), vol, proposal_scale=2, **KW)
     one = screen.screen_volume(StubScorer(CFG), vol, **KW)
-    assert res.work["proposal_windows"] == 2 * 3 * 3 and one.work["proposal_windows"] == 2 * 7 * 7
+    # the windows over the pixels some exact window's centre covers: 3 x 3 at half size, 6 x 6 at full
+    assert res.work["proposal_windows"] == 2 * 3 * 3 and one.work["proposal_windows"] == 2 * 6 * 6
     assert res.suspicion.shape == vol.shape
     with pytest.raises(ValueError, match="proposal_scale"):
         screen.Cascade(proposal_scale=0)

@@ -184,3 +184,37 @@ def test_shortlist_and_climb_in_screen_volume_match_exhaustive_top1():
     assert box[top["row"], top["col"]]
     assert res.work["candidates"] == 3 * 4 and res.work["exact_windows"] < 3 * 9 * 9
     assert res.settings["shortlist"] == 4 and res.settings["climb"] is True
+
+
+@pytest.mark.parametrize("length,p,stride,margin", [(512, 96, 96, 32), (512, 96, 48, 32), (48, 16, 16, 4),
+                                                    (100, 16, 16, 4), (96, 96, 96, 32), (61, 16, 8, 0)])
+def test_span_positions_are_the_fewest_windows_that_cover_every_window_centre(length, p, stride, margin):
+    pos = screen.proposals.span_positions(length, p, stride, margin)
+    assert pos[0] >= 0 and pos[-1] + p <= length and np.all(np.diff(pos)[:-1] == stride)
+    covered = np.zeros(length, bool)
+    for r in pos:
+        covered[r:r + p] = True
+    assert covered[margin:length - margin].all()
+    need = length - 2 * margin
+    fewest = max(-(-(need - p) // stride), 0) + 1  # one fewer could not span ``need`` pixels
+    whole = localize.window_positions(length, p, stride)
+    assert len(pos) == fewest or (list(pos) == list(whole) and (fewest - 1) * stride + p > length)
+    assert len(pos) <= len(whole)
+
+
+def test_centres_span_scores_fewer_tiles_and_keeps_exhaustive_top1():
+    """56 px slices, 16 px windows, centre 8: the centres (pixels 4..51) take 3 x 3 tiles, the whole
+    slice 4 x 4 (the last flush with the edge), as 5 x 5 against 6 x 6 on 512 px slices at 96 / 32."""
+    vol, box = planted_volume(shape=(3, 56, 56), centre=(30, 17))
+    stub = StubScorer(CFG)
+    centres = screen.screen_volume(stub, vol, top_k=1, center=8, stride=4)
+    whole = screen.screen_volume(stub, vol, top_k=1, center=8, stride=4, proposal_span="slice")
+    assert centres.settings["proposal_span"] == "centres" and whole.settings["proposal_span"] == "slice"
+    assert centres.work["proposal_windows"] == 3 * 3 * 3 < whole.work["proposal_windows"] == 3 * 4 * 4
+    best = max((localize.localize_slice(stub, v, stride=4, center=8, top_k=1).top[0] | {"slice": s}
+                for s, v in enumerate(vol)), key=lambda f: f["score"])
+    for res in (centres, whole):
+        top = res.findings[0]
+        assert (top["slice"], top["row"], top["col"]) == (best["slice"], best["row"], best["col"])
+    with pytest.raises(ValueError, match="proposal_span"):
+        screen.Cascade(proposal_span="edges")
