@@ -95,7 +95,8 @@ def test_step_noise_uses_the_configured_distribution():
     assert t.max() >= 3  # uniform reaches beyond t_max
 
 
-@pytest.mark.parametrize("dist", DISTS)
+# uniform trains in every other training test (the tiny preset's law) and lowt in the demo's tests
+@pytest.mark.parametrize("dist", ("truncated", "mixture"))
 def test_tiny_training_run_with_each_schedule(dist):
     cfg = configs.override(configs.get("tiny"), {"train.t_sampling": dist, "train.t_max": 5,
                                                  "train.mixture_uniform_frac": 0.5})

@@ -379,5 +379,6 @@ def fit(model, real_images, s: ScoreConfig, call: Call) -> OneClassReference:
 
 
 register(Variant("oneclass", "Fisher's combination of a Gaussian of context-referenced residual and high-pass "
-                 "features of real patches (two-sided), the paper's one-sided tail and too-smooth-centre tails", score, fit=fit,
+                 "features of real patches (two-sided), the paper's one-sided tail and too-smooth-centre tails, "
+                 "each p-value read from the real patches' own distribution", score, fit=fit,
                  decode=OneClassReference.from_dict, reference_file=REFERENCE_FILE, from_maps=from_maps))
