@@ -56,14 +56,15 @@ def window_positions(length: int, patch: int, stride: int) -> np.ndarray:
     return pos
 
 
-def extract_windows(img: np.ndarray, patch: int, stride: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(H, W) -> windows (K, P, P), top-left rows (K,), cols (K,) on the stride grid (row-major).
+def extract_windows(img: np.ndarray, patch: int, stride: int, starts: Optional[Tuple[np.ndarray, np.ndarray]] = None
+                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(H, W) -> windows (K, P, P), top-left rows (K,), cols (K,) on the stride grid (row-major), or
+    on the grid of the given per-axis ``starts`` (rows, cols).
 
     ``img`` must be at least ``P x P`` (see :func:`localize_slice` for padding).
     """
     view = np.lib.stride_tricks.sliding_window_view(img, (patch, patch))
-    rs = window_positions(img.shape[0], patch, stride)
-    cs = window_positions(img.shape[1], patch, stride)
+    rs, cs = starts if starts is not None else (window_positions(n, patch, stride) for n in img.shape)
     rr, cc = np.meshgrid(rs, cs, indexing="ij")
     rr, cc = rr.ravel(), cc.ravel()
     return np.ascontiguousarray(view[rr, cc]), rr, cc

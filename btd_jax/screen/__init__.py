@@ -6,7 +6,8 @@ cascade that scores only where it matters:
 
 1. **proposal** over every slice, cheap (:mod:`~btd_jax.screen.proposals`): ``'grid'`` cuts the
    slice into ``P x P`` windows at ``proposal_stride`` (default ``P``: tiles; laid over the pixels
-   some exact window's centre covers, ``proposal_span``) and averages their residual maps (exact patch semantics, ~(P/stride)^2 fewer windows than exhaustive;
+   some exact window's centre covers, ``proposal_span``) and averages their residual maps (exact
+   patch semantics, ~(P/stride)^2 fewer windows than exhaustive;
    ``proposal_stride = proposal_center = P/2`` takes each pixel from the one window it is central
    in, the most faithful map); ``'fullconv'`` runs the U-Net once over the whole slice at t = 0 (a
    proxy: GroupNorm and attention see the whole slice); ``proposal_scale`` shrinks the slice for

@@ -28,11 +28,11 @@ class Cascade:
     moving to the best neighbour (at most ``max_climb`` moves) until it is a local maximum; it only
     adds windows to those scored, so it can only raise the top finding.
     ``proposal_span`` (grid windows whose whole map counts, i.e. no ``proposal_center``):
-    ``'centres'`` (default) lays the grid over the pixels that some
-    exact window's centre covers (all but ``(P - centre) / 2`` rows and columns on each side), its
-    spare pixels split evenly on both sides: on 512 x 512 slices with 96 px windows and centre 32,
-    5 x 5 tiles instead of 6 x 6, with the same agreement with exhaustive search (BUILD_NOTES);
-    ``'slice'`` over the whole slice (the last window of a row flush with the edge).
+    ``'centres'`` (default) lays the grid over the pixels that some exact window's centre covers
+    (all but ``(P - centre) / 2`` rows and columns on each side), its spare pixels split evenly on
+    both sides: on 512 x 512 slices with 96 px windows and centre 32, 5 x 5 tiles instead of 6 x 6,
+    with the same agreement with exhaustive search (BUILD_NOTES); ``'slice'`` over the whole slice
+    (the last window of a row flush with the edge).
     ``max_candidates`` caps the shortlist per volume (None: no cap, so the cost is linear in the
     number of slices and a slice's result does not depend on the others).
     ``tissue_min``: skip windows with less than this fraction of pixels above ``tissue_level``

@@ -24,8 +24,8 @@ from btd_jax.models.unet import Unet, downsample_factor
 from btd_jax.scoring.pooling import pool
 from btd_jax.screen.cascade import Cascade
 
-__all__ = ["tissue_fraction", "window_proxy", "shrink", "enlarge", "GridTiles", "span_positions", "grid_tiles", "grid_map",
-           "fullconv_input", "fullconv_fn", "submit_fullconv", "fullconv_residual", "fullconv_trace_count",
+__all__ = ["tissue_fraction", "window_proxy", "shrink", "enlarge", "GridTiles", "span_positions", "grid_tiles",
+           "grid_map", "fullconv_input", "fullconv_fn", "submit_fullconv", "fullconv_residual", "fullconv_trace_count",
            "slice_candidates"]
 
 _TRACES = [0]  # traces of the whole-slice function (the no-recompilation test reads it)
@@ -98,14 +98,11 @@ def grid_tiles(img: np.ndarray, cas: Cascade, p: int, center: Optional[int] = No
     score's central window, which ``proposal_span='centres'`` needs."""
     small = shrink(img, cas.proposal_scale, p)
     stride = cas.proposal_stride or p
+    starts = None
     if cas.proposal_span == "centres" and center is not None and cas.proposal_center is None:
         margin = (p - center) // 2 // cas.proposal_scale  # rows/columns in no exact window's centre
-        rows, cols = np.meshgrid(span_positions(small.shape[0], p, stride, margin),
-                                 span_positions(small.shape[1], p, stride, margin), indexing="ij")
-        rows, cols = rows.ravel(), cols.ravel()
-        windows = np.ascontiguousarray(np.lib.stride_tricks.sliding_window_view(small, (p, p))[rows, cols])
-    else:
-        windows, rows, cols = extract_windows(small, p, stride)
+        starts = tuple(span_positions(n, p, stride, margin) for n in small.shape)
+    windows, rows, cols = extract_windows(small, p, stride, starts)
     index = np.arange(len(rows))
     if cas.tissue_min > 0:
         index = index[tissue_fraction(small, rows, cols, p, cas.tissue_level) >= cas.tissue_min]

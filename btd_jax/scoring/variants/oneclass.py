@@ -11,16 +11,15 @@ and scores
     -log p(D^2(f))  -  sum over tails of log p(+-z(f_tail))
 
 Fisher's combination of a two-sided p-value (the Mahalanobis distance D of the features) and
-one-sided tails (a feature standardised over the real patches, read in one direction). Each p-value
-is, by default (``null="empirical"``), the share of the reference's own real patches at least as
-extreme (interpolated between them, the Gaussian model's tail beyond the most extreme; each real
-patch's value computed by a Gaussian fitted without it, 5 folds), so that real features with heavier
-tails than a Gaussian do not dominate the sum; ``null="gaussian"`` reads them
-from the chi-square and normal laws instead. The default
-tails (:data:`DEFAULT_TAILS`) are the paper's (``+log_energy``: a residual too large, so that what
-BTD already catches stays caught) and two of generated content (``-hp_log_ratio``,
-``-hp_log_inner_ratio``: a centre smoother than its own surround, which diffusion and latent
-in-painting leave: measured 0.45-0.79 of the surround's noise, against 0.94-1.15 for real patches).
+one-sided tails (a feature standardised over the real patches, read in one direction). Each p-value is,
+by default (``null="empirical"``), the share of the reference's own real patches at least as extreme
+(interpolated between them, the Gaussian model's tail beyond the most extreme; each real patch's value
+computed by a Gaussian fitted without it, 5 folds), so that real features with heavier tails than a
+Gaussian do not dominate the sum; ``null="gaussian"`` reads them from the chi-square and normal laws
+instead. The default tails (:data:`DEFAULT_TAILS`) are the paper's (``+log_energy``: a residual too
+large, so that what BTD already catches stays caught) and two of generated content (``-hp_log_ratio``,
+``-hp_log_inner_ratio``: a centre smoother than its own surround, which diffusion and latent in-painting
+leave: measured 0.45-0.79 of the surround's noise, against 0.94-1.15 for real patches).
 Windows: ``center`` (the config's, else half the patch) and its inner half; the surround is the
 patch outside ``center``.
 
@@ -51,8 +50,9 @@ from btd_jax.scoring.variants import reference as ref_file
 from btd_jax.scoring.variants.maps import map_options
 from btd_jax.scoring.variants.registry import Call, Variant, register
 
-__all__ = ["REFERENCE_FILE", "DEFAULT_FEATURES", "DEFAULT_TAILS", "NULLS", "EPS", "windows", "highpass_energy", "features", "OneClassReference",
-           "fit_features", "score_features", "feature_maps", "score", "fit", "from_maps"]
+__all__ = ["REFERENCE_FILE", "DEFAULT_FEATURES", "DEFAULT_TAILS", "NULLS", "EPS", "windows", "highpass_energy",
+           "features", "OneClassReference", "fit_features", "gaussian_components", "empirical_log_p", "score_features",
+           "feature_maps", "score", "fit", "from_maps"]
 
 REFERENCE_FILE = "oneclass_reference.json"  # its default name in a workdir
 EPS = 1e-10  # added before every log: a clipped residual can be exactly 0
@@ -155,10 +155,11 @@ def _check_tails(tails: Sequence[str], names: Sequence[str]) -> Tuple[str, ...]:
     return tails
 
 
-def _check_null(null: str, null_sorted, components: int) -> None:
+def _check_null(null: str, null_sorted=None, components: int = 0) -> None:
+    """``null`` is one of :data:`NULLS`; with ``null_sorted``, the empirical null's rows are valid."""
     if null not in NULLS:
-        raise DataError(f"oneclass reference: null {null!r}; known: {', '.join(NULLS)}")
-    if null == "gaussian":
+        raise DataError(f"oneclass: null {null!r}; known: {', '.join(NULLS)}")
+    if null == "gaussian" or null_sorted is None:
         return
     v = np.asarray(null_sorted, np.float64)
     if v.ndim != 2 or v.shape[0] != components or v.shape[1] < 2 or not np.isfinite(v).all() \
@@ -253,8 +254,7 @@ def fit_features(f: np.ndarray, names: Sequence[str], center: int, inner: int,
     bad = ~np.isfinite(f).all(axis=1)
     if bad.any():
         raise DataError(f"real patches: features of item {int(np.argmax(bad))} are NaN or inf")
-    if null not in NULLS:
-        raise DataError(f"oneclass: null {null!r}; known: {', '.join(NULLS)}")
+    _check_null(null)
     lw = LedoitWolf().fit(f)
     cols = f[:, [names.index(t[1:]) for t in tails]]
     ref = OneClassReference(features=names, mean=tuple(lw.location_.tolist()),
