@@ -131,6 +131,8 @@ def score_input(model: Union[Scorer, str, "os.PathLike[str]"], path: str, out: O
             ref = kw["reference"] = _fit_reference(scorer, patches, variant, s, key, start_ts, labels)
             saved = ref.save(reference_path(scorer.workdir or "", variant,
                                             fit_reference if isinstance(fit_reference, str) else None))
+        else:  # a bad or foreign reference is refused before any patch is scored
+            kw["reference"] = scorer.reference(variant, reference)
     with tqdm(total=len(patches), desc="scoring", unit="patch", file=sys.stderr, dynamic_ncols=True,
               disable=not progress) as bar:
         scores, res_maps = scorer.run(patches, maps=want_maps, progress=bar.update, **kw)
