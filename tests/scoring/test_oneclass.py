@@ -14,6 +14,7 @@ from btd_jax import configs, parallel
 from btd_jax.data.errors import DataError
 from btd_jax.score import Scorer
 from btd_jax.scoring import variants as sv
+from btd_jax.scoring.variants import density
 from btd_jax.scoring.variants import oneclass as oc
 
 CFG = configs.get("tiny")
@@ -70,7 +71,7 @@ def test_score_is_fishers_combination_of_the_gaussian_and_the_one_sided_tails():
     rng = np.random.default_rng(2)
     names = ("log_energy", "hp_log_ratio")
     real = rng.normal([0.0, 1.0], [1.0, 0.5], (200, 2))
-    ref = oc.fit_features(real, names, 8, 4, null="gaussian")  # the paper's tail alone
+    ref = oc.fit_features(real, names, 8, 4, null="gaussian", components=1)  # the paper's tail alone
     f = np.array([[0.0, 1.0], [3.0, 1.0], [-3.0, 1.0], [0.0, -0.5]])
     d = f - np.asarray(ref.mean)
     d2 = np.einsum("nf,fg,ng->n", d, np.asarray(ref.precision), d)
@@ -81,7 +82,7 @@ def test_score_is_fishers_combination_of_the_gaussian_and_the_one_sided_tails():
     assert s[1] > s[0] and s[2] > s[0]  # too large and too small energies both score high
     assert s[1] > s[2]  # and the paper's one-sided tail keeps large residuals first
     # a '-' tail reads its feature downwards: a too-smooth centre adds its own one-sided p-value
-    both = oc.fit_features(real, names, 8, 4, tails=("+log_energy", "-hp_log_ratio"), null="gaussian")
+    both = oc.fit_features(real, names, 8, 4, tails=("+log_energy", "-hp_log_ratio"), null="gaussian", components=1)
     zs = -(f[:, 1] - real[:, 1].mean()) / real[:, 1].std(ddof=1)
     np.testing.assert_allclose(oc.score_features(f, both), want - np.log(stats.norm.sf(zs)), rtol=1e-9)
     assert oc.score_features(f, both)[3] > oc.score_features(f, ref)[3]
@@ -118,14 +119,14 @@ def test_the_empirical_null_reads_each_p_value_from_the_real_patches():
     # heavy-tailed real features: the Gaussian model's p-values are far too small for their outliers
     real = np.stack([rng.standard_t(3, 300), rng.standard_t(3, 300)], 1)
     tails = ("+log_energy", "-hp_log_ratio")
-    emp = oc.fit_features(real, names, 8, 4, tails=tails)
-    gauss = oc.fit_features(real, names, 8, 4, tails=tails, null="gaussian")
+    emp = oc.fit_features(real, names, 8, 4, tails=tails, components=1)
+    gauss = oc.fit_features(real, names, 8, 4, tails=tails, null="gaussian", components=1)
     assert emp.null == "empirical" and gauss.null == "gaussian" and len(emp.null_sorted) == 3
     # each real patch's null value comes from a Gaussian fitted without its fold (rows interleaved)
     fold = np.arange(len(real)) % oc.NULL_FOLDS
     c_real = np.empty((3, len(real)))
     for k in range(oc.NULL_FOLDS):
-        without = oc.fit_features(real[fold != k], names, 8, 4, tails=tails, null="gaussian")
+        without = oc.fit_features(real[fold != k], names, 8, 4, tails=tails, null="gaussian", components=1)
         c_real[:, fold == k] = oc.gaussian_components(real[fold == k], without)
     np.testing.assert_allclose(np.asarray(emp.null_sorted), np.sort(c_real, axis=1), rtol=1e-12)
     assert not np.allclose(np.asarray(emp.null_sorted), np.sort(oc.gaussian_components(real, emp), axis=1))
@@ -149,8 +150,8 @@ def test_the_empirical_null_reads_each_p_value_from_the_real_patches():
     with pytest.raises(DataError, match="null 'median'"):
         oc.fit_features(real, names, 8, 4, null="median")
     with pytest.raises(DataError, match="at least 4 real patches outside each of its 5 folds"):
-        oc.fit_features(real[:4], names, 8, 4)
-    assert oc.fit_features(real[:4], names, 8, 4, null="gaussian").n == 4
+        oc.fit_features(real[:4], names, 8, 4, components=1)
+    assert oc.fit_features(real[:4], names, 8, 4, null="gaussian", components=1).n == 4
 
 
 def test_a_patch_with_its_centre_smoothed_scores_higher_than_its_original(tiny_scorer):
@@ -199,10 +200,50 @@ def test_saved_reference_round_trips_and_refuses_another_model(tiny_scorer, tiny
 
 
 def test_scores_do_not_depend_on_the_device_count(tiny_params):
-    real, test = _textures(24, 8), _textures(6, 9)
+    real, test = _textures(40, 8), _textures(6, 9)
     one = Scorer.from_params(tiny_params, CFG, mesh=parallel.make_mesh(jax.local_devices()[:1]))
     eight = Scorer.from_params(tiny_params, CFG)
     assert eight.mesh.devices.size == 8
     ref = sv.fit_variant_reference(one, real, "oneclass", one.settings(center=8))
     np.testing.assert_allclose(eight.score(test, variant="oneclass", reference=ref, batch_size=3),
                                one.score(test, variant="oneclass", reference=ref), rtol=1e-5)
+
+
+def test_a_mixture_of_real_modes_flags_what_lies_between_them_and_round_trips():
+    rng = np.random.default_rng(10)
+    names = ("log_energy", "log_ratio", "hp_log_ratio")
+    # two kinds of real patch (e.g. soft tissue and the body's edge); a fake between them
+    real = np.concatenate([rng.normal([0.0, 0.0, 0.0], 0.3, (150, 3)), rng.normal([3.0, 2.0, -2.0], 0.3, (150, 3))])
+    tails = ("+log_energy",)
+    mix = oc.fit_features(real, names, 8, 4, tails=tails)
+    one = oc.fit_features(real, names, 8, 4, tails=tails, components=1)
+    assert mix.components == oc.DEFAULT_COMPONENTS == 3 and one.components == 1 and not one.mixture
+    between, typical = np.array([[1.5, 1.0, -1.0]]), real[:1]
+    assert oc.score_features(between, mix)[0] > oc.score_features(typical, mix)[0] + 5
+    assert oc.score_features(between, one)[0] < oc.score_features(typical, one)[0] + 2
+    # the density term is the negative log-density; its null is cross-fitted fold by fold
+    np.testing.assert_allclose(oc.gaussian_components(between, mix)[0], density.mixture_nll(between, mix.mixture))
+    fold = np.arange(len(real)) % oc.NULL_FOLDS
+    term = np.empty(len(real))
+    for k in range(oc.NULL_FOLDS):
+        term[fold == k] = density.mixture_nll(real[fold == k], density.fit_mixture(real[fold != k], 3))
+    np.testing.assert_allclose(mix.null_sorted[0], np.sort(term), rtol=1e-9)
+    d = json.loads(json.dumps(mix.to_dict()))
+    back = oc.OneClassReference.from_dict(d)
+    assert back == mix
+    np.testing.assert_array_equal(oc.score_features(real[:7], back), oc.score_features(real[:7], mix))
+    # a reference written before mixtures (no 'components') is one Gaussian
+    old = {k: v for k, v in one.to_dict().items() if k not in ("components", "mixture")}
+    assert oc.OneClassReference.from_dict(old) == one
+    for change, match in (({"components": 2}, "2 components but a mixture of 3"),
+                          ({"mixture": {**d["mixture"], "weights": [0.5, 0.5, 0.5]}}, "summing to 1"),
+                          ({"mixture": {}}, "malformed mixture"),
+                          ({"null": "gaussian"}, "a mixture of 3 has no law")):
+        with pytest.raises(DataError, match=match):
+            oc.OneClassReference.from_dict({**d, **change})
+    with pytest.raises(DataError, match="a mixture of 3 has no law"):
+        oc.fit_features(real, names, 8, 4, tails=tails, null="gaussian")
+    with pytest.raises(DataError, match="components must be at least 1"):
+        oc.fit_features(real, names, 8, 4, tails=tails, components=0)
+    with pytest.raises(DataError, match="needs at least 15 real patches to fit, got 12"):
+        oc.fit_features(real[:12], names, 8, 4, tails=tails)

@@ -52,13 +52,13 @@ def _testset(root, n=6, seed=3):
 
 
 def test_score_fits_the_reference_beside_the_checkpoints_and_scores_with_it(workdir, tmp_path, capsys):
-    x = _real(24, 0)
+    x = _real(40, 0)
     np.save(tmp_path / "real.npy", x)
     assert _run("score", "--workdir", workdir, "--input", tmp_path / "real.npy", "--out", tmp_path / "fit.csv",
                 "--variant", "oneclass", "--fit_reference") == 0
     ref_path = workdir / variants.get("oneclass").reference_file
     ref = variants.load_reference(str(ref_path))
-    assert ref.variant == "oneclass" and ref.n == 24 and ref.features == variants.oneclass.DEFAULT_FEATURES
+    assert ref.variant == "oneclass" and ref.n == 40 and ref.features == variants.oneclass.DEFAULT_FEATURES
     y = _real(5, 1)
     np.save(tmp_path / "test.npy", y)
     assert _run("score", "--workdir", workdir, "--input", tmp_path / "test.npy", "--out", tmp_path / "s.csv",
@@ -85,7 +85,7 @@ def test_score_fits_the_reference_beside_the_checkpoints_and_scores_with_it(work
 
 def test_evaluate_and_calibrate_a_variant_then_decide_refuses_a_refitted_reference(workdir, tmp_path):
     scorer = Scorer.load(str(workdir))
-    ref = variants.fit_variant_reference(scorer, _real(24, 0), "oneclass", scorer.settings())
+    ref = variants.fit_variant_reference(scorer, _real(40, 0), "oneclass", scorer.settings())
     ref.save(str(workdir))
     np.save(tmp_path / "val.npy", _real(20, 2))
     done = evaluate.evaluate(scorer, str(_testset(tmp_path / "ts")), str(tmp_path / "ev"), modality="CT",
@@ -101,14 +101,14 @@ def test_evaluate_and_calibrate_a_variant_then_decide_refuses_a_refitted_referen
     scores, flagged, p = scorer.decide(y)
     np.testing.assert_allclose(scores, scorer.score(y, variant="oneclass", reference=ref), rtol=1e-6)
     assert flagged.dtype == bool and np.all((p > 0) & (p <= 1))
-    variants.fit_variant_reference(scorer, _real(24, 9), "oneclass", scorer.settings()).save(str(workdir))
+    variants.fit_variant_reference(scorer, _real(40, 9), "oneclass", scorer.settings()).save(str(workdir))
     with pytest.raises(DataError, match="recalibrate after refitting"):
         scorer.decide(y)
 
 
 def test_screening_with_oneclass_scores_windows_as_the_patch_score_does(tiny_scorer):
     vol = _volume()
-    ref = variants.fit_variant_reference(tiny_scorer, _real(24, 0), "oneclass", tiny_scorer.settings())
+    ref = variants.fit_variant_reference(tiny_scorer, _real(40, 0), "oneclass", tiny_scorer.settings())
     res = screen.screen_volume(tiny_scorer, vol, top_k=3, stride=8, variant="oneclass", reference=ref)
     assert res.settings["variant"] == "oneclass" and res.findings
     for f in res.findings:

@@ -122,7 +122,8 @@ def fit_variant_reference(scorer, real_images, variant: str, settings: ScoreConf
                           start_ts: Optional[Sequence[int]] = None, progress=None, labels: Any = None,
                           **options: Any) -> Any:
     """Fits ``variant``'s reference on REAL patches (N, H, W[, C]) under ``settings``; ``options`` are the
-    variant's fitting options (two_sided: ``base='btd' | 'multi_t'``; oneclass: ``features``, ``tails``, ``null``).
+    variant's fitting options (two_sided: ``base='btd' | 'multi_t'``; oneclass: ``features``, ``tails``,
+    ``components``, ``null``).
 
     A reference is fitted on real patches only: with ``labels`` (1 = fake), any fake is refused, as is
     a variant that needs no reference."""

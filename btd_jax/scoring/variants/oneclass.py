@@ -5,23 +5,23 @@ diffusion model is often reconstructed *better* than real tissue (DIRE, AEROBLAD
 in both directions). This variant describes each patch by a few context-referenced features of its
 d = 1 residual map ``r`` and of its image's high-pass energy ``h = (x - gauss(x, 1))^2`` (the patch is
 its own reference: ratios of the central window to the same patch's surround remove patient and
-scanner level), fits a Gaussian with a shrunk covariance (Ledoit-Wolf, as PaDiM) to real patches,
-and scores
+scanner level), models real patches' features by a density, and scores
 
-    -log p(D^2(f))  -  sum over tails of log p(+-z(f_tail))
+    -log p(density term)  -  sum over tails of log p(+-z(f_tail))
 
-Fisher's combination of a two-sided p-value (the Mahalanobis distance D of the features) and
-one-sided tails (a feature standardised over the real patches, read in one direction). Each p-value is,
-by default (``null="empirical"``), the share of the reference's own real patches at least as extreme
-(interpolated between them, the Gaussian model's tail beyond the most extreme; each real patch's value
-computed by a Gaussian fitted without it, 5 folds), so that real features with heavier tails than a
-Gaussian do not dominate the sum; ``null="gaussian"`` reads them from the chi-square and normal laws
-instead. The default tails (:data:`DEFAULT_TAILS`) are the paper's (``+log_energy``: a residual too
-large, so that what BTD already catches stays caught) and two of generated content (``-hp_log_ratio``,
-``-hp_log_inner_ratio``: a centre smoother than its own surround, which diffusion and latent in-painting
-leave: measured 0.45-0.79 of the surround's noise, against 0.94-1.15 for real patches).
-Windows: ``center`` (the config's, else half the patch) and its inner half; the surround is the
-patch outside ``center``.
+Fisher's combination of a two-sided p-value (how improbable the features are under the density) and
+one-sided tails (a feature standardised over real patches, read in one direction). The density is a
+mixture of :data:`DEFAULT_COMPONENTS` Gaussians (real patches have several modes, :mod:`.density`;
+its term: the negative log-density) or, with ``components=1``, one Ledoit-Wolf Gaussian (as PaDiM;
+its term: the Mahalanobis distance). Each p-value is the share of the reference's own real patches at
+least as extreme (``null="empirical"``: interpolated between them, the model's tail beyond; each
+real patch's value from a model fitted without its fold), so that real features with heavier tails
+than the model do not dominate the sum; ``null="gaussian"`` (one Gaussian) reads the chi-square and
+normal laws. The default tails (:data:`DEFAULT_TAILS`) are the paper's (``+log_energy``: what BTD
+catches stays caught) and two of generated content (``-hp_log_ratio``, ``-hp_log_inner_ratio``: a
+centre smoother than its surround, as diffusion and latent in-painting leave: 0.45-0.79 of the
+surround's noise, against 0.94-1.15 for real patches). Windows: ``center`` (the config's, else half
+the patch) and its inner half; the surround is the patch outside ``center``.
 
 Features (default :data:`DEFAULT_FEATURES`; a reference records the ones it uses and is refused by any other):
 
@@ -29,8 +29,8 @@ Features (default :data:`DEFAULT_FEATURES`; a reference records the ones it uses
 * ``log_ratio`` / ``log_max_ratio`` / ``log_inner_ratio``: log of r's centre mean / centre max /
   inner-window mean over r's surround mean;
 * ``hp_log_ratio`` / ``hp_log_inner_ratio``: the same two means of h;
-* ``t<k>_log_ratio`` / ``t<k>_log_inner_ratio`` / ``t<k>_log_max_ratio``: of the residual of one reverse step from start time
-  k (needs a model trained at that t and a key), for k in the reference's ``start_ts``.
+* ``t<k>_log_ratio`` / ``t<k>_log_inner_ratio`` / ``t<k>_log_max_ratio``: of the residual of one
+  reverse step from start time k (needs a model trained at that t and a key), for k in ``start_ts``.
 """
 
 from __future__ import annotations
@@ -47,12 +47,13 @@ from btd_jax import keys
 from btd_jax.configs import ScoreConfig
 from btd_jax.data.errors import DataError
 from btd_jax.scoring.variants import reference as ref_file
+from btd_jax.scoring.variants.density import check_mixture, empirical_log_p, fit_mixture, mixture_nll
 from btd_jax.scoring.variants.maps import map_options
 from btd_jax.scoring.variants.registry import Call, Variant, register
 
-__all__ = ["REFERENCE_FILE", "DEFAULT_FEATURES", "DEFAULT_TAILS", "NULLS", "EPS", "windows", "highpass_energy",
-           "features", "OneClassReference", "fit_features", "gaussian_components", "empirical_log_p", "score_features",
-           "feature_maps", "score", "fit", "from_maps"]
+__all__ = ["REFERENCE_FILE", "DEFAULT_FEATURES", "DEFAULT_TAILS", "DEFAULT_COMPONENTS", "NULLS", "EPS", "windows",
+           "highpass_energy", "features", "OneClassReference", "fit_features", "gaussian_components", "empirical_log_p",
+           "score_features", "feature_maps", "score", "fit", "from_maps"]
 
 REFERENCE_FILE = "oneclass_reference.json"  # its default name in a workdir
 EPS = 1e-10  # added before every log: a clipped residual can be exactly 0
@@ -64,6 +65,7 @@ DEFAULT_TAILS: Tuple[str, ...] = ("+log_energy", "-hp_log_ratio", "-hp_log_inner
 PAPER_TAIL = "+log_energy"
 NULLS = ("empirical", "gaussian")  # where each component's p-value is read; see the module docstring
 NULL_FOLDS = 5  # the empirical null's values are cross-fitted over this many folds
+DEFAULT_COMPONENTS = 3  # Gaussians in the density of real features (1: one Ledoit-Wolf Gaussian)
 
 
 def windows(size: int, center: Optional[int]) -> Tuple[int, int]:
@@ -155,10 +157,14 @@ def _check_tails(tails: Sequence[str], names: Sequence[str]) -> Tuple[str, ...]:
     return tails
 
 
-def _check_null(null: str, null_sorted=None, components: int = 0) -> None:
-    """``null`` is one of :data:`NULLS`; with ``null_sorted``, the empirical null's rows are valid."""
+def _check_null(null: str, null_sorted=None, components: int = 0, gaussians: int = 1) -> None:
+    """``null`` is one of :data:`NULLS` (the laws only for one Gaussian); with ``null_sorted``, the
+    empirical null's rows are valid."""
     if null not in NULLS:
         raise DataError(f"oneclass: null {null!r}; known: {', '.join(NULLS)}")
+    if null == "gaussian" and gaussians != 1:
+        raise DataError(f"oneclass: null 'gaussian' reads the chi-square law of one Gaussian; a mixture of "
+                        f"{gaussians} has no law: use null='empirical' or components=1")
     if null == "gaussian" or null_sorted is None:
         return
     v = np.asarray(null_sorted, np.float64)
@@ -170,15 +176,16 @@ def _check_null(null: str, null_sorted=None, components: int = 0) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class OneClassReference:
-    """A Gaussian of real patches' features (mean, shrunk precision) and its one-sided tails.
+    """A density of real patches' features and its one-sided tails.
 
     ``features``: names in order; ``tails``: '+feature' / '-feature' read one-sided, with
     ``tail_mean``/``tail_std`` over the real patches; ``center``/``inner``: the windows;
     ``start_ts``: start times of ``t<k>`` features; ``score``: the ScoreConfig fields the maps were
     made with; ``model``: the fingerprint of the parameters; ``n``: real patches; ``shrinkage``:
-    Ledoit-Wolf's; ``null``: one of :data:`NULLS`; ``null_sorted``: for the empirical null, each
-    component's Gaussian ``-log p`` over the real patches (cross-fitted), sorted (the Mahalanobis term,
-    then the tails).
+    Ledoit-Wolf's; ``components``: Gaussians in the density (``mean``/``precision`` are the one
+    Gaussian's; ``mixture``: weights, means, precisions when more); ``null``: one of :data:`NULLS`;
+    ``null_sorted``: for the empirical null, each term over the real patches (cross-fitted), sorted
+    (the density term, then the tails).
     """
 
     features: Tuple[str, ...]
@@ -196,6 +203,8 @@ class OneClassReference:
     model: Optional[str] = None
     null: str = "gaussian"
     null_sorted: Tuple[Tuple[float, ...], ...] = ()
+    components: int = 1
+    mixture: Dict[str, Any] = dataclasses.field(default_factory=dict)
     variant = "oneclass"
 
     def to_dict(self) -> dict:
@@ -212,10 +221,12 @@ class OneClassReference:
             ref = cls(features=names, mean=tuple(float(v) for v in d["mean"]),
                       precision=tuple(tuple(float(v) for v in r) for r in d["precision"]),
                       tails=_check_tails(d["tails"], names), tail_mean=tuple(float(v) for v in d["tail_mean"]),
-                      tail_std=tuple(float(v) for v in d["tail_std"]), center=int(d["center"]), inner=int(d["inner"]), n=int(d["n"]),
+                      tail_std=tuple(float(v) for v in d["tail_std"]), center=int(d["center"]),
+                      inner=int(d["inner"]), n=int(d["n"]),
                       shrinkage=float(d.get("shrinkage", 0.0)), start_ts=tuple(int(t) for t in d.get("start_ts", ())),
                       score=dict(d.get("score", {})), model=d.get("model"), null=str(d.get("null", "gaussian")),
-                      null_sorted=tuple(tuple(float(v) for v in r) for r in d.get("null_sorted", ())))
+                      null_sorted=tuple(tuple(float(v) for v in r) for r in d.get("null_sorted", ())),
+                      components=int(d.get("components", 1)), mixture=dict(d.get("mixture", {})))
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"oneclass reference: malformed ({e!r})") from None
         k = len(ref.features)
@@ -227,7 +238,12 @@ class OneClassReference:
                 or not np.all(t_std > 0):
             raise DataError(f"oneclass reference: needs a finite mean and a positive std for each of its "
                             f"{len(ref.tails)} tails")
-        _check_null(ref.null, ref.null_sorted, 1 + len(ref.tails))
+        _check_null(ref.null, ref.null_sorted, 1 + len(ref.tails), ref.components)
+        if ref.components != 1 or ref.mixture:
+            mixture = check_mixture(ref.mixture, k)
+            if len(mixture["weights"]) != ref.components:
+                raise DataError(f"oneclass reference: {ref.components} components but a mixture of "
+                                f"{len(mixture['weights'])}")
         return ref
 
     def save(self, path: str) -> str:
@@ -240,9 +256,11 @@ class OneClassReference:
 
 
 def fit_features(f: np.ndarray, names: Sequence[str], center: int, inner: int,
-                 tails: Sequence[str] = (PAPER_TAIL,), null: str = "empirical", **meta: Any) -> OneClassReference:
-    """Fits the reference to (N, F) features of REAL patches (Ledoit-Wolf covariance) with one-sided
-    ``tails``; ``null="empirical"`` also keeps each component's values over these patches."""
+                 tails: Sequence[str] = (PAPER_TAIL,), null: str = "empirical",
+                 components: int = DEFAULT_COMPONENTS, **meta: Any) -> OneClassReference:
+    """Fits the reference to (N, F) features of REAL patches: a density of ``components`` Gaussians
+    (1: Ledoit-Wolf covariance) and one-sided ``tails``; ``null="empirical"`` also keeps each term's
+    cross-fitted values over these patches."""
     names = _check_names(names)
     tails = _check_tails(tails, names)
     f = np.asarray(f, np.float64)
@@ -254,23 +272,32 @@ def fit_features(f: np.ndarray, names: Sequence[str], center: int, inner: int,
     bad = ~np.isfinite(f).all(axis=1)
     if bad.any():
         raise DataError(f"real patches: features of item {int(np.argmax(bad))} are NaN or inf")
-    _check_null(null)
-    lw = LedoitWolf().fit(f)
-    cols = f[:, [names.index(t[1:]) for t in tails]]
-    ref = OneClassReference(features=names, mean=tuple(lw.location_.tolist()),
-                            precision=tuple(tuple(r) for r in lw.precision_.tolist()), tails=tails,
-                            tail_mean=tuple(cols.mean(axis=0).tolist()),
-                            tail_std=tuple(np.maximum(cols.std(axis=0, ddof=1), 1e-6).tolist()), center=center,
-                            inner=inner, n=len(f), shrinkage=float(lw.shrinkage_), **meta)
+    if int(components) < 1:
+        raise DataError(f"oneclass: components must be at least 1, got {components}")
+    _check_null(null, gaussians=int(components))
+    ref = _fit_model(f, names, center, inner, tails, int(components), **meta)
     if null == "gaussian":
         return ref
-    null_sorted = tuple(tuple(np.sort(c).tolist()) for c in _cross_fitted_components(f, ref))
+    null_sorted = tuple(tuple(np.sort(c).tolist()) for c in _cross_fitted_terms(f, ref))
     return dataclasses.replace(ref, null=null, null_sorted=null_sorted)
 
 
-def _cross_fitted_components(f: np.ndarray, ref: OneClassReference) -> np.ndarray:
-    """(1 + tails, N) components of each real patch under a Gaussian fitted without its fold, so that
-    the null sees the real patches as a new patch is seen (out of sample); folds interleave the rows."""
+def _fit_model(f: np.ndarray, names: Tuple[str, ...], center: int, inner: int, tails: Tuple[str, ...],
+               components: int, **meta: Any) -> OneClassReference:
+    """The density and the tails' statistics of checked features ``f``, without a null."""
+    lw = LedoitWolf().fit(f)
+    cols = f[:, [names.index(t[1:]) for t in tails]]
+    return OneClassReference(features=names, mean=tuple(lw.location_.tolist()),
+                             precision=tuple(tuple(r) for r in lw.precision_.tolist()), tails=tails,
+                             tail_mean=tuple(cols.mean(axis=0).tolist()),
+                             tail_std=tuple(np.maximum(cols.std(axis=0, ddof=1), 1e-6).tolist()), center=center,
+                             inner=inner, n=len(f), shrinkage=float(lw.shrinkage_), components=components,
+                             mixture=fit_mixture(f, components) if components > 1 else {}, **meta)
+
+
+def _cross_fitted_terms(f: np.ndarray, ref: OneClassReference) -> np.ndarray:
+    """(1 + tails, N) terms of each real patch under a model fitted without its fold, so that the null
+    sees the real patches as a new patch is seen (out of sample); folds interleave the rows."""
     fold = np.arange(len(f)) % NULL_FOLDS
     need = len(ref.features) + 2
     if int(np.sum(fold != 0)) < need:
@@ -279,38 +306,31 @@ def _cross_fitted_components(f: np.ndarray, ref: OneClassReference) -> np.ndarra
     out = np.empty((1 + len(ref.tails), len(f)))
     for k in range(NULL_FOLDS):
         rest = fold != k
-        out[:, ~rest] = gaussian_components(f[~rest], fit_features(f[rest], ref.features, ref.center, ref.inner,
-                                                                   ref.tails, null="gaussian"))
+        out[:, ~rest] = gaussian_components(f[~rest], _fit_model(f[rest], ref.features, ref.center, ref.inner,
+                                                                 ref.tails, ref.components))
     return out
 
 
 def gaussian_components(f: np.ndarray, ref: OneClassReference) -> np.ndarray:
-    """(N, F) features -> (1 + tails, N) float64 ``-log p`` under the Gaussian model: ``p_chi2`` of the
-    Mahalanobis distance, then ``p_normal`` of each one-sided tail."""
+    """(N, F) features -> (1 + tails, N) float64 terms under the model: the density term (one Gaussian:
+    ``-log p_chi2`` of the Mahalanobis distance; a mixture: the negative log-density), then
+    ``-log p_normal`` of each one-sided tail."""
     f = np.asarray(f, np.float64)
-    d = f - np.asarray(ref.mean)
-    d2 = np.einsum("nf,fg,ng->n", d, np.asarray(ref.precision), d)
-    out = [-stats.chi2.logsf(np.maximum(d2, 0.0), len(ref.features))]
+    if ref.components > 1:
+        out = [mixture_nll(f, ref.mixture)]
+    else:
+        d = f - np.asarray(ref.mean)
+        d2 = np.einsum("nf,fg,ng->n", d, np.asarray(ref.precision), d)
+        out = [-stats.chi2.logsf(np.maximum(d2, 0.0), len(ref.features))]
     for t, mu, sd in zip(ref.tails, ref.tail_mean, ref.tail_std):
         sign = 1.0 if t[0] == "+" else -1.0
         out.append(-stats.norm.logsf(sign * (f[:, ref.features.index(t[1:])] - mu) / sd))
     return np.stack(out)
 
 
-def empirical_log_p(x: np.ndarray, null: np.ndarray) -> np.ndarray:
-    """(N,) values -> (N,) ``-log p``, p the share of the (M,) sorted ``null`` values at or above x.
-
-    The k-th smallest null value has p = (M - k) / (M + 1); log p is interpolated between them and
-    falls by one per unit above the largest (``x`` is a ``-log p`` of the Gaussian model there)."""
-    null = np.asarray(null, np.float64)
-    m = len(null)
-    log_p = np.interp(x, null, np.log((m - np.arange(m)) / (m + 1.0)))
-    return np.where(x > null[-1], np.log(m + 1.0) + (x - null[-1]), -log_p)
-
-
 def score_features(f: np.ndarray, ref: OneClassReference) -> np.ndarray:
-    """(N, F) features -> (N,) float64: the sum of the components' ``-log p`` (Fisher), each read from
-    the reference's null (:data:`NULLS`)."""
+    """(N, F) features -> (N,) float64: the sum of the terms' ``-log p`` (Fisher), each read from the
+    reference's null (:data:`NULLS`)."""
     c = gaussian_components(f, ref)
     if ref.null == "gaussian":
         return c.sum(axis=0)
@@ -366,19 +386,20 @@ def from_maps(images, maps, s: ScoreConfig, ref: OneClassReference) -> np.ndarra
 
 def fit(model, real_images, s: ScoreConfig, call: Call) -> OneClassReference:
     """The reference of REAL patches; ``call.options``: ``features`` (default :data:`DEFAULT_FEATURES`),
-    ``tails`` (default :data:`DEFAULT_TAILS`, those of them whose feature is used) and ``null``
-    (default ``"empirical"``)."""
+    ``tails`` (default :data:`DEFAULT_TAILS`, those of them whose feature is used), ``components``
+    (default :data:`DEFAULT_COMPONENTS`) and ``null`` (default ``"empirical"``)."""
     names = _check_names(call.options.get("features") or DEFAULT_FEATURES)
     tails = call.options.get("tails") or tuple(t for t in DEFAULT_TAILS if t[1:] in names)
     size = int(np.shape(real_images)[1])
     center, inner = windows(size, s.center)
     maps = feature_maps(model, real_images, s, call, names)
     return fit_features(features(maps, names, center, inner), names, center, inner, tails,
-                        null=call.options.get("null") or "empirical", start_ts=_start_ts(names),
-                        score=s.scoring_dict(), model=ref_file.model_fingerprint(model))
+                        null=call.options.get("null") or "empirical",
+                        components=int(call.options.get("components", DEFAULT_COMPONENTS)),
+                        start_ts=_start_ts(names), score=s.scoring_dict(), model=ref_file.model_fingerprint(model))
 
 
-register(Variant("oneclass", "Fisher's combination of a Gaussian of context-referenced residual and high-pass "
-                 "features of real patches (two-sided), the paper's one-sided tail and too-smooth-centre tails, "
-                 "each p-value read from the real patches' own distribution", score, fit=fit,
+register(Variant("oneclass", "Fisher's combination of a Gaussian-mixture density of context-referenced residual "
+                 "and high-pass features of real patches (two-sided), the paper's one-sided tail and too-smooth-centre "
+                 "tails, each p-value read from the real patches' own distribution", score, fit=fit,
                  decode=OneClassReference.from_dict, reference_file=REFERENCE_FILE, from_maps=from_maps))
