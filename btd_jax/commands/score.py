@@ -61,6 +61,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="treat --input as REAL validation patches (fakes in it are refused): fit the reference of "
                         "--variant (btd and multi_t: the two_sided reference over their energies) and save it here "
                         "(no value: beside the checkpoints, WORKDIR/<the variant's reference file>)")
+    p.add_argument("--components", type=positive_int, default=None,
+                   help="with --variant oneclass --fit_reference: Gaussians in the density of real patches' features "
+                        f"(default {variants.oneclass.DEFAULT_COMPONENTS}; 1: one Ledoit-Wolf Gaussian)")
     p.add_argument("--sampler", default=None, choices=("ddpm", "ddim"), help="default: the config's (paper ddpm)")
     p.add_argument("--start_t", type=non_negative_int, default=None,
                    help="lowest timestep (default: the config's, paper 0)")
@@ -99,12 +102,16 @@ def plan_outputs(args):
 
 
 def run(args) -> int:
+    if args.components is not None and (args.variant != "oneclass" or args.fit_reference is None):
+        raise ValueError("--components sets the oneclass density: it needs --variant oneclass --fit_reference")
     plan_outputs(args)
     done = score_input(
         args.workdir, args.input, args.out, locations=args.locations, steps=args.reverse_steps, center=args.center,
         reduction=args.reduction, sampler=args.sampler, start_t=args.start_t, batch_size=args.batch_size,
         clip_inputs=args.clip_inputs, variant=args.variant, start_ts=args.start_ts, reference=args.reference,
-        fit_reference=args.fit_reference, maps=args.maps, png=args.png, png_max=args.png_max, seed=args.seed,
+        fit_reference=args.fit_reference,
+        fit_options=None if args.components is None else {"components": args.components},
+        maps=args.maps, png=args.png, png_max=args.png_max, seed=args.seed,
         modality=args.modality, attack=args.attack, tamper=args.tamper, n_per_slice=args.n_per_slice,
         strict=not args.lenient, fmt=args.format)
     say_skipped("score", done.skipped, skipped_file(args.out))

@@ -54,10 +54,13 @@ class Scored:
 
 
 def _fit_reference(scorer: Scorer, patches: np.ndarray, variant: str, s: ScoreConfig, key: Any,
-                   start_ts: Optional[Sequence[int]], labels: Optional[np.ndarray]) -> Any:
+                   start_ts: Optional[Sequence[int]], labels: Optional[np.ndarray],
+                   options: Optional[Dict[str, Any]] = None) -> Any:
     """The reference of ``variant`` (btd and multi_t: the two_sided reference over their energies)."""
     target = variants.reference_target(variant).name
-    options = {"base": variant} if target == "two_sided" and variant != "two_sided" else {}
+    options = dict(options or {})
+    if target == "two_sided" and variant != "two_sided":
+        options["base"] = variant
     return variants.fit_variant_reference(scorer, patches, target, s, key=key, start_ts=start_ts, labels=labels,
                                           **options)
 
@@ -74,7 +77,8 @@ def score_input(model: Union[Scorer, str, "os.PathLike[str]"], path: str, out: O
                 reduction: Optional[str] = None, sampler: Optional[str] = None, start_t: Optional[int] = None,
                 batch_size: Optional[int] = None, clip_inputs: Optional[bool] = None, variant: str = "btd",
                 start_ts: Optional[Sequence[int]] = None, reference: Optional[str] = None,
-                fit_reference: Union[None, bool, str] = None, maps: Optional[str] = None, png: Optional[str] = None,
+                fit_reference: Union[None, bool, str] = None, fit_options: Optional[Dict[str, Any]] = None,
+                maps: Optional[str] = None, png: Optional[str] = None,
                 png_max: int = 32, seed: int = 0, modality: Optional[str] = None, attack: Optional[str] = None,
                 tamper: Optional[str] = None, n_per_slice: int = 4, strict: bool = True,
                 fmt: Union[str, readers.Format] = "auto", progress: bool = True) -> Scored:
@@ -89,7 +93,8 @@ def score_input(model: Union[Scorer, str, "os.PathLike[str]"], path: str, out: O
     :mod:`btd_jax.scoring.variants` (``start_ts`` for multi_t, ``reference`` a reference JSON);
     ``fit_reference``: treat the input as real validation patches (a test set's fakes are refused),
     fit the reference of ``variant`` (btd and multi_t: the two_sided reference over their energies)
-    and save it there (True or '': beside the checkpoints, :func:`reference_path`) before scoring.
+    and save it there (True or '': beside the checkpoints, :func:`reference_path`) before scoring, with
+    the variant's fitting options ``fit_options`` (e.g. oneclass ``{"components": 1}``).
     ``seed``: the noise key (d > 1) and random patch locations. ``modality``/``attack``/``tamper``: which
     test set or scans; ``n_per_slice``: random patches per slice of scans; ``locations``: a CSV of
     points (``path, x, y[, frame|slice]``, paths relative to it or to ``path``). Scores that are NaN/inf
@@ -128,7 +133,7 @@ def score_input(model: Union[Scorer, str, "os.PathLike[str]"], path: str, out: O
             if not isinstance(fit_reference, str) and scorer.workdir is None:
                 raise ValueError("fit_reference=True saves beside the checkpoints: load the model from a workdir "
                                  "or give a path")
-            ref = kw["reference"] = _fit_reference(scorer, patches, variant, s, key, start_ts, labels)
+            ref = kw["reference"] = _fit_reference(scorer, patches, variant, s, key, start_ts, labels, fit_options)
             saved = ref.save(reference_path(scorer.workdir or "", variant,
                                             fit_reference if isinstance(fit_reference, str) else None))
         else:  # a bad or foreign reference is refused before any patch is scored

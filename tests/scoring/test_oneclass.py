@@ -247,3 +247,7 @@ def test_a_mixture_of_real_modes_flags_what_lies_between_them_and_round_trips():
         oc.fit_features(real, names, 8, 4, tails=tails, components=0)
     with pytest.raises(DataError, match="needs at least 15 real patches to fit, got 12"):
         oc.fit_features(real[:12], names, 8, 4, tails=tails)
+    with pytest.raises(DataError, match="at least 15 real patches outside each of its 5 folds .got 18 patches.; "
+                                        "fit more, or components=1"):
+        oc.fit_features(real[:18], names, 8, 4, tails=tails)
+    assert oc.fit_features(real[:19], names, 8, 4, tails=tails).n == 19

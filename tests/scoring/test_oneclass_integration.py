@@ -81,6 +81,17 @@ def test_score_fits_the_reference_beside_the_checkpoints_and_scores_with_it(work
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "REAL patches only" in err[0] and "3 patch(es) labelled fake" in err[0]
     assert not (tmp_path / "bad_ref.json").exists() and not (tmp_path / "bad.csv").exists()
+    # --components picks the density when fitting; without fitting it has nothing to set
+    assert ref.components == variants.oneclass.DEFAULT_COMPONENTS
+    assert _run("score", "--workdir", workdir, "--input", tmp_path / "real.npy", "--out", tmp_path / "fit1.csv",
+                "--variant", "oneclass", "--fit_reference", tmp_path / "one.json", "--components", "1") == 0
+    one = variants.load_reference(str(tmp_path / "one.json"))
+    assert one.components == 1 and not one.mixture and one.features == ref.features
+    capsys.readouterr()
+    assert _run("score", "--workdir", workdir, "--input", tmp_path / "test.npy", "--out", tmp_path / "s2.csv",
+                "--variant", "oneclass", "--components", "2") == 2
+    assert "needs --variant oneclass --fit_reference" in capsys.readouterr().err
+    assert not (tmp_path / "s2.csv").exists()
 
 
 def test_evaluate_and_calibrate_a_variant_then_decide_refuses_a_refitted_reference(workdir, tmp_path):

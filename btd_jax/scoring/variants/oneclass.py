@@ -299,10 +299,11 @@ def _cross_fitted_terms(f: np.ndarray, ref: OneClassReference) -> np.ndarray:
     """(1 + tails, N) terms of each real patch under a model fitted without its fold, so that the null
     sees the real patches as a new patch is seen (out of sample); folds interleave the rows."""
     fold = np.arange(len(f)) % NULL_FOLDS
-    need = len(ref.features) + 2
+    need = (len(ref.features) + 2) * ref.components  # what one fit needs (density.fit_mixture)
     if int(np.sum(fold != 0)) < need:
+        way_out = "null='gaussian'" if ref.components == 1 else "components=1"
         raise DataError(f"oneclass: the empirical null needs at least {need} real patches outside each of its "
-                        f"{NULL_FOLDS} folds (got {len(f)} patches); fit more, or null='gaussian'")
+                        f"{NULL_FOLDS} folds (got {len(f)} patches); fit more, or {way_out}")
     out = np.empty((1 + len(ref.tails), len(f)))
     for k in range(NULL_FOLDS):
         rest = fold != k
