@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from btd_jax import configs, diffusion
+from btd_jax import configs, diffusion, parallel
 from btd_jax.train.state import create_train_state
 from btd_jax.train.step import make_train_step, step_noise
 
@@ -100,9 +100,10 @@ def test_step_noise_uses_the_configured_distribution():
 def test_tiny_training_run_with_each_schedule(dist):
     cfg = configs.override(configs.get("tiny"), {"train.t_sampling": dist, "train.t_max": 5,
                                                  "train.mixture_uniform_frac": 0.5})
-    state = create_train_state(cfg, jax.random.PRNGKey(0))
+    mesh = parallel.make_mesh(jax.local_devices()[:1])  # the law is under test here, not the sharding
+    state = create_train_state(cfg, jax.random.PRNGKey(0), mesh)
     p0 = jax.tree.map(np.asarray, state.params)
-    step = make_train_step(cfg)
+    step = make_train_step(cfg, mesh)
     images = jax.random.uniform(jax.random.key(2), (1, cfg.train.batch_size, 16, 16, 1))
     losses = []
     for _ in range(3):
