@@ -91,7 +91,8 @@ def test_damaged_newest_steps_are_skipped_with_a_warning(tmp_path, caplog, monke
     with caplog.at_level(logging.WARNING):
         params, cfg = checkpoints.load_params(workdir)
     assert cfg == CFG and _same(params, _expected_ema(2))
-    warnings = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    # asyncio may also log tensorstore's unretrieved read errors, whose text holds this test's tmp path
+    warnings = [r.getMessage() for r in caplog.records if "is damaged and was skipped" in r.getMessage()]
     assert len(warnings) == 2
     assert "checkpoint step 6 is damaged and was skipped (" in warnings[0] and "using step 2" in warnings[0]
     assert "step 4 is damaged and was skipped (" in warnings[1]
