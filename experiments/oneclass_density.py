@@ -6,7 +6,7 @@
 ``demo`` detectors trained 800 and 5,000 steps (low-t law), the features of the 512 real reference
 patches and of every set are computed once; then each density is fitted on the real patches and
 scored with the same tails and the same empirical null (cross-fitted over 5 folds): one Ledoit-Wolf
-Gaussian (the earlier default), mixtures of 2-5 Gaussians (3 is the default), a Gaussian copula
+Gaussian (``components=1``), mixtures of 2-5 Gaussians (3 is the default), a Gaussian copula
 (each feature mapped to normal scores through the real patches' ranks, then one Gaussian) and the
 mean distance to the k = 5 nearest real patches (standardised features). Plain AUC per set (no
 bootstrap: the choice is compared on the same patches), and per detector the lowest AUC over the
