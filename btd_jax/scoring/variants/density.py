@@ -19,17 +19,24 @@ from sklearn.mixture import GaussianMixture
 
 from btd_jax.data.errors import DataError
 
-__all__ = ["MIXTURE_REG", "MIXTURE_INITS", "fit_mixture", "mixture_nll", "check_mixture", "empirical_log_p"]
+__all__ = ["MIXTURE_REG", "MIXTURE_INITS", "patches_needed", "fit_mixture", "mixture_nll", "check_mixture",
+           "empirical_log_p"]
 
 MIXTURE_REG = 1e-3  # added to each covariance's diagonal (features are logs: unit ~ a factor e)
 MIXTURE_INITS = 3  # k-means initialisations; the best likelihood is kept
+
+
+def patches_needed(components: int, features: int) -> int:
+    """Real patches a fit of ``components`` Gaussians over ``features`` needs (a mean, a covariance
+    that shrinkage or the diagonal term keeps invertible, and two to spare, per Gaussian)."""
+    return components * (features + 2)
 
 
 def fit_mixture(f: np.ndarray, components: int, seed: int = 0) -> Dict[str, List]:
     """(N, F) real features -> {'weights': (K,), 'means': (K, F), 'precisions': (K, F, F)} of a
     ``components``-Gaussian mixture (maximum likelihood, EM from ``seed``'s k-means starts)."""
     f = np.asarray(f, np.float64)
-    need = components * (f.shape[1] + 2)
+    need = patches_needed(components, f.shape[1])
     if len(f) < need:
         raise DataError(f"oneclass: a mixture of {components} Gaussians over {f.shape[1]} features needs at least "
                         f"{need} real patches to fit, got {len(f)}; fit more, or components=1")

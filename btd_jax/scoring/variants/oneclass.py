@@ -47,7 +47,8 @@ from btd_jax import keys
 from btd_jax.configs import ScoreConfig
 from btd_jax.data.errors import DataError
 from btd_jax.scoring.variants import reference as ref_file
-from btd_jax.scoring.variants.density import check_mixture, empirical_log_p, fit_mixture, mixture_nll
+from btd_jax.scoring.variants.density import (check_mixture, empirical_log_p, fit_mixture, mixture_nll,
+                                              patches_needed)
 from btd_jax.scoring.variants.maps import map_options
 from btd_jax.scoring.variants.registry import Call, Variant, register
 
@@ -266,9 +267,9 @@ def fit_features(f: np.ndarray, names: Sequence[str], center: int, inner: int,
     f = np.asarray(f, np.float64)
     if f.ndim != 2 or f.shape[1] != len(names):
         raise DataError(f"features: expected (N, {len(names)}), got {f.shape}")
-    if len(f) < len(names) + 2:
-        raise DataError(f"oneclass: need at least {len(names) + 2} real patches to fit {len(names)} features, "
-                        f"got {len(f)}")
+    need = patches_needed(1, len(names))
+    if len(f) < need:
+        raise DataError(f"oneclass: need at least {need} real patches to fit {len(names)} features, got {len(f)}")
     bad = ~np.isfinite(f).all(axis=1)
     if bad.any():
         raise DataError(f"real patches: features of item {int(np.argmax(bad))} are NaN or inf")
@@ -299,7 +300,7 @@ def _cross_fitted_terms(f: np.ndarray, ref: OneClassReference) -> np.ndarray:
     """(1 + tails, N) terms of each real patch under a model fitted without its fold, so that the null
     sees the real patches as a new patch is seen (out of sample); folds interleave the rows."""
     fold = np.arange(len(f)) % NULL_FOLDS
-    need = (len(ref.features) + 2) * ref.components  # what one fit needs (density.fit_mixture)
+    need = patches_needed(ref.components, len(ref.features))
     if int(np.sum(fold != 0)) < need:
         way_out = "null='gaussian'" if ref.components == 1 else "components=1"
         raise DataError(f"oneclass: the empirical null needs at least {need} real patches outside each of its "
